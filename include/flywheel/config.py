@@ -1,0 +1,161 @@
+"""The one validated flywheel configuration: YAML defaults, overridden per run by DAG params.
+
+Every threshold and knob the stages use comes from here, so that an operator can see (and
+change) what a cycle did without reading code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from flywheel.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "flywheel.yaml"
+USER_ACTIONS = ("accepted", "copied", "corrected", "regenerated")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class WarehouseConfig(_Section):
+    backend: Literal["duckdb", "bigquery", "snowflake"] = "duckdb"
+    duckdb_path: str = "warehouse.duckdb"
+    read_batch_rows: int = Field(5000, gt=0)
+
+
+class ArtefactsConfig(_Section):
+    root: str = "artefacts"
+
+
+class ExtractConfig(_Section):
+    lag_days: int = Field(14, ge=0)
+    window_days: int = Field(7, gt=0)
+
+
+class FiltersConfig(_Section):
+    allowed_actions: list[str] = Field(default_factory=lambda: ["accepted", "copied", "corrected"])
+    min_words: int = Field(20, ge=0)
+    min_tokens: int = Field(50, ge=0)
+    min_quality_score: float = Field(0.6, ge=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _known_actions(self) -> FiltersConfig:
+        unknown = sorted(set(self.allowed_actions) - set(USER_ACTIONS))
+        if unknown:
+            raise ValueError(f"allowed_actions has unknown actions {unknown}; known: {USER_ACTIONS}")
+        return self
+
+
+class TrainingConfig(_Section):
+    base_model: str = "tiny-llama"
+    seed: int = 13
+    epochs: float = Field(1, gt=0)
+    learning_rate: float = Field(3e-3, gt=0)
+    batch_size: int = Field(8, gt=0)
+    max_length: int = Field(160, gt=8)
+    lora_r: int = Field(16, gt=0)
+    lora_alpha: int = Field(32, gt=0)
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
+    )
+    val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
+    min_examples: int = Field(16, ge=1)
+
+
+class EvaluationConfig(_Section):
+    golden_set_size: int = Field(240, gt=0)
+    golden_seed: int = 20260101
+    max_new_tokens: int = Field(16, gt=0)
+    min_improvement: float = Field(0.0, ge=0.0)
+
+
+class SimulateConfig(_Section):
+    requests_per_week: int = Field(400, gt=0)
+    seed: int = 7
+    malformed_rate: float = Field(0.01, ge=0.0, le=1.0)
+    adversarial_rate: float = Field(0.02, ge=0.0, le=1.0)
+
+
+class TinyModelConfig(_Section):
+    vocab_size: int = Field(384, gt=64)
+    hidden_size: int = Field(96, gt=0)
+    intermediate_size: int = Field(256, gt=0)
+    num_hidden_layers: int = Field(3, gt=0)
+    num_attention_heads: int = Field(4, gt=0)
+    num_key_value_heads: int = Field(2, gt=0)
+    max_position_embeddings: int = Field(256, gt=0)
+    pretrain_examples: int = Field(1200, gt=0)
+    pretrain_epochs: float = Field(1, gt=0)
+    pretrain_learning_rate: float = Field(4e-3, gt=0)
+    seed: int = 11
+
+
+class FlywheelConfig(_Section):
+    warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
+    artefacts: ArtefactsConfig = Field(default_factory=ArtefactsConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    simulate: SimulateConfig = Field(default_factory=SimulateConfig)
+    tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
+
+    # Where relative paths resolve; not part of the YAML.
+    home: Path = Field(default_factory=lambda: flywheel_home(), exclude=True)
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else self.home / p
+
+    @property
+    def artefacts_root(self) -> Path:
+        return self.resolve(self.artefacts.root)
+
+    @property
+    def duckdb_path(self) -> Path:
+        return self.resolve(self.warehouse.duckdb_path)
+
+    def with_overrides(self, overrides: dict[str, Any] | None) -> FlywheelConfig:
+        """A copy with dotted-key overrides applied (``{"extract.lag_days": 7}``), re-validated."""
+        if not overrides:
+            return self
+        data = self.model_dump()
+        for dotted, value in overrides.items():
+            if value is None:
+                continue
+            section, _, key = dotted.partition(".")
+            if not key or section not in data or key not in data[section]:
+                raise ConfigError(f"unknown config key {dotted!r} in overrides")
+            data[section][key] = value
+        return _validate(data, home=self.home, source="overrides")
+
+
+def flywheel_home() -> Path:
+    return Path(os.environ.get("FLYWHEEL_HOME", PROJECT_ROOT / "data")).resolve()
+
+
+def _validate(data: dict[str, Any], *, home: Path, source: str) -> FlywheelConfig:
+    try:
+        return FlywheelConfig.model_validate({**data, "home": home})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid flywheel config ({source}):\n{exc}") from exc
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> FlywheelConfig:
+    """Load the YAML named by ``path``, else ``$FLYWHEEL_CONFIG``, else the project default."""
+    path = Path(path or os.environ.get("FLYWHEEL_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError as exc:
+        raise ConfigError(f"flywheel config not found: {path}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"flywheel config {path} must be a mapping at top level")
+    return _validate(data, home=flywheel_home(), source=str(path))

@@ -1,0 +1,354 @@
+"""One flywheel cycle as a sequence of stages, each a plain function of (cycle, warehouse).
+
+Airflow operators call these; so do the unit tests, without Airflow. Every stage is idempotent
+for its logical date: its inputs and outputs live at paths derived from the cycle id, and its
+warehouse writes replace the cycle's partition. A stage can therefore be cleared and rerun on
+its own from the Airflow UI, and a backfill writes no duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flywheel import registry
+from flywheel.config import FlywheelConfig
+from flywheel.dataset import build_chat_dataset
+from flywheel.errors import FlywheelError, WindowError
+from flywheel.extract import Window, extract_window_snapshot, lagged_window
+from flywheel.filters import apply_filters, basic_rules
+from flywheel.schema import (
+    PRODUCTION_LOGS,
+    TrainingCandidate,
+    candidate_from_row,
+    row_to_json,
+    rows_to_table,
+    validate_row,
+)
+from flywheel.warehouse import Warehouse
+
+log = logging.getLogger(__name__)
+
+
+class InsufficientDataError(FlywheelError):
+    """Too few kept examples to train on: the cycle records itself and skips training."""
+
+
+@dataclass(frozen=True)
+class CycleSpec:
+    dag_id: str
+    logical_date: datetime
+    window: Window
+    config: FlywheelConfig
+
+    @property
+    def cycle_id(self) -> str:
+        return f"{self.dag_id}-{self.logical_date:%Y%m%dT%H%M}"
+
+    @property
+    def work_dir(self) -> Path:
+        return self.config.artefacts_root / "cycles" / self.cycle_id
+
+    @property
+    def dataset_dir(self) -> Path:
+        return self.config.artefacts_root / "datasets" / self.cycle_id
+
+    @property
+    def challenger_version(self) -> str:
+        return self.cycle_id
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.config.artefacts_root / "adapters" / self.challenger_version
+
+    def file(self, name: str) -> Path:
+        return self.work_dir / name
+
+
+def make_cycle(
+    dag_id: str,
+    *,
+    data_interval_end: datetime | None,
+    logical_date: datetime | None,
+    config: FlywheelConfig,
+) -> CycleSpec:
+    """The cycle a run stands for. Its window comes from ``data_interval_end`` (see `extract`)."""
+    end = data_interval_end or logical_date
+    if end is None:
+        raise WindowError(
+            f"{dag_id}: the run has neither a data interval nor a logical date; trigger it with a "
+            "logical date (the week whose cycle should run)"
+        )
+    logical = (logical_date or end).astimezone(UTC)
+    window = lagged_window(end, lag_days=config.extract.lag_days, window_days=config.extract.window_days)
+    return CycleSpec(dag_id, datetime.fromtimestamp(logical.timestamp(), tz=UTC), window, config)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def stage_extract(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    wh.ensure_schema()
+    rows = extract_window_snapshot(
+        wh, cycle.window, cycle.file("extract.parquet"), batch_rows=cycle.config.warehouse.read_batch_rows
+    )
+    log.info("%s: %d rows in window [%s, %s)", cycle.cycle_id, rows, cycle.window.start, cycle.window.end)
+    return {
+        "cycle_id": cycle.cycle_id,
+        "rows_in_window": rows,
+        "window_start": cycle.window.start.isoformat(),
+        "window_end": cycle.window.end.isoformat(),
+        "snapshot": str(cycle.file("extract.parquet")),
+    }
+
+
+def stage_validate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """Split the snapshot into valid rows and quarantined rows, each with every reason."""
+    rows = pq.read_table(cycle.file("extract.parquet")).to_pylist()
+    valid: list[dict[str, Any]] = []
+    quarantine: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    now = _now()
+    for n, row in enumerate(rows):
+        issues = validate_row(row)
+        rid = row.get("request_id")
+        if rid and rid in seen:
+            from flywheel.schema import ValidationIssue
+
+            issues.append(ValidationIssue("request_id", "unique", f"request_id {rid!r} appears more than once in the window"))
+        if rid:
+            seen.add(rid)
+        if not issues:
+            valid.append(row)
+            continue
+        raw = row_to_json(row)
+        for issue in issues:
+            quarantine.append(
+                {
+                    "cycle_id": cycle.cycle_id,
+                    "row_number": n,
+                    "request_id": rid,
+                    "field": issue.field,
+                    "rule": issue.rule,
+                    "reason": f"row {n} (request_id={rid!r}): {issue.reason}",
+                    "raw_json": raw,
+                    "quarantined_at": now,
+                }
+            )
+    wh.replace_partition("quarantine", {"cycle_id": cycle.cycle_id}, rows_to_table("quarantine", quarantine))
+    pq.write_table(pa.Table.from_pylist(valid, schema=PRODUCTION_LOGS), cycle.file("valid.parquet"))
+    n_quarantined = len({q["row_number"] for q in quarantine})
+    reasons = Counter(f"{q['field']}.{q['rule']}" for q in quarantine)
+    if n_quarantined:
+        log.warning("%s: %d rows quarantined: %s", cycle.cycle_id, n_quarantined, dict(reasons))
+    return {"valid": len(valid), "quarantined": n_quarantined, "quarantine_reasons": dict(reasons)}
+
+
+def _candidates(path: Path) -> list[TrainingCandidate]:
+    return [candidate_from_row(r) for r in pq.read_table(path).to_pylist()]
+
+
+def stage_filter(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    candidates = _candidates(cycle.file("valid.parquet"))
+    decisions, kept = apply_filters(candidates, basic_rules(cycle.config.filters))
+    now = _now()
+    wh.replace_partition(
+        "decisions",
+        {"cycle_id": cycle.cycle_id},
+        rows_to_table("decisions", [{**d.__dict__, "cycle_id": cycle.cycle_id, "decided_at": now} for d in decisions]),
+    )
+    kept_ids = {c.request_id for c in kept}
+    kept_rows = [r for r in pq.read_table(cycle.file("valid.parquet")).to_pylist() if r["request_id"] in kept_ids]
+    pq.write_table(pa.Table.from_pylist(kept_rows, schema=PRODUCTION_LOGS), cycle.file("kept.parquet"))
+    rejected_by = Counter(d.rule for d in decisions if not d.kept)
+    return {"kept": len(kept), "rejected": len(candidates) - len(kept), "rejected_by_rule": dict(rejected_by)}
+
+
+def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    kept = _candidates(cycle.file("kept.parquet"))
+    minimum = cycle.config.training.min_examples
+    if len(kept) < minimum:
+        raise InsufficientDataError(
+            f"{cycle.cycle_id}: {len(kept)} kept examples < training.min_examples={minimum}; no challenger this cycle"
+        )
+    info = build_chat_dataset(kept, cycle.dataset_dir, val_fraction=cycle.config.training.val_fraction)
+    row = {
+        "dataset_id": cycle.cycle_id,
+        "cycle_id": cycle.cycle_id,
+        "path": str(info.path),
+        "n_train": info.n_train,
+        "n_val": info.n_val,
+        "n_corrections": info.n_corrections,
+        "content_hash": info.content_hash,
+        "window_start": cycle.window.start,
+        "window_end": cycle.window.end,
+        "created_at": _now(),
+    }
+    wh.replace_partition("datasets", {"cycle_id": cycle.cycle_id}, rows_to_table("datasets", [row]))
+    return {k: (str(v) if isinstance(v, datetime | Path) else v) for k, v in row.items()}
+
+
+def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    from flywheel.tinymodel import resolve_base_model
+    from flywheel.training import train_lora
+
+    base = resolve_base_model(cycle.config)
+    champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
+    if champion.base_model != base:
+        raise registry.RegistryError(
+            f"champion {champion.version} is built on {champion.base_model!r}, but training.base_model "
+            f"resolves to {base!r}; an adapter cannot continue across base models"
+        )
+    ds = wh.select("datasets", {"cycle_id": cycle.cycle_id}).to_pylist()
+    if not ds:
+        raise FlywheelError(f"{cycle.cycle_id}: no dataset recorded; run build_dataset first")
+    dataset = ds[0]
+    result = train_lora(
+        base_model=base,
+        dataset_path=Path(dataset["path"]),
+        output_dir=cycle.adapter_dir,
+        config=cycle.config.training,
+        parent_adapter=champion.adapter_path,
+        lineage={
+            "cycle_id": cycle.cycle_id,
+            "parent_version": champion.version,
+            "dataset_hash": dataset["content_hash"],
+            "window": [cycle.window.start.isoformat(), cycle.window.end.isoformat()],
+        },
+    )
+    registry.register_model(
+        wh,
+        registry.ModelVersion(
+            version=cycle.challenger_version,
+            base_model=base,
+            adapter_path=str(result.adapter_path),
+            parent_version=champion.version,
+            cycle_id=cycle.cycle_id,
+            dataset_id=dataset["dataset_id"],
+            dataset_hash=dataset["content_hash"],
+            window_start=cycle.window.start,
+            window_end=cycle.window.end,
+            train_loss=result.train_loss,
+        ),
+    )
+    return {
+        "version": cycle.challenger_version,
+        "adapter_path": str(result.adapter_path),
+        "parent_version": champion.version,
+        "train_loss": round(result.train_loss, 5),
+        "steps": result.steps,
+        "n_examples": result.n_examples,
+        "seconds": result.seconds,
+    }
+
+
+def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    import json
+
+    from flywheel.evaluate import evaluate_answer_fn, load_golden_set
+    from flywheel.inference import answer_fn, load_model
+
+    ev = cycle.config.evaluation
+    golden = load_golden_set(cycle.config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
+    champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
+    challenger = registry.get_model(wh, cycle.challenger_version)
+    now = _now()
+    rows, out = [], {"golden_hash": golden.content_hash, "golden_items": len(golden.tasks)}
+    for role, mv in (("champion", champion), ("challenger", challenger)):
+        loaded = load_model(mv.base_model, mv.adapter_path, version=mv.version)
+        result = evaluate_answer_fn(answer_fn(loaded, max_new_tokens=ev.max_new_tokens), golden)
+        rows.append(
+            {
+                "cycle_id": cycle.cycle_id,
+                "model_version": mv.version,
+                "role": role,
+                "accuracy": result.accuracy,
+                "n_items": result.n_items,
+                "n_correct": result.n_correct,
+                "per_task_json": json.dumps(result.per_task, sort_keys=True),
+                "golden_hash": golden.content_hash,
+                "evaluated_at": now,
+            }
+        )
+        out[f"{role}_version"] = mv.version
+        out[f"{role}_accuracy"] = result.accuracy
+    wh.replace_partition("evaluations", {"cycle_id": cycle.cycle_id}, rows_to_table("evaluations", rows))
+    return out
+
+
+def stage_promote(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    evals = {r["role"]: r for r in wh.select("evaluations", {"cycle_id": cycle.cycle_id}).to_pylist()}
+    if set(evals) != {"champion", "challenger"}:
+        raise FlywheelError(f"{cycle.cycle_id}: evaluations missing ({sorted(evals)}); run evaluate first")
+    decision = registry.decide_promotion(
+        evals["champion"]["accuracy"],
+        evals["challenger"]["accuracy"],
+        min_improvement=cycle.config.evaluation.min_improvement,
+    )
+    row = registry.record_decision(
+        wh,
+        cycle_id=cycle.cycle_id,
+        logical_date=cycle.logical_date,
+        champion_before=evals["champion"]["model_version"],
+        challenger=evals["challenger"]["model_version"],
+        promoted=decision.promoted,
+        reason=decision.reason,
+    )
+    log.info("%s: %s", cycle.cycle_id, decision.reason)
+    return {"promoted": decision.promoted, "champion_after": row["champion_after"], "reason": decision.reason}
+
+
+def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """Write the cycle's summary row and velocity metrics; check that the counts add up."""
+    rows_in_window = pq.read_metadata(cycle.file("extract.parquet")).num_rows
+    counts = wh.named_query("cycle_counts", {"cycle_id": cycle.cycle_id}).to_pylist()[0]
+    quarantined, kept, rejected = (int(counts[k] or 0) for k in ("quarantined", "kept", "rejected"))
+    if quarantined + kept + rejected != rows_in_window:
+        raise FlywheelError(
+            f"{cycle.cycle_id}: counts do not add up: {rows_in_window} rows in window != "
+            f"{quarantined} quarantined + {kept} kept + {rejected} rejected"
+        )
+    evals = {r["role"]: r for r in wh.select("evaluations", {"cycle_id": cycle.cycle_id}).to_pylist()}
+    promo = wh.select("promotions", {"cycle_id": cycle.cycle_id}).to_pylist()
+    champion_before = registry.champion_as_of(wh, cycle.logical_date)
+    champ_acc = evals.get("champion", {}).get("accuracy")
+    chall_acc = evals.get("challenger", {}).get("accuracy")
+    promoted = bool(promo and promo[0]["promoted"])
+    row = {
+        "cycle_id": cycle.cycle_id,
+        "dag_id": cycle.dag_id,
+        "logical_date": cycle.logical_date,
+        "window_start": cycle.window.start,
+        "window_end": cycle.window.end,
+        "rows_in_window": rows_in_window,
+        "quarantined": quarantined,
+        "kept": kept,
+        "rejected": rejected,
+        "pass_rate": kept / rows_in_window if rows_in_window else 0.0,
+        "champion_before": champion_before,
+        "challenger": evals.get("challenger", {}).get("model_version"),
+        "champion_accuracy": champ_acc,
+        "challenger_accuracy": chall_acc,
+        "promoted": promoted,
+        "champion_after": promo[0]["champion_after"] if promo else champion_before,
+        "finished_at": _now(),
+    }
+    wh.replace_partition("cycles", {"cycle_id": cycle.cycle_id}, rows_to_table("cycles", [row]))
+    from flywheel.metrics import cycle_metrics
+
+    metrics = cycle_metrics(row, window_days=cycle.window.days)
+    now = _now()
+    wh.replace_partition(
+        "metrics",
+        {"cycle_id": cycle.cycle_id},
+        rows_to_table("metrics", [{"cycle_id": cycle.cycle_id, "name": k, "value": v, "recorded_at": now} for k, v in metrics.items()]),
+    )
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()} | {"metrics": metrics}

@@ -1,0 +1,89 @@
+"""The lagged extraction window, and the cycle's snapshot of it.
+
+Airflow 3 cron schedules use `CronTriggerTimetable`, whose runs have
+``data_interval_start == data_interval_end == logical_date``; so the window is computed from the
+run's ``data_interval_end`` alone: ``[end - lag - window, end - lag)``. The lag lets users'
+corrections and regenerations settle before their rows are used.
+
+Arithmetic is done on absolute UTC instants: "7 days" is 168 hours whatever the schedule's time
+zone, so a window never gains or loses an hour across a daylight-saving change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from flywheel.errors import WindowError
+from flywheel.warehouse import Warehouse
+
+
+@dataclass(frozen=True)
+class Window:
+    """A half-open interval of event time, ``[start, end)``, in UTC."""
+
+    start: datetime
+    end: datetime
+
+    def __contains__(self, ts: datetime) -> bool:
+        return self.start <= ts.astimezone(UTC) < self.end
+
+    @property
+    def days(self) -> float:
+        return (self.end - self.start).total_seconds() / 86400
+
+
+def lagged_window(data_interval_end: datetime, *, lag_days: int = 14, window_days: int = 7) -> Window:
+    """The window a run reads: ``[end - lag - window, end - lag)`` in UTC."""
+    if not isinstance(data_interval_end, datetime):
+        raise WindowError(f"data_interval_end must be a datetime, got {type(data_interval_end).__name__}")
+    if data_interval_end.tzinfo is None or data_interval_end.utcoffset() is None:
+        raise WindowError(
+            f"data_interval_end {data_interval_end.isoformat()} has no time zone; "
+            "Airflow passes aware datetimes, and a naive one is ambiguous"
+        )
+    if lag_days < 0:
+        raise WindowError(f"lag_days must be >= 0, got {lag_days}")
+    if window_days <= 0:
+        raise WindowError(f"window_days must be > 0, got {window_days}")
+    # Normalise to a stdlib UTC datetime (pendulum's arithmetic is wall-clock in the local zone).
+    end_utc = datetime.fromtimestamp(data_interval_end.timestamp(), tz=UTC)
+    end = end_utc - timedelta(days=lag_days)
+    return Window(start=end - timedelta(days=window_days), end=end)
+
+
+def extract_window_snapshot(
+    warehouse: Warehouse, window: Window, path: Path, *, batch_rows: int = 5000
+) -> int:
+    """Stream the window's production logs into a Parquet snapshot; return the row count.
+
+    The snapshot is the cycle's input from here on: later tasks read the same rows even if late
+    logs arrive in the warehouse meanwhile, and a rerun rewrites it whole.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".parquet.tmp")
+    rows = 0
+    writer: pq.ParquetWriter | None = None
+    try:
+        for batch in warehouse.read_window("production_logs", window.start, window.end, batch_rows=batch_rows):
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, batch.schema)
+            writer.write_batch(batch)
+            rows += batch.num_rows
+        if writer is None:
+            from flywheel.schema import PRODUCTION_LOGS
+
+            pq.write_table(PRODUCTION_LOGS.empty_table(), tmp)
+    finally:
+        if writer is not None:
+            writer.close()
+    tmp.replace(path)
+    return rows
+
+
+def read_snapshot(path: Path) -> pa.Table:
+    return pq.read_table(path)

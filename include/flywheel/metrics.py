@@ -1,0 +1,50 @@
+"""Flywheel velocity: how much usable data each cycle yields and how much better the model gets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flywheel.warehouse import Warehouse
+
+
+def cycle_metrics(cycle_row: dict[str, Any], *, window_days: float) -> dict[str, float]:
+    """The per-cycle figures; a metric that cannot be measured this cycle is left out, not zeroed."""
+    out: dict[str, float] = {
+        "rows_in_window": float(cycle_row["rows_in_window"]),
+        "examples_kept": float(cycle_row["kept"]),
+        "examples_per_day": cycle_row["kept"] / window_days if window_days else 0.0,
+        "filter_pass_rate": float(cycle_row["pass_rate"]),
+        "quarantine_rate": cycle_row["quarantined"] / cycle_row["rows_in_window"] if cycle_row["rows_in_window"] else 0.0,
+        "promoted": 1.0 if cycle_row["promoted"] else 0.0,
+    }
+    champ, chall = cycle_row.get("champion_accuracy"), cycle_row.get("challenger_accuracy")
+    if champ is not None:
+        out["champion_accuracy"] = float(champ)
+    if chall is not None:
+        out["challenger_accuracy"] = float(chall)
+    if champ is not None and chall is not None:
+        out["quality_delta"] = float(chall) - float(champ)
+    return out
+
+
+def cycles_report(wh: Warehouse, dag_id: str | None = None) -> list[dict[str, Any]]:
+    """Every recorded cycle in logical-date order, for the demo's table and the dashboard."""
+    where = {"dag_id": dag_id} if dag_id else None
+    return wh.select("cycles", where, order_by="logical_date").to_pylist()
+
+
+def format_cycles_table(rows: list[dict[str, Any]]) -> str:
+    header = (
+        f"{'cycle':<30} {'window':<23} {'rows':>5} {'quar':>5} {'kept':>5} {'pass':>6} "
+        f"{'champ acc':>9} {'chall acc':>9} {'promoted':>8}  champion after"
+    )
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        acc = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
+        window = f"{r['window_start']:%Y-%m-%d}..{r['window_end']:%Y-%m-%d}"
+        lines.append(
+            f"{r['cycle_id']:<30} {window:<23} {r['rows_in_window']:>5} {r['quarantined']:>5} {r['kept']:>5} "
+            f"{r['pass_rate']:>6.1%} {acc(r['champion_accuracy']):>9} {acc(r['challenger_accuracy']):>9} "
+            f"{'yes' if r['promoted'] else 'no':>8}  {r['champion_after']}"
+        )
+    return "\n".join(lines)

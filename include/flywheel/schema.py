@@ -1,0 +1,308 @@
+"""The flywheel record, the warehouse tables' schemas, and row validation with reasons.
+
+Production logs are stored loosely typed (every column nullable, the action a free string), so
+that a malformed row still lands in the warehouse and can be quarantined with its reason instead
+of breaking the loader or, worse, vanishing.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import pyarrow as pa
+
+from flywheel.config import USER_ACTIONS
+
+TS = pa.timestamp("us", tz="UTC")
+
+
+@dataclass(frozen=True)
+class TrainingCandidate:
+    """One production interaction that may become a training example."""
+
+    request_id: str
+    timestamp: datetime
+    user_id: str
+    prompt: str
+    response: str
+    user_action: str
+    correction: str | None
+    task_type: str
+    quality_score: float
+    included_in_training: bool = False
+    model_version: str | None = None
+    context: str | None = None
+
+    @property
+    def target(self) -> str:
+        """What the model should have said: the user's correction when there is one."""
+        if self.user_action == "corrected" and self.correction:
+            return self.correction
+        return self.response
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PRODUCTION_LOG_FIELDS = (
+    "request_id",
+    "timestamp",
+    "user_id",
+    "prompt",
+    "response",
+    "user_action",
+    "correction",
+    "task_type",
+    "quality_score",
+    "included_in_training",
+    "model_version",
+    "context",
+)
+
+PRODUCTION_LOGS = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("timestamp", TS),
+        ("user_id", pa.string()),
+        ("prompt", pa.string()),
+        ("response", pa.string()),
+        ("user_action", pa.string()),
+        ("correction", pa.string()),
+        ("task_type", pa.string()),
+        ("quality_score", pa.float64()),
+        ("included_in_training", pa.bool_()),
+        ("model_version", pa.string()),
+        ("context", pa.string()),
+        # Set by the loader; a row whose event timestamp is missing is windowed by this one,
+        # so it reaches a cycle (and quarantine) instead of never being read.
+        ("ingested_at", TS),
+    ]
+)
+
+QUARANTINE = pa.schema(
+    [
+        ("cycle_id", pa.string()),
+        ("row_number", pa.int64()),
+        ("request_id", pa.string()),
+        ("field", pa.string()),
+        ("rule", pa.string()),
+        ("reason", pa.string()),
+        ("raw_json", pa.string()),
+        ("quarantined_at", TS),
+    ]
+)
+
+DECISIONS = pa.schema(
+    [
+        ("cycle_id", pa.string()),
+        ("request_id", pa.string()),
+        ("rule", pa.string()),
+        ("kept", pa.bool_()),
+        ("score", pa.float64()),
+        ("threshold", pa.float64()),
+        ("reason", pa.string()),
+        ("decided_at", TS),
+    ]
+)
+
+DATASETS = pa.schema(
+    [
+        ("dataset_id", pa.string()),
+        ("cycle_id", pa.string()),
+        ("path", pa.string()),
+        ("n_train", pa.int64()),
+        ("n_val", pa.int64()),
+        ("n_corrections", pa.int64()),
+        ("content_hash", pa.string()),
+        ("window_start", TS),
+        ("window_end", TS),
+        ("created_at", TS),
+    ]
+)
+
+MODELS = pa.schema(
+    [
+        ("version", pa.string()),
+        ("base_model", pa.string()),
+        ("adapter_path", pa.string()),
+        ("parent_version", pa.string()),
+        ("cycle_id", pa.string()),
+        ("dataset_id", pa.string()),
+        ("dataset_hash", pa.string()),
+        ("window_start", TS),
+        ("window_end", TS),
+        ("train_loss", pa.float64()),
+        ("created_at", TS),
+    ]
+)
+
+EVALUATIONS = pa.schema(
+    [
+        ("cycle_id", pa.string()),
+        ("model_version", pa.string()),
+        ("role", pa.string()),
+        ("accuracy", pa.float64()),
+        ("n_items", pa.int64()),
+        ("n_correct", pa.int64()),
+        ("per_task_json", pa.string()),
+        ("golden_hash", pa.string()),
+        ("evaluated_at", TS),
+    ]
+)
+
+PROMOTIONS = pa.schema(
+    [
+        ("cycle_id", pa.string()),
+        ("logical_date", TS),
+        ("champion_before", pa.string()),
+        ("challenger", pa.string()),
+        ("champion_after", pa.string()),
+        ("promoted", pa.bool_()),
+        ("reason", pa.string()),
+        ("decided_at", TS),
+    ]
+)
+
+CYCLES = pa.schema(
+    [
+        ("cycle_id", pa.string()),
+        ("dag_id", pa.string()),
+        ("logical_date", TS),
+        ("window_start", TS),
+        ("window_end", TS),
+        ("rows_in_window", pa.int64()),
+        ("quarantined", pa.int64()),
+        ("kept", pa.int64()),
+        ("rejected", pa.int64()),
+        ("pass_rate", pa.float64()),
+        ("champion_before", pa.string()),
+        ("challenger", pa.string()),
+        ("champion_accuracy", pa.float64()),
+        ("challenger_accuracy", pa.float64()),
+        ("promoted", pa.bool_()),
+        ("champion_after", pa.string()),
+        ("finished_at", TS),
+    ]
+)
+
+METRICS = pa.schema(
+    [
+        ("cycle_id", pa.string()),
+        ("name", pa.string()),
+        ("value", pa.float64()),
+        ("recorded_at", TS),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    name: str
+    schema: pa.Schema
+    # Columns that identify a row: writes MERGE on them, so reruns never duplicate.
+    keys: tuple[str, ...]
+
+
+TABLES: dict[str, TableSpec] = {
+    spec.name: spec
+    for spec in (
+        TableSpec("production_logs", PRODUCTION_LOGS, ("request_id",)),
+        TableSpec("quarantine", QUARANTINE, ("cycle_id", "row_number", "field", "rule")),
+        TableSpec("decisions", DECISIONS, ("cycle_id", "request_id", "rule")),
+        TableSpec("datasets", DATASETS, ("dataset_id",)),
+        TableSpec("models", MODELS, ("version",)),
+        TableSpec("evaluations", EVALUATIONS, ("cycle_id", "model_version", "role")),
+        TableSpec("promotions", PROMOTIONS, ("cycle_id",)),
+        TableSpec("cycles", CYCLES, ("cycle_id",)),
+        TableSpec("metrics", METRICS, ("cycle_id", "name")),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ValidationIssue:
+    """Why a row cannot be used: the field at fault, the rule it broke, and a readable reason."""
+
+    field: str
+    rule: str
+    reason: str
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def validate_row(row: dict[str, Any]) -> list[ValidationIssue]:
+    """Every reason this production-log row cannot become a `TrainingCandidate` (empty: valid)."""
+    issues: list[ValidationIssue] = []
+    for name in ("request_id", "user_id", "prompt", "response", "task_type"):
+        value = row.get(name)
+        if _missing(value):
+            issues.append(ValidationIssue(name, "required", f"{name} is missing or empty"))
+        elif not isinstance(value, str):
+            issues.append(ValidationIssue(name, "type", f"{name} must be text, got {type(value).__name__}"))
+
+    ts = row.get("timestamp")
+    if ts is None:
+        issues.append(ValidationIssue("timestamp", "required", "timestamp is missing"))
+    elif not isinstance(ts, datetime) or ts.tzinfo is None:
+        issues.append(ValidationIssue("timestamp", "type", f"timestamp must be a timezone-aware datetime, got {ts!r}"))
+
+    action = row.get("user_action")
+    if _missing(action):
+        issues.append(ValidationIssue("user_action", "required", "user_action is missing"))
+    elif action not in USER_ACTIONS:
+        issues.append(
+            ValidationIssue("user_action", "allowed_values", f"user_action {action!r} is not one of {list(USER_ACTIONS)}")
+        )
+    elif action == "corrected" and _missing(row.get("correction")):
+        issues.append(
+            ValidationIssue("correction", "required_when_corrected", "user_action is 'corrected' but correction is empty")
+        )
+
+    score = row.get("quality_score")
+    if score is None:
+        issues.append(ValidationIssue("quality_score", "required", "quality_score is missing"))
+    elif not isinstance(score, int | float) or isinstance(score, bool) or math.isnan(score):
+        issues.append(ValidationIssue("quality_score", "type", f"quality_score must be a number, got {score!r}"))
+    elif not 0.0 <= float(score) <= 1.0:
+        issues.append(ValidationIssue("quality_score", "range", f"quality_score {score} is outside [0, 1]"))
+    return issues
+
+
+def candidate_from_row(row: dict[str, Any]) -> TrainingCandidate:
+    """Build a candidate from a row that `validate_row` passed."""
+    return TrainingCandidate(
+        request_id=row["request_id"],
+        timestamp=row["timestamp"],
+        user_id=row["user_id"],
+        prompt=row["prompt"],
+        response=row["response"],
+        user_action=row["user_action"],
+        correction=row.get("correction") or None,
+        task_type=row["task_type"],
+        quality_score=float(row["quality_score"]),
+        included_in_training=bool(row.get("included_in_training") or False),
+        model_version=row.get("model_version"),
+        context=row.get("context") or None,
+    )
+
+
+def row_to_json(row: dict[str, Any]) -> str:
+    """The raw row, kept with its quarantine reason so nothing is lost."""
+    return json.dumps(row, default=str, sort_keys=True)
+
+
+def empty_table(table: str) -> pa.Table:
+    return TABLES[table].schema.empty_table()
+
+
+def rows_to_table(table: str, rows: Iterable[dict[str, Any]]) -> pa.Table:
+    """Rows (dicts) as an Arrow table of the named warehouse table's schema."""
+    schema = TABLES[table].schema
+    return pa.Table.from_pylist([{f: r.get(f) for f in schema.names} for r in rows], schema=schema)

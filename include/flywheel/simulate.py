@@ -1,0 +1,268 @@
+"""A product in a box: tasks with checkable answers and users who react to the model's answers.
+
+The simulated users accept or copy a right answer, correct a wrong one (their correction is the
+right answer) or regenerate, with noise: careless users accept some wrong answers, a few
+adversarial users "correct" right answers into wrong ones, and one task type is rare. Because
+every task's answer can be checked, the traffic's outcomes are real measurements of whichever
+model served it.
+
+The module knows nothing of torch or Airflow: the model is any ``answer_fn`` that maps
+``(prompt, context)`` pairs to answers.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+
+from flywheel.schema import PRODUCTION_LOGS
+
+AnswerFn = Callable[[Sequence[tuple[str, str | None]]], list[str]]
+
+_NAMESPACE = uuid.UUID("5b1f3a52-8f0e-4a51-9a43-6d1d0c1e7f20")
+
+WORDS = (
+    "apple river stone cloud tiger lemon piano garden silver rocket candle forest "
+    "window dragon orange basket mirror pencil castle rabbit summer winter violet "
+    "copper meadow falcon harbor island jungle kettle ladder marble needle oyster "
+    "parrot quartz saddle thunder velvet walnut yellow zebra anchor bridge cactus"
+).split()
+SHORT_WORDS = "cat dog sun map cup box pen hat jam fox owl bee kiwi frog moon star lamp rope tree ship".split()
+CITIES = "Lisbon Oslo Cairo Lima Quito Dakar Riga Hanoi Perth Tunis Accra Bern Doha Kyiv Minsk Sofia".split()
+NAMES = "Dana Omar Lena Ravi Mina Tomas Ines Kofi Yuki Sara Ivan Leah Nico Ada Ben Zoe".split()
+DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
+
+
+@dataclass(frozen=True)
+class Task:
+    """One request the product receives, with the answer a careful human would accept."""
+
+    task_type: str
+    prompt: str
+    answer: str
+    context: str | None = None
+
+
+def _arithmetic(rng: random.Random) -> Task:
+    a, b = rng.randint(0, 20), rng.randint(0, 20)
+    prompt = rng.choice(
+        [
+            f"{a} + {b} = ?",
+            f"what is {a} plus {b}?",
+            f"Hi! I am splitting a restaurant bill with friends and my head hurts. Could you tell me what {a} plus {b} comes to? Just the number please.",
+            f"Quick question for my homework tonight: if I have {a} apples and then get {b} more apples, how many apples do I have in total now?",
+            f"I keep getting a different total each time I count on my fingers, so please settle it for me: what is {a} + {b}? Reply with the number only.",
+        ]
+    )
+    return Task("arithmetic", prompt, str(a + b))
+
+
+def _uppercase(rng: random.Random) -> Task:
+    w = rng.choice(WORDS)
+    prompt = rng.choice(
+        [
+            f"uppercase: {w}",
+            f"Please rewrite the word {w} in capital letters for the heading of my school poster, I want it to stand out from the rest of the page.",
+            f"My keyboard's shift key is broken and I need the word {w} written in all capital letters for a form, could you type it out for me?",
+        ]
+    )
+    return Task("uppercase", prompt, w.upper())
+
+
+def _reverse(rng: random.Random) -> Task:
+    w = rng.choice(SHORT_WORDS)
+    prompt = rng.choice(
+        [
+            f"reverse {w}",
+            f"For a little word puzzle I am making for my kids, could you write the word {w} backwards, letter by letter, with nothing else around it?",
+            f"I am designing a mirror-writing game and need the word {w} spelled in reverse order, last letter first; please give me just that reversed word.",
+        ]
+    )
+    return Task("reverse", prompt, w[::-1])
+
+
+def _extraction(rng: random.Random) -> Task:
+    code = f"{rng.choice('ABCDEFGH')}{rng.randint(10, 99)}"
+    city, name, day = rng.choice(CITIES), rng.choice(NAMES), rng.choice(DAYS)
+    context = f"Order {code} left the warehouse on {day} and was shipped to {city} with courier {name}."
+    if rng.random() < 0.5:
+        prompt = rng.choice(
+            [
+                f"Which city did order {code} go to?",
+                f"I am following up on a customer complaint and need to know where the parcel was going: according to the shipping note, which city was order {code} shipped to?",
+            ]
+        )
+        return Task("extraction", prompt, city, context)
+    prompt = rng.choice(
+        [
+            f"Who was the courier for order {code}?",
+            f"The customer wants to thank the person who delivered their parcel; going by the shipping note above, who was the courier that carried order {code} for us?",
+        ]
+    )
+    return Task("extraction", prompt, name, context)
+
+
+def _letter_count(rng: random.Random) -> Task:
+    # The rare class: a few percent of traffic.
+    w = rng.choice(WORDS + SHORT_WORDS)
+    prompt = rng.choice(
+        [
+            f"How many letters does the word {w} have? I am checking a crossword answer and want to be sure before I write it into the grid.",
+            f"letters in {w}?",
+        ]
+    )
+    return Task("letter_count", prompt, str(len(w)))
+
+
+TASK_MIX: tuple[tuple[Callable[[random.Random], Task], float], ...] = (
+    (_arithmetic, 0.30),
+    (_uppercase, 0.22),
+    (_reverse, 0.20),
+    (_extraction, 0.24),
+    (_letter_count, 0.04),
+)
+TASK_TYPES = ("arithmetic", "uppercase", "reverse", "extraction", "letter_count")
+
+
+def sample_task(rng: random.Random) -> Task:
+    makers, weights = zip(*TASK_MIX, strict=True)
+    return rng.choices(makers, weights=weights)[0](rng)
+
+
+def normalise_answer(text: str | None) -> str:
+    return " ".join((text or "").split())
+
+
+def is_correct(answer: str | None, expected: str) -> bool:
+    return normalise_answer(answer) == normalise_answer(expected)
+
+
+def golden_set(n: int, seed: int) -> list[Task]:
+    """A fixed evaluation set: the same ``(n, seed)`` always gives the same tasks."""
+    rng = random.Random(f"golden:{seed}")
+    return [sample_task(rng) for _ in range(n)]
+
+
+def pretraining_tasks(n: int, seed: int) -> list[Task]:
+    """Right-answer examples for the tiny model's brief pre-training."""
+    rng = random.Random(f"pretrain:{seed}")
+    return [sample_task(rng) for _ in range(n)]
+
+
+@dataclass(frozen=True)
+class SimUser:
+    user_id: str
+    careless: bool
+    adversarial: bool
+
+
+def _users(seed: int, n: int = 150, adversarial_rate: float = 0.02) -> list[SimUser]:
+    rng = random.Random(f"users:{seed}")
+    return [
+        SimUser(f"user-{i:04d}", careless=rng.random() < 0.15, adversarial=rng.random() < adversarial_rate)
+        for i in range(n)
+    ]
+
+
+def _wrong_version(answer: str, rng: random.Random) -> str:
+    if answer.isdigit():
+        return str(int(answer) + rng.choice([-2, -1, 1, 2, 10]))
+    return answer[:-1] if len(answer) > 1 else answer + answer
+
+
+def _user_action(user: SimUser, right: bool, rng: random.Random) -> str:
+    r = rng.random()
+    if right:
+        if user.adversarial and r < 0.5:
+            return "corrected"
+        return "accepted" if r < 0.65 else "copied" if r < 0.9 else "regenerated"
+    accept_wrong = 0.3 if user.careless else 0.08
+    if r < accept_wrong:
+        return "accepted"
+    return "corrected" if r < accept_wrong + 0.55 else "regenerated"
+
+
+def _quality_score(final_right: bool, rng: random.Random) -> float:
+    # The product's automatic estimate of the final answer's quality: informative, not perfect.
+    mean = 0.8 if final_right else 0.4
+    return round(min(1.0, max(0.0, rng.gauss(mean, 0.13))), 4)
+
+
+_MALFORMATIONS = ("missing_prompt", "bad_action", "score_out_of_range", "corrected_without_text", "missing_timestamp")
+
+
+def simulate_traffic(
+    week_start: datetime,
+    answer_fn: AnswerFn,
+    *,
+    model_version: str,
+    n_requests: int,
+    seed: int,
+    malformed_rate: float = 0.01,
+    adversarial_rate: float = 0.02,
+    days: int = 7,
+) -> pa.Table:
+    """A week of production logs served by ``answer_fn``, as rows of the logs' schema.
+
+    Deterministic for ``(week_start, seed)`` given the same answers, so re-simulating a week
+    produces the same request ids, and the warehouse's MERGE keeps one copy.
+    """
+    if week_start.tzinfo is None:
+        raise ValueError("week_start must be timezone-aware")
+    week_start = week_start.astimezone(UTC)
+    rng = random.Random(f"traffic:{seed}:{week_start.isoformat()}")
+    users = _users(seed, adversarial_rate=adversarial_rate)
+    tasks = [sample_task(rng) for _ in range(n_requests)]
+    answers = answer_fn([(t.prompt, t.context) for t in tasks])
+    if len(answers) != len(tasks):
+        raise ValueError(f"answer_fn returned {len(answers)} answers for {len(tasks)} requests")
+
+    rows: list[dict[str, Any]] = []
+    span = days * 86400
+    for i, (task, answer) in enumerate(zip(tasks, answers, strict=True)):
+        user = rng.choice(users)
+        right = is_correct(answer, task.answer)
+        action = _user_action(user, right, rng)
+        correction = None
+        if action == "corrected":
+            correction = _wrong_version(task.answer, rng) if right else task.answer
+        final_right = is_correct(correction, task.answer) if correction is not None else right
+        ts = week_start + timedelta(seconds=rng.uniform(0, span - 1))
+        row: dict[str, Any] = {
+            "request_id": str(uuid.uuid5(_NAMESPACE, f"{seed}:{week_start.isoformat()}:{i}")),
+            "timestamp": ts,
+            "user_id": user.user_id,
+            "prompt": task.prompt,
+            "response": answer,
+            "user_action": action,
+            "correction": correction,
+            "task_type": task.task_type,
+            "quality_score": _quality_score(final_right, rng),
+            "included_in_training": False,
+            "model_version": model_version,
+            "context": task.context,
+            "ingested_at": ts + timedelta(seconds=rng.uniform(1, 90)),
+        }
+        if rng.random() < malformed_rate:
+            _malform(row, rng.choice(_MALFORMATIONS))
+        rows.append(row)
+    return pa.Table.from_pylist(rows, schema=PRODUCTION_LOGS)
+
+
+def _malform(row: dict[str, Any], kind: str) -> None:
+    if kind == "missing_prompt":
+        row["prompt"] = None
+    elif kind == "bad_action":
+        row["user_action"] = "liked"
+    elif kind == "score_out_of_range":
+        row["quality_score"] = 1.7
+    elif kind == "corrected_without_text":
+        row["user_action"], row["correction"] = "corrected", None
+    elif kind == "missing_timestamp":
+        row["timestamp"] = None

@@ -1,0 +1,263 @@
+"""The warehouse: the flywheel's system of record, behind one interface.
+
+SQL is written once, in DuckDB's dialect with ``$name`` parameters (``include/sql``), and
+transpiled with sqlglot for each backend. Writes are idempotent: `merge` replaces rows by the
+table's keys and `replace_partition` deletes a cycle's rows before inserting them again, so a
+rerun or backfill of a logical date never duplicates anything.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import sqlglot
+
+from flywheel.config import PROJECT_ROOT, FlywheelConfig
+from flywheel.errors import WarehouseError
+from flywheel.schema import TABLES
+
+SQL_DIR = PROJECT_ROOT / "include" / "sql"
+CANONICAL_DIALECT = "duckdb"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+_ARROW_TO_SQL = {
+    pa.string(): "VARCHAR",
+    pa.float64(): "DOUBLE",
+    pa.int64(): "BIGINT",
+    pa.bool_(): "BOOLEAN",
+}
+
+
+@cache
+def canonical_sql(name: str) -> str:
+    """A query from ``include/sql`` by name, in the canonical dialect."""
+    path = SQL_DIR / f"{name}.sql"
+    if not path.is_file():
+        raise WarehouseError(f"no canonical SQL named {name!r} in {SQL_DIR}")
+    return path.read_text()
+
+
+def transpile(sql: str, dialect: str) -> str:
+    if dialect == CANONICAL_DIALECT:
+        return sql
+    statements = sqlglot.transpile(sql, read=CANONICAL_DIALECT, write=dialect)
+    if len(statements) != 1:
+        raise WarehouseError(f"expected one SQL statement, got {len(statements)}")
+    return statements[0]
+
+
+def check_identifier(name: str) -> str:
+    """Identifiers come from code and config, never from data; still, refuse anything odd."""
+    if not _IDENTIFIER.match(name):
+        raise WarehouseError(f"invalid SQL identifier {name!r}")
+    return name
+
+
+def sql_type(arrow_type: pa.DataType) -> str:
+    if pa.types.is_timestamp(arrow_type):
+        return "TIMESTAMPTZ"
+    try:
+        return _ARROW_TO_SQL[arrow_type]
+    except KeyError as exc:
+        raise WarehouseError(f"no SQL type for Arrow type {arrow_type}") from exc
+
+
+def create_table_sql(table: str) -> str:
+    spec = TABLES[table]
+    cols = ", ".join(f'"{check_identifier(f.name)}" {sql_type(f.type)}' for f in spec.schema)
+    return f"CREATE TABLE IF NOT EXISTS {check_identifier(table)} ({cols})"
+
+
+class Warehouse(ABC):
+    """What every backend offers the stages. Tables and their keys are in `flywheel.schema`."""
+
+    dialect: str = CANONICAL_DIALECT
+
+    @abstractmethod
+    def ensure_schema(self) -> None:
+        """Create the flywheel's tables when they are missing."""
+
+    @abstractmethod
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        """Run canonical SQL with bound parameters; return the result as Arrow."""
+
+    @abstractmethod
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        """Run a canonical SQL statement with bound parameters."""
+
+    @abstractmethod
+    def merge(self, table: str, rows: pa.Table) -> int:
+        """Insert rows, replacing any existing rows with the same keys; return rows written."""
+
+    @abstractmethod
+    def replace_partition(self, table: str, where: dict[str, Any], rows: pa.Table) -> int:
+        """Delete the rows matching ``where`` (column = value), then insert ``rows``."""
+
+    @abstractmethod
+    def read_logs_window(
+        self, start: datetime, end: datetime, *, batch_rows: int = 5000
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream production logs of ``[start, end)`` as Arrow batches of the logs' schema."""
+
+    # Convenience built on the primitives above ------------------------------------------
+    def read_window(
+        self, table: str, start: datetime, end: datetime, *, batch_rows: int = 5000
+    ) -> Iterator[pa.RecordBatch]:
+        if table != "production_logs":
+            raise WarehouseError(f"windowed reads are defined for production_logs, not {table!r}")
+        return self.read_logs_window(start, end, batch_rows=batch_rows)
+
+    def named_query(self, name: str, params: dict[str, Any] | None = None) -> pa.Table:
+        return self.query(canonical_sql(name), params)
+
+    def count(self, table: str, where: dict[str, Any] | None = None) -> int:
+        check_identifier(table)
+        clause, params = _where(where or {})
+        return int(self.query(f"SELECT COUNT(*) AS n FROM {table}{clause}", params).column("n")[0].as_py())
+
+    def select(self, table: str, where: dict[str, Any] | None = None, order_by: str | None = None) -> pa.Table:
+        check_identifier(table)
+        clause, params = _where(where or {})
+        order = f" ORDER BY {', '.join(check_identifier(c.strip()) for c in order_by.split(','))}" if order_by else ""
+        return self.query(f"SELECT * FROM {table}{clause}{order}", params)
+
+
+def _where(where: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    if not where:
+        return "", {}
+    parts, params = [], {}
+    for i, (col, value) in enumerate(where.items()):
+        parts.append(f'"{check_identifier(col)}" = $w{i}')
+        params[f"w{i}"] = value
+    return " WHERE " + " AND ".join(parts), params
+
+
+def _conform(table: str, rows: pa.Table) -> pa.Table:
+    """Rows in the table's exact column order and types; a missing or extra column is an error."""
+    schema = TABLES[table].schema
+    missing = [n for n in schema.names if n not in rows.column_names]
+    extra = [n for n in rows.column_names if n not in schema.names]
+    if missing or extra:
+        raise WarehouseError(f"rows for {table} do not match its schema: missing {missing}, unexpected {extra}")
+    try:
+        return rows.select(schema.names).cast(schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+        raise WarehouseError(f"rows for {table} cannot be cast to its schema: {exc}") from exc
+
+
+class DuckDBWarehouse(Warehouse):
+    """The embedded default: one DuckDB file under the flywheel's data folder.
+
+    A DuckDB file admits one writing process at a time, so each operation opens a short-lived
+    connection and retries while another process (a parallel task, the demo) holds the lock.
+    """
+
+    dialect = "duckdb"
+
+    def __init__(self, path: str | Path, *, lock_timeout_s: float = 120.0) -> None:
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+
+    def __repr__(self) -> str:
+        return f"DuckDBWarehouse({str(self.path)!r})"
+
+    @contextmanager
+    def _connect(self) -> Iterator[Any]:
+        import duckdb
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + self.lock_timeout_s
+        delay = 0.05
+        while True:
+            try:
+                con = duckdb.connect(str(self.path))
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                    raise WarehouseError(f"cannot open DuckDB warehouse {self.path}: {exc}") from exc
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        try:
+            con.execute("SET TimeZone = 'UTC'")
+            yield con
+        finally:
+            con.close()
+
+    def ensure_schema(self) -> None:
+        with self._connect() as con:
+            for table in TABLES:
+                con.execute(create_table_sql(table))
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        with self._connect() as con:
+            return con.execute(sql, params or {}).fetch_arrow_table()
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
+        with self._connect() as con:
+            con.execute(sql, params or {})
+
+    def merge(self, table: str, rows: pa.Table) -> int:
+        spec = TABLES[table]
+        incoming = _conform(table, rows)
+        keys = ", ".join(f'"{k}"' for k in spec.keys)
+        with self._connect() as con:
+            con.register("_incoming", incoming)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"DELETE FROM {table} WHERE ({keys}) IN (SELECT {keys} FROM _incoming)")
+                con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+        return incoming.num_rows
+
+    def replace_partition(self, table: str, where: dict[str, Any], rows: pa.Table) -> int:
+        if not where:
+            raise WarehouseError("replace_partition needs a non-empty partition filter")
+        incoming = _conform(table, rows)
+        clause, params = _where(where)
+        with self._connect() as con:
+            con.register("_incoming", incoming)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute(f"DELETE FROM {check_identifier(table)}{clause}", params)
+                con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
+                con.execute("COMMIT")
+            except Exception:
+                con.execute("ROLLBACK")
+                raise
+        return incoming.num_rows
+
+    def read_logs_window(
+        self, start: datetime, end: datetime, *, batch_rows: int = 5000
+    ) -> Iterator[pa.RecordBatch]:
+        schema = TABLES["production_logs"].schema
+        with self._connect() as con:
+            reader = con.execute(
+                canonical_sql("read_logs_window"), {"window_start": start, "window_end": end}
+            ).fetch_record_batch(batch_rows)
+            for batch in reader:
+                yield pa.RecordBatch.from_arrays(
+                    [batch.column(i).cast(schema.field(i).type) for i in range(len(schema))], schema=schema
+                )
+
+
+def warehouse_from_config(config: FlywheelConfig) -> Warehouse:
+    """The backend the config names. BigQuery and Snowflake arrive with their own issue."""
+    backend = config.warehouse.backend
+    if backend == "duckdb":
+        return DuckDBWarehouse(config.duckdb_path)
+    raise WarehouseError(
+        f"warehouse backend {backend!r} is not available in this build; use 'duckdb' "
+        "(BigQuery and Snowflake backends are built through their Airflow connections)"
+    )
