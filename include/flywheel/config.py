@@ -57,7 +57,7 @@ class TrainingConfig(_Section):
     base_model: str = "tiny-llama"
     seed: int = 13
     epochs: float = Field(1, gt=0)
-    learning_rate: float = Field(3e-3, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, gt=0)
     max_length: int = Field(160, gt=8)
     lora_r: int = Field(16, gt=0)
@@ -78,7 +78,7 @@ class EvaluationConfig(_Section):
 
 
 class SimulateConfig(_Section):
-    requests_per_week: int = Field(400, gt=0)
+    requests_per_week: int = Field(1200, gt=0)
     seed: int = 7
     malformed_rate: float = Field(0.01, ge=0.0, le=1.0)
     adversarial_rate: float = Field(0.02, ge=0.0, le=1.0)
@@ -92,8 +92,8 @@ class TinyModelConfig(_Section):
     num_attention_heads: int = Field(4, gt=0)
     num_key_value_heads: int = Field(2, gt=0)
     max_position_embeddings: int = Field(256, gt=0)
-    pretrain_examples: int = Field(1200, gt=0)
-    pretrain_epochs: float = Field(1, gt=0)
+    pretrain_examples: int = Field(3000, gt=0)
+    pretrain_epochs: float = Field(4, gt=0)
     pretrain_learning_rate: float = Field(4e-3, gt=0)
     seed: int = 11
 

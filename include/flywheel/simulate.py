@@ -49,78 +49,93 @@ class Task:
     context: str | None = None
 
 
-def _arithmetic(rng: random.Random) -> Task:
+def _pick(rng: random.Random, chatty: bool, terse: list[str], verbose: list[str]) -> str:
+    return rng.choice(verbose if chatty else terse)
+
+
+def _arithmetic(rng: random.Random, chatty: bool) -> Task:
     a, b = rng.randint(0, 20), rng.randint(0, 20)
-    prompt = rng.choice(
+    prompt = _pick(
+        rng,
+        chatty,
+        [f"{a} + {b} = ?", f"what is {a} plus {b}?"],
         [
-            f"{a} + {b} = ?",
-            f"what is {a} plus {b}?",
             f"Hi! I am splitting a restaurant bill with friends and my head hurts. Could you tell me what {a} plus {b} comes to? Just the number please.",
             f"Quick question for my homework tonight: if I have {a} apples and then get {b} more apples, how many apples do I have in total now?",
             f"I keep getting a different total each time I count on my fingers, so please settle it for me: what is {a} + {b}? Reply with the number only.",
-        ]
+        ],
     )
     return Task("arithmetic", prompt, str(a + b))
 
 
-def _uppercase(rng: random.Random) -> Task:
+def _uppercase(rng: random.Random, chatty: bool) -> Task:
     w = rng.choice(WORDS)
-    prompt = rng.choice(
+    prompt = _pick(
+        rng,
+        chatty,
+        [f"uppercase: {w}", f"{w} in capitals"],
         [
-            f"uppercase: {w}",
             f"Please rewrite the word {w} in capital letters for the heading of my school poster, I want it to stand out from the rest of the page.",
             f"My keyboard's shift key is broken and I need the word {w} written in all capital letters for a form, could you type it out for me?",
-        ]
+        ],
     )
     return Task("uppercase", prompt, w.upper())
 
 
-def _reverse(rng: random.Random) -> Task:
+def _reverse(rng: random.Random, chatty: bool) -> Task:
     w = rng.choice(SHORT_WORDS)
-    prompt = rng.choice(
+    prompt = _pick(
+        rng,
+        chatty,
+        [f"reverse {w}", f"{w} backwards"],
         [
-            f"reverse {w}",
             f"For a little word puzzle I am making for my kids, could you write the word {w} backwards, letter by letter, with nothing else around it?",
             f"I am designing a mirror-writing game and need the word {w} spelled in reverse order, last letter first; please give me just that reversed word.",
-        ]
+        ],
     )
     return Task("reverse", prompt, w[::-1])
 
 
-def _extraction(rng: random.Random) -> Task:
+def _extraction(rng: random.Random, chatty: bool) -> Task:
     code = f"{rng.choice('ABCDEFGH')}{rng.randint(10, 99)}"
     city, name, day = rng.choice(CITIES), rng.choice(NAMES), rng.choice(DAYS)
     context = f"Order {code} left the warehouse on {day} and was shipped to {city} with courier {name}."
     if rng.random() < 0.5:
-        prompt = rng.choice(
+        prompt = _pick(
+            rng,
+            chatty,
+            [f"Which city did order {code} go to?", f"city of order {code}?"],
             [
-                f"Which city did order {code} go to?",
                 f"I am following up on a customer complaint and need to know where the parcel was going: according to the shipping note, which city was order {code} shipped to?",
-            ]
+            ],
         )
         return Task("extraction", prompt, city, context)
-    prompt = rng.choice(
+    prompt = _pick(
+        rng,
+        chatty,
+        [f"Who was the courier for order {code}?", f"courier of order {code}?"],
         [
-            f"Who was the courier for order {code}?",
             f"The customer wants to thank the person who delivered their parcel; going by the shipping note above, who was the courier that carried order {code} for us?",
-        ]
+        ],
     )
     return Task("extraction", prompt, name, context)
 
 
-def _letter_count(rng: random.Random) -> Task:
+def _letter_count(rng: random.Random, chatty: bool) -> Task:
     # The rare class: a few percent of traffic.
     w = rng.choice(WORDS + SHORT_WORDS)
-    prompt = rng.choice(
+    prompt = _pick(
+        rng,
+        chatty,
+        [f"letters in {w}?", f"How many letters does {w} have?"],
         [
             f"How many letters does the word {w} have? I am checking a crossword answer and want to be sure before I write it into the grid.",
-            f"letters in {w}?",
-        ]
+        ],
     )
     return Task("letter_count", prompt, str(len(w)))
 
 
-TASK_MIX: tuple[tuple[Callable[[random.Random], Task], float], ...] = (
+TASK_MIX: tuple[tuple[Callable[[random.Random, bool], Task], float], ...] = (
     (_arithmetic, 0.30),
     (_uppercase, 0.22),
     (_reverse, 0.20),
@@ -130,9 +145,15 @@ TASK_MIX: tuple[tuple[Callable[[random.Random], Task], float], ...] = (
 TASK_TYPES = ("arithmetic", "uppercase", "reverse", "extraction", "letter_count")
 
 
-def sample_task(rng: random.Random) -> Task:
+# The product's users write chatty requests; the base model was pre-trained on terse ones. The
+# gap is what the flywheel closes: the kept traffic teaches the model the product's own prompts.
+PRODUCT_CHATTY_SHARE = 0.7
+
+
+def sample_task(rng: random.Random, *, chatty_share: float = PRODUCT_CHATTY_SHARE) -> Task:
     makers, weights = zip(*TASK_MIX, strict=True)
-    return rng.choices(makers, weights=weights)[0](rng)
+    maker = rng.choices(makers, weights=weights)[0]
+    return maker(rng, rng.random() < chatty_share)
 
 
 def normalise_answer(text: str | None) -> str:
@@ -150,9 +171,9 @@ def golden_set(n: int, seed: int) -> list[Task]:
 
 
 def pretraining_tasks(n: int, seed: int) -> list[Task]:
-    """Right-answer examples for the tiny model's brief pre-training."""
+    """Right-answer examples for the tiny model's brief pre-training: terse prompts only."""
     rng = random.Random(f"pretrain:{seed}")
-    return [sample_task(rng) for _ in range(n)]
+    return [sample_task(rng, chatty_share=0.0) for _ in range(n)]
 
 
 @dataclass(frozen=True)

@@ -199,7 +199,7 @@ class DuckDBWarehouse(Warehouse):
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
         with self._connect() as con:
-            return con.execute(sql, params or {}).fetch_arrow_table()
+            return con.execute(sql, params or {}).to_arrow_table()
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         with self._connect() as con:
@@ -245,7 +245,7 @@ class DuckDBWarehouse(Warehouse):
         with self._connect() as con:
             reader = con.execute(
                 canonical_sql("read_logs_window"), {"window_start": start, "window_end": end}
-            ).fetch_record_batch(batch_rows)
+            ).to_arrow_reader(batch_rows)
             for batch in reader:
                 yield pa.RecordBatch.from_arrays(
                     [batch.column(i).cast(schema.field(i).type) for i in range(len(schema))], schema=schema
