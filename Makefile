@@ -20,7 +20,7 @@ install: $(STAMP)
 
 ## Build the tiny model, simulate the product and run weekly cycles through Airflow.
 demo: install
-	$(BIN)/python scripts/demo.py
+	$(BIN)/python -m flywheel.demo
 
 ## The test suite (unit, DAG integrity, one full cycle through `airflow dags test`).
 test: install
@@ -31,7 +31,7 @@ test-all: install
 
 ## The Airflow UI on http://localhost:8080 over the demo's warehouse (airflow standalone).
 airflow: install
-	$(BIN)/python scripts/airflow_env.py standalone
+	$(BIN)/python -m flywheel.localenv standalone
 
 lint: install
 	$(BIN)/ruff check .

@@ -196,11 +196,24 @@ def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     return {k: (str(v) if isinstance(v, datetime | Path) else v) for k, v in row.items()}
 
 
+def ensure_base_model(config: FlywheelConfig, wh: Warehouse) -> str:
+    """The base model's path or name; on the embedded default, build the tiny model if needed.
+
+    With no champion yet (cold start), the base model becomes the first champion.
+    """
+    from flywheel.tinymodel import TINY_MODEL_NAME, build_tiny_model, resolve_base_model
+
+    if config.training.base_model == TINY_MODEL_NAME:
+        build_tiny_model(config)  # a no-op when the cached build matches the config
+    base = resolve_base_model(config)
+    registry.ensure_bootstrap_champion(wh, base)
+    return base
+
+
 def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
-    from flywheel.tinymodel import resolve_base_model
     from flywheel.training import train_lora
 
-    base = resolve_base_model(cycle.config)
+    base = ensure_base_model(cycle.config, wh)
     champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
     if champion.base_model != base:
         raise registry.RegistryError(

@@ -23,7 +23,9 @@ class LoadedModel:
 def load_model(base_model: str, adapter_path: str | None = None, *, version: str = "") -> LoadedModel:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     if adapter_path:

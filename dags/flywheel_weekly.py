@@ -1,0 +1,75 @@
+"""
+### Weekly flywheel cycle
+
+Turns last-but-two week's production traffic into a challenger model, and promotes it only if
+it beats the champion on the golden set.
+
+**Window.** A run whose data interval ends at `T` reads the logs of `[T - lag - 7 days, T - lag)`
+(`lag_days` = 14 by default): users' corrections and regenerations settle before their rows
+are used. The window comes from the run, never from the wall clock, so a backfill of any past
+Monday reads exactly that week.
+
+**Tasks.** `extract_window` → `validate_and_quarantine` (malformed rows go to the `quarantine`
+table with their reason) → `filter_candidates` (user action, length, quality score; a decision
+per row and rule) → `build_dataset` (chat format; corrections become the target; skipped with a
+reason when too few examples survive) → `train_lora` (continues from the champion's adapter) →
+`evaluate_golden_set` → `promote_if_better` → `record_cycle_metrics`.
+
+**Idempotent.** Every task rewrites its own outputs for the logical date: clear any task, or
+rerun or backfill the run, and nothing is duplicated.
+
+**Params** override the YAML config (`include/config/flywheel.yaml`) for one run; leave a param
+empty to keep the configured value.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import Param, TriggerRule, chain, dag
+from airflow.timetables.trigger import CronTriggerTimetable
+
+from flywheel_airflow.operators import (
+    BuildDatasetOperator,
+    EvaluateGoldenSetOperator,
+    ExtractWindowOperator,
+    FilterCandidatesOperator,
+    PromoteIfBetterOperator,
+    RecordCycleOperator,
+    TrainLoraOperator,
+    ValidateRowsOperator,
+)
+
+
+@dag(
+    dag_id="flywheel_weekly",
+    schedule=CronTriggerTimetable("0 0 * * 1", timezone="UTC"),  # Mondays 00:00 UTC
+    start_date=pendulum.datetime(2026, 1, 5, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # each cycle starts from the champion the previous one left
+    tags=["flywheel", "weekly", "training"],
+    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=2)},
+    doc_md=__doc__,
+    params={
+        "lag_days": Param(14, type="integer", minimum=0, description="Days between the window's end and the run."),
+        "window_days": Param(None, type=["null", "integer"], minimum=1, description="Window length in days (config: 7)."),
+        "min_quality_score": Param(None, type=["null", "number"], minimum=0, maximum=1, description="Quality filter threshold (config: 0.6)."),
+        "epochs": Param(None, type=["null", "number"], exclusiveMinimum=0, description="LoRA epochs (config: 1)."),
+        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description="LoRA learning rate."),
+        "min_improvement": Param(None, type=["null", "number"], minimum=0, description="Accuracy margin the challenger must beat."),
+    },
+)
+def flywheel_weekly():
+    extract = ExtractWindowOperator(task_id="extract_window")
+    validate = ValidateRowsOperator(task_id="validate_and_quarantine")
+    filtered = FilterCandidatesOperator(task_id="filter_candidates")
+    dataset = BuildDatasetOperator(task_id="build_dataset")
+    train = TrainLoraOperator(task_id="train_lora", execution_timeout=timedelta(hours=12))
+    evaluate = EvaluateGoldenSetOperator(task_id="evaluate_golden_set")
+    promote = PromoteIfBetterOperator(task_id="promote_if_better")
+    record = RecordCycleOperator(task_id="record_cycle_metrics", trigger_rule=TriggerRule.NONE_FAILED)
+    chain(extract, validate, filtered, dataset, train, evaluate, promote, record)
+
+
+flywheel_weekly()

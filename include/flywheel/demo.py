@@ -1,0 +1,140 @@
+"""The demo: a simulated product and several weekly flywheel cycles run by real Airflow.
+
+Timeline (weeks are Mondays, UTC): the product serves the champion for three weeks; then each
+Monday ``T`` Airflow runs ``flywheel_weekly`` for logical date ``T`` (reading the week
+``[T - 21 d, T - 14 d)``), and the product serves week ``T`` with whatever champion that cycle
+left. Every accuracy printed is measured on the golden set, and every user action in the logs
+is a simulated user's reaction to a real answer of the model that served it.
+
+Run: ``python -m flywheel.demo [--cycles N] [--keep]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from flywheel.config import PROJECT_ROOT, FlywheelConfig, flywheel_home, load_config
+from flywheel.warehouse import Warehouse, warehouse_from_config
+
+log = logging.getLogger("flywheel.demo")
+
+DAG_ID = "flywheel_weekly"
+FIRST_WEEK = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
+
+
+def serve_week(config: FlywheelConfig, wh: Warehouse, week_start: datetime) -> dict[str, object]:
+    """The product's week: the champion in force answers, simulated users react, logs land."""
+    from flywheel import registry
+    from flywheel.inference import answer_fn, load_model
+    from flywheel.simulate import simulate_traffic
+
+    champion = registry.get_model(wh, registry.champion_as_of(wh, week_start + timedelta(microseconds=1)))
+    loaded = load_model(champion.base_model, champion.adapter_path, version=champion.version)
+    logs = simulate_traffic(
+        week_start,
+        answer_fn(loaded, max_new_tokens=config.evaluation.max_new_tokens),
+        model_version=champion.version,
+        n_requests=config.simulate.requests_per_week,
+        seed=config.simulate.seed,
+        malformed_rate=config.simulate.malformed_rate,
+        adversarial_rate=config.simulate.adversarial_rate,
+    )
+    wh.merge("production_logs", logs)
+    return {"week": f"{week_start:%Y-%m-%d}", "requests": logs.num_rows, "served_by": champion.version}
+
+
+def run_airflow_cycle(logical_date: datetime, env: dict[str, str], log_dir: Path) -> None:
+    """``airflow dags test`` for one logical date; its full log is kept, its failure is loud."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"{DAG_ID}-{logical_date:%Y%m%d}.log"
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    with log_file.open("w") as out:
+        proc = subprocess.run(
+            [airflow, "dags", "test", DAG_ID, logical_date.isoformat()],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    if proc.returncode != 0:
+        tail = "\n".join(log_file.read_text().splitlines()[-40:])
+        raise SystemExit(f"airflow dags test {DAG_ID} {logical_date:%Y-%m-%d} failed (exit {proc.returncode}); log: {log_file}\n{tail}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cycles", type=int, default=4, help="weekly cycles to run through Airflow (default 4)")
+    parser.add_argument("--keep", action="store_true", help="keep the previous demo's warehouse and artefacts")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("httpx", "datasets", "transformers", "peft"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    from flywheel import registry
+    from flywheel.localenv import airflow_env
+    from flywheel.metrics import cycles_report, format_cycles_table
+    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+
+    started = time.monotonic()
+    home = flywheel_home()
+    config = load_config()
+    if not args.keep:
+        # A fresh run each time; the tiny model's cached build is kept (it is rebuilt only
+        # when its config changes).
+        for stale in (config.duckdb_path, config.artefacts_root / "cycles", config.artefacts_root / "datasets",
+                      config.artefacts_root / "adapters"):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+    airflow_home = PROJECT_ROOT / ".airflow"
+    env = airflow_env(airflow_home, home)
+
+    info = build_tiny_model(config)
+    log.info("tiny model: %s (%d parameters, %s)", info.path, info.parameters,
+             f"built in {info.build_seconds:.1f}s" if info.rebuilt else "cached")
+    wh = warehouse_from_config(config)
+    wh.ensure_schema()
+    registry.ensure_bootstrap_champion(wh, resolve_base_model(config))
+
+    subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    lag_weeks = (config.extract.lag_days + config.extract.window_days) // 7
+    for w in range(lag_weeks):
+        log.info("product week %s", serve_week(config, wh, FIRST_WEEK + timedelta(weeks=w)))
+    for k in range(args.cycles):
+        monday = FIRST_WEEK + timedelta(weeks=lag_weeks + k)
+        t = time.monotonic()
+        run_airflow_cycle(monday, env, airflow_home / "demo-logs")
+        log.info("cycle for %s ran through Airflow in %.0fs", f"{monday:%Y-%m-%d}", time.monotonic() - t)
+        log.info("product week %s", serve_week(config, wh, monday))
+
+    rows = cycles_report(wh, DAG_ID)
+    print("\nFlywheel cycles (each run by `airflow dags test flywheel_weekly <monday>`):\n")
+    print(format_cycles_table(rows))
+    first, last = rows[0], rows[-1]
+    base_acc = first["champion_accuracy"]
+    final = registry.current_champion(wh)
+    final_acc = next((r["challenger_accuracy"] for r in rows if r["challenger"] == final), base_acc)
+    print(f"\nGolden-set accuracy: base {base_acc:.3f} -> champion {final} {final_acc:.3f}"
+          if base_acc is not None and final_acc is not None else "")
+    quarantine = wh.query(
+        "SELECT field, rule, COUNT(*) AS n FROM quarantine GROUP BY field, rule ORDER BY n DESC"
+    ).to_pylist()
+    print("Quarantined, by reason: " + ", ".join(f"{q['field']}.{q['rule']}={q['n']}" for q in quarantine))
+    print(f"\nWarehouse:  {config.duckdb_path}")
+    print(f"Artefacts:  {config.artefacts_root} (base_models/, datasets/, adapters/, golden/, cycles/)")
+    print(f"Airflow:    AIRFLOW_HOME={airflow_home}; run logs in {airflow_home / 'demo-logs'}")
+    print(f"Demo time:  {time.monotonic() - started:.0f}s for {len(rows)} cycles (last: {last['cycle_id']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""Environment for running this project's Airflow locally on the embedded default.
+
+Used by the demo, `make airflow` and the integration tests, so the three run Airflow the same
+way: a project-local AIRFLOW_HOME (SQLite metadata DB), this repository's dags/ and plugins/,
+no example DAGs, and no model hub access.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from flywheel.config import PROJECT_ROOT
+
+
+def airflow_env(airflow_home: Path, flywheel_home: Path, *, config_path: Path | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        {
+            "AIRFLOW_HOME": str(airflow_home),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+            "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+            "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": env.get(
+                "AIRFLOW__CORE__EXECUTION_API_SERVER_URL", "http://localhost:8080/execution/"
+            ),
+            "FLYWHEEL_HOME": str(flywheel_home),
+            # Nothing reaches a model hub: the tiny model is built locally.
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+    )
+    if config_path is not None:
+        env["FLYWHEEL_CONFIG"] = str(config_path)
+    return env
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flywheel.localenv ARGS...``: run ``airflow ARGS...`` in the project's local env."""
+    import subprocess
+    import sys
+
+    from flywheel.config import flywheel_home
+
+    args = sys.argv[1:] if argv is None else argv
+    env = airflow_env(PROJECT_ROOT / ".airflow", flywheel_home())
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    return subprocess.run([airflow, *args], env=env, check=False).returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,147 @@
+"""Thin operators: one per stage of the weekly cycle, each calling `flywheel.cycle`.
+
+Every operator derives the cycle from the run (its data interval and logical date) and the
+run's params, so a task can be cleared and rerun on its own: inputs and outputs live at paths
+derived from the cycle id, and warehouse writes replace the cycle's partition. XCom carries only
+the small summary each stage returns (counts, paths, versions, accuracies).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+from airflow.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk import BaseOperator, Context
+
+log = logging.getLogger(__name__)
+
+# DAG params that override a config key for one run; a null param keeps the YAML value.
+PARAM_OVERRIDES: dict[str, str] = {
+    "lag_days": "extract.lag_days",
+    "window_days": "extract.window_days",
+    "min_quality_score": "filters.min_quality_score",
+    "epochs": "training.epochs",
+    "learning_rate": "training.learning_rate",
+    "min_improvement": "evaluation.min_improvement",
+}
+
+
+def config_for_run(params: dict[str, Any] | None, config_path: str | None = None):
+    """The flywheel config with this run's params applied."""
+    from flywheel.config import load_config
+
+    params = params or {}
+    overrides = {key: params.get(name) for name, key in PARAM_OVERRIDES.items() if params.get(name) is not None}
+    return load_config(config_path).with_overrides(overrides)
+
+
+def cycle_from_context(context: Context, config_path: str | None = None):
+    from flywheel.cycle import make_cycle
+
+    config = config_for_run(dict(context.get("params") or {}), config_path)
+    return make_cycle(
+        context["dag"].dag_id,
+        data_interval_end=context.get("data_interval_end"),
+        logical_date=context.get("logical_date"),
+        config=config,
+    )
+
+
+class FlywheelStageOperator(BaseOperator):
+    """Runs one stage of the cycle for the run's logical date and returns its summary."""
+
+    template_fields: Sequence[str] = ("config_path",)
+    ui_color = "#e8f0fe"
+    stage_name: ClassVar[str] = ""
+
+    def __init__(self, *, config_path: str | None = None, warehouse_conn_id: str = "flywheel_warehouse", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.config_path = config_path
+        self.warehouse_conn_id = warehouse_conn_id
+
+    def stage(self) -> Callable[..., dict[str, Any]]:
+        from flywheel import cycle
+
+        return getattr(cycle, f"stage_{self.stage_name}")
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from flywheel_airflow.hooks import FlywheelWarehouseHook
+
+        from flywheel.errors import ConfigError, WindowError
+
+        try:
+            cycle = cycle_from_context(context, self.config_path)
+        except (ConfigError, WindowError) as exc:
+            raise AirflowFailException(f"{self.task_id} [{type(exc).__name__}]: {exc}") from exc
+        warehouse = FlywheelWarehouseHook(cycle.config, self.warehouse_conn_id).get_warehouse()
+        log.info("cycle %s, window [%s, %s)", cycle.cycle_id, cycle.window.start, cycle.window.end)
+        from flywheel.errors import ConfigError, GateError, RegistryError, TrainingError, WindowError
+
+        try:
+            result = self.stage()(cycle, warehouse)
+        except (ConfigError, GateError, RegistryError, TrainingError, WindowError) as exc:
+            # Deterministic failures: a retry would fail the same way, so fail now, loudly.
+            raise AirflowFailException(f"{self.task_id} [{type(exc).__name__}]: {exc}") from exc
+        log.info("%s: %s", self.stage_name, result)
+        return result
+
+
+class ExtractWindowOperator(FlywheelStageOperator):
+    """Snapshot the lagged window's production logs (`[end - lag - window, end - lag)`)."""
+
+    stage_name = "extract"
+
+
+class ValidateRowsOperator(FlywheelStageOperator):
+    """Quarantine malformed rows with their reasons; pass the valid ones on."""
+
+    stage_name = "validate"
+    ui_color = "#fde8e8"
+
+
+class FilterCandidatesOperator(FlywheelStageOperator):
+    """Apply the filter rules; record a decision per row and rule."""
+
+    stage_name = "filter"
+
+
+class BuildDatasetOperator(FlywheelStageOperator):
+    """Kept candidates → a chat-format `datasets` dataset. Too few examples skips training."""
+
+    stage_name = "build_dataset"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        from flywheel.cycle import InsufficientDataError
+
+        try:
+            return super().execute(context)
+        except InsufficientDataError as exc:
+            raise AirflowSkipException(str(exc)) from exc
+
+
+class TrainLoraOperator(FlywheelStageOperator):
+    """Fine-tune a LoRA adapter (the challenger), continuing from the champion's adapter."""
+
+    stage_name = "train"
+    ui_color = "#fff4e0"
+
+
+class EvaluateGoldenSetOperator(FlywheelStageOperator):
+    """Champion and challenger on the fixed golden set."""
+
+    stage_name = "evaluate"
+
+
+class PromoteIfBetterOperator(FlywheelStageOperator):
+    """Move the champion pointer to the challenger only if it evaluated better."""
+
+    stage_name = "promote"
+    ui_color = "#e6f4ea"
+
+
+class RecordCycleOperator(FlywheelStageOperator):
+    """The cycle's summary row and velocity metrics; runs even when training was skipped."""
+
+    stage_name = "record"
