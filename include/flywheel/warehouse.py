@@ -199,7 +199,7 @@ class DuckDBWarehouse(Warehouse):
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
         with self._connect() as con:
-            return con.execute(sql, params or {}).to_arrow_table()
+            return con.sql(sql, params=params or {}).to_arrow_table()
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> None:
         with self._connect() as con:
@@ -243,8 +243,8 @@ class DuckDBWarehouse(Warehouse):
     ) -> Iterator[pa.RecordBatch]:
         schema = TABLES["production_logs"].schema
         with self._connect() as con:
-            reader = con.execute(
-                canonical_sql("read_logs_window"), {"window_start": start, "window_end": end}
+            reader = con.sql(
+                canonical_sql("read_logs_window"), params={"window_start": start, "window_end": end}
             ).to_arrow_reader(batch_rows)
             for batch in reader:
                 yield pa.RecordBatch.from_arrays(

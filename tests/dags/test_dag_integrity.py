@@ -1,0 +1,97 @@
+"""Every DAG imports, and follows the project's rules: docs, tags, owner, retries, no wall clock."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+DAGS_DIR = Path(__file__).resolve().parents[2] / "dags"
+DAG_FILES = sorted(p for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.models.dagbag import DagBag
+
+    return DagBag(dag_folder=str(DAGS_DIR), include_examples=False)
+
+
+def test_no_import_errors(dagbag):
+    assert dagbag.import_errors == {}, dagbag.import_errors
+
+
+def test_every_dag_file_defines_a_dag(dagbag):
+    files = {Path(d.fileloc).name for d in dagbag.dags.values()}
+    assert files == {p.name for p in DAG_FILES}
+
+
+def test_dags_follow_project_rules(dagbag):
+    assert dagbag.dags, "no DAGs were loaded"
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags and "flywheel" in dag.tags, f"{dag_id}: needs the 'flywheel' tag"
+        assert dag.doc_md and len(dag.doc_md.strip()) > 80, f"{dag_id}: needs doc_md"
+        assert dag.max_active_runs == 1 or dag.schedule is None, f"{dag_id}: cycles must not overlap"
+        for task in dag.tasks:
+            assert task.owner and task.owner != "airflow", f"{dag_id}.{task.task_id}: needs an owner"
+            assert task.retries >= 1, f"{dag_id}.{task.task_id}: needs retries >= 1"
+
+
+@pytest.mark.parametrize("path", DAG_FILES, ids=lambda p: p.name)
+def test_no_wall_clock_or_heavy_imports_at_top_level(path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and node.attr in {"now", "utcnow", "today"}:
+            pytest.fail(f"{path.name}:{node.lineno}: dates must come from the run, not {node.attr}()")
+    heavy = {"torch", "transformers", "peft", "datasets", "great_expectations", "duckdb"}
+    for node in tree.body:
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names = [node.module]
+        for name in names:
+            assert name.split(".")[0] not in heavy, f"{path.name}: heavy import {name} at parse time"
+
+
+def test_weekly_graph_reads_as_the_cycle(dagbag):
+    dag = dagbag.dags["flywheel_weekly"]
+    order = [
+        "extract_window",
+        "validate_and_quarantine",
+        "filter_candidates",
+        "build_dataset",
+        "train_lora",
+        "evaluate_golden_set",
+        "promote_if_better",
+        "record_cycle_metrics",
+    ]
+    assert {t.task_id for t in dag.tasks} == set(order)
+    for upstream, downstream in zip(order, order[1:], strict=False):
+        assert dag.get_task(downstream).upstream_task_ids == {upstream}
+    assert dag.get_task("record_cycle_metrics").trigger_rule == "none_failed"
+
+
+def test_weekly_schedule_and_params(dagbag):
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    dag = dagbag.dags["flywheel_weekly"]
+    assert isinstance(dag.timetable, CronTriggerTimetable)
+    assert dag.timetable._expression == "0 0 * * 1"
+    assert dag.catchup is False
+    assert dag.params["lag_days"] == 14
+    for name in ("window_days", "min_quality_score", "epochs", "learning_rate", "min_improvement"):
+        assert name in dag.params and dag.params[name] is None
+
+
+def test_params_map_onto_config_keys():
+    """Each DAG param that overrides config names a real config key, and the override applies."""
+    from flywheel_airflow.operators import PARAM_OVERRIDES, config_for_run
+
+    cfg = config_for_run({"lag_days": 7, "min_quality_score": 0.75, "epochs": None})
+    assert cfg.extract.lag_days == 7
+    assert cfg.filters.min_quality_score == 0.75
+    for dotted in PARAM_OVERRIDES.values():
+        section, key = dotted.split(".")
+        assert hasattr(getattr(cfg, section), key), dotted
