@@ -156,6 +156,8 @@ def load_config(path: str | os.PathLike[str] | None = None) -> FlywheelConfig:
         data = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError as exc:
         raise ConfigError(f"flywheel config not found: {path}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"flywheel config {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"flywheel config {path} must be a mapping at top level")
     return _validate(data, home=flywheel_home(), source=str(path))

@@ -22,7 +22,7 @@ from flywheel import registry
 from flywheel.config import FlywheelConfig
 from flywheel.dataset import build_chat_dataset
 from flywheel.errors import FlywheelError, WindowError
-from flywheel.extract import Window, extract_window_snapshot, lagged_window
+from flywheel.extract import Window, as_utc, extract_window_snapshot, lagged_window
 from flywheel.filters import apply_filters, basic_rules
 from flywheel.schema import (
     PRODUCTION_LOGS,
@@ -86,9 +86,8 @@ def make_cycle(
             f"{dag_id}: the run has neither a data interval nor a logical date; trigger it with a "
             "logical date (the week whose cycle should run)"
         )
-    logical = (logical_date or end).astimezone(UTC)
     window = lagged_window(end, lag_days=config.extract.lag_days, window_days=config.extract.window_days)
-    return CycleSpec(dag_id, datetime.fromtimestamp(logical.timestamp(), tz=UTC), window, config)
+    return CycleSpec(dag_id, as_utc(logical_date or end), window, config)
 
 
 def _now() -> datetime:

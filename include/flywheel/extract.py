@@ -37,6 +37,15 @@ class Window:
         return (self.end - self.start).total_seconds() / 86400
 
 
+def as_utc(moment: datetime) -> datetime:
+    """A stdlib UTC datetime for any aware one (pendulum's arithmetic is wall-clock in its zone).
+
+    Built field by field, not through a float POSIX timestamp, so microseconds survive at any date.
+    """
+    u = moment.astimezone(UTC)
+    return datetime(u.year, u.month, u.day, u.hour, u.minute, u.second, u.microsecond, tzinfo=UTC)
+
+
 def lagged_window(data_interval_end: datetime, *, lag_days: int = 14, window_days: int = 7) -> Window:
     """The window a run reads: ``[end - lag - window, end - lag)`` in UTC."""
     if not isinstance(data_interval_end, datetime):
@@ -50,8 +59,7 @@ def lagged_window(data_interval_end: datetime, *, lag_days: int = 14, window_day
         raise WindowError(f"lag_days must be >= 0, got {lag_days}")
     if window_days <= 0:
         raise WindowError(f"window_days must be > 0, got {window_days}")
-    # Normalise to a stdlib UTC datetime (pendulum's arithmetic is wall-clock in the local zone).
-    end_utc = datetime.fromtimestamp(data_interval_end.timestamp(), tz=UTC)
+    end_utc = as_utc(data_interval_end)
     end = end_utc - timedelta(days=lag_days)
     return Window(start=end - timedelta(days=window_days), end=end)
 

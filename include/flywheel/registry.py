@@ -7,6 +7,7 @@ history, and a rerun or backfill of a date sees the same champion it saw the fir
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -89,7 +90,9 @@ class PromotionDecision:
 def decide_promotion(champion_accuracy: float, challenger_accuracy: float, *, min_improvement: float) -> PromotionDecision:
     """Promote only a challenger that beats the champion by more than ``min_improvement``."""
     delta = challenger_accuracy - champion_accuracy
-    if delta > min_improvement:
+    # Accuracies are ratios of counts, so their float difference can land a hair above a margin
+    # it only equals (192/240 - 168/240 > 0.1); an improvement must clear the margin for real.
+    if delta > min_improvement and not math.isclose(delta, min_improvement, rel_tol=1e-9, abs_tol=1e-12):
         return PromotionDecision(True, f"challenger {challenger_accuracy:.4f} beats champion {champion_accuracy:.4f} by {delta:+.4f} (> {min_improvement})")
     return PromotionDecision(False, f"challenger {challenger_accuracy:.4f} vs champion {champion_accuracy:.4f}: {delta:+.4f} is not > {min_improvement}")
 

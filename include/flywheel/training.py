@@ -79,7 +79,13 @@ def train_lora(
     """Fine-tune a LoRA adapter on the chat dataset at ``dataset_path``; save it to ``output_dir``."""
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments, set_seed
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     from flywheel.dataset import load_chat_dataset
 

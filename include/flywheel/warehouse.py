@@ -141,6 +141,22 @@ def _where(where: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return " WHERE " + " AND ".join(parts), params
 
 
+def _merge_deletes(table: str) -> list[str]:
+    """The deletes that make room for ``_incoming``: stored rows with the same keys, and, for a
+    row whose key is missing (a malformed log row kept for quarantine), the very same content.
+    So a re-merge of the same bad row is idempotent while two different keyless rows both
+    survive. Two statements, not one with OR, so that each stays a hash join."""
+    spec = TABLES[table]
+    keys = ", ".join(f'"{k}"' for k in spec.keys)
+    any_null = lambda alias: " OR ".join(f'{alias}."{k}" IS NULL' for k in spec.keys)  # noqa: E731
+    same_row = " AND ".join(f'i."{c}" IS NOT DISTINCT FROM t."{c}"' for c in spec.schema.names)
+    return [
+        f"DELETE FROM {table} WHERE ({keys}) IN (SELECT {keys} FROM _incoming)",
+        f"DELETE FROM {table} t WHERE ({any_null('t')}) AND EXISTS "
+        f"(SELECT 1 FROM _incoming i WHERE ({any_null('i')}) AND {same_row})",
+    ]
+
+
 def _conform(table: str, rows: pa.Table) -> pa.Table:
     """Rows in the table's exact column order and types; a missing or extra column is an error."""
     schema = TABLES[table].schema
@@ -206,14 +222,13 @@ class DuckDBWarehouse(Warehouse):
             con.execute(sql, params or {})
 
     def merge(self, table: str, rows: pa.Table) -> int:
-        spec = TABLES[table]
         incoming = _conform(table, rows)
-        keys = ", ".join(f'"{k}"' for k in spec.keys)
         with self._connect() as con:
             con.register("_incoming", incoming)
             con.execute("BEGIN TRANSACTION")
             try:
-                con.execute(f"DELETE FROM {table} WHERE ({keys}) IN (SELECT {keys} FROM _incoming)")
+                for statement in _merge_deletes(table):
+                    con.execute(statement)
                 con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
                 con.execute("COMMIT")
             except Exception:

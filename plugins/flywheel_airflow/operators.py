@@ -67,9 +67,8 @@ class FlywheelStageOperator(BaseOperator):
         return getattr(cycle, f"stage_{self.stage_name}")
 
     def execute(self, context: Context) -> dict[str, Any]:
+        from flywheel.errors import ConfigError, GateError, RegistryError, TrainingError, WindowError
         from flywheel_airflow.hooks import FlywheelWarehouseHook
-
-        from flywheel.errors import ConfigError, WindowError
 
         try:
             cycle = cycle_from_context(context, self.config_path)
@@ -77,8 +76,6 @@ class FlywheelStageOperator(BaseOperator):
             raise AirflowFailException(f"{self.task_id} [{type(exc).__name__}]: {exc}") from exc
         warehouse = FlywheelWarehouseHook(cycle.config, self.warehouse_conn_id).get_warehouse()
         log.info("cycle %s, window [%s, %s)", cycle.cycle_id, cycle.window.start, cycle.window.end)
-        from flywheel.errors import ConfigError, GateError, RegistryError, TrainingError, WindowError
-
         try:
             result = self.stage()(cycle, warehouse)
         except (ConfigError, GateError, RegistryError, TrainingError, WindowError) as exc:

@@ -1,0 +1,102 @@
+"""Fixtures for the flywheel's unit tests: a throwaway DuckDB warehouse and a task oracle."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from flywheel.simulate import SHORT_WORDS, WORDS
+from flywheel.warehouse import DuckDBWarehouse
+
+_WORDS = set(WORDS)
+_SHORT = set(SHORT_WORDS)
+
+
+def solve(prompt: str, context: str | None) -> str:
+    """An independent oracle for the simulator's tasks: the right answer read off the prompt.
+
+    Written from the task templates' wording (not from the simulator's random state), and
+    checked against `golden_set` answers in test_simulate, so tests can build "always right"
+    and "always wrong" model stand-ins.
+    """
+    low = prompt.lower()
+    tokens = re.findall(r"[a-z]+", low)
+    if context:
+        m = re.search(r"shipped to (\w+) with courier (\w+)", context)
+        assert m, context
+        return m.group(1) if "city" in low else m.group(2)
+    if "how many letters" in low or low.startswith("letters in"):
+        (w,) = [t for t in tokens if t in _WORDS | _SHORT]
+        return str(len(w))
+    if "backwards" in low or "reverse" in low:
+        (w,) = [t for t in tokens if t in _SHORT]
+        return w[::-1]
+    if "capital" in low or "uppercase" in low:
+        (w,) = [t for t in tokens if t in _WORDS]
+        return w.upper()
+    a, b = (int(n) for n in re.findall(r"\d+", prompt))
+    return str(a + b)
+
+
+def right_answers(pairs: Sequence[tuple[str, str | None]]) -> list[str]:
+    return [solve(p, c) for p, c in pairs]
+
+
+def wrong_answers(pairs: Sequence[tuple[str, str | None]]) -> list[str]:
+    # Never a right answer: answers are digits, upper-case words or short lower-case words.
+    return ["no idea, sorry" for _ in pairs]
+
+
+def half_right_answers(pairs: Sequence[tuple[str, str | None]]) -> list[str]:
+    return [solve(p, c) if i % 2 == 0 else "no idea, sorry" for i, (p, c) in enumerate(pairs)]
+
+
+@pytest.fixture(scope="session")
+def oracle() -> Callable[[str, str | None], str]:
+    return solve
+
+
+@pytest.fixture(scope="session")
+def answer_fns() -> dict[str, Callable[[Sequence[tuple[str, str | None]]], list[str]]]:
+    return {"right": right_answers, "wrong": wrong_answers, "half": half_right_answers}
+
+
+@pytest.fixture
+def wh(tmp_path: Path) -> DuckDBWarehouse:
+    warehouse = DuckDBWarehouse(tmp_path / "wh" / "warehouse.duckdb", lock_timeout_s=5)
+    warehouse.ensure_schema()
+    return warehouse
+
+
+T0 = datetime(2026, 2, 2, tzinfo=UTC)  # a Monday
+
+
+def log_row(request_id: str | None, ts: datetime | None, **overrides: Any) -> dict[str, Any]:
+    """A well-formed production-log row (long enough to pass the length filter)."""
+    row: dict[str, Any] = {
+        "request_id": request_id,
+        "timestamp": ts,
+        "user_id": "user-0001",
+        "prompt": "Please rewrite the word garden in capital letters for the heading of my school poster, I want it to stand out.",
+        "response": "GARDEN",
+        "user_action": "accepted",
+        "correction": None,
+        "task_type": "uppercase",
+        "quality_score": 0.9,
+        "included_in_training": False,
+        "model_version": "base:tiny-llama",
+        "context": None,
+        "ingested_at": (ts or T0) + timedelta(seconds=5),
+    }
+    row.update(overrides)
+    return row
+
+
+@pytest.fixture(scope="session")
+def make_log_row() -> Callable[..., dict[str, Any]]:
+    return log_row

@@ -1,0 +1,357 @@
+"""The cycle's data stages end to end on a DuckDB warehouse, without any model:
+extract -> validate -> filter -> build_dataset -> record."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pyarrow.parquet as pq
+import pytest
+
+from flywheel import cycle as fc
+from flywheel import registry
+from flywheel.config import FlywheelConfig
+from flywheel.dataset import load_chat_dataset
+from flywheel.errors import FlywheelError, WindowError
+from flywheel.schema import PRODUCTION_LOGS, rows_to_table
+from flywheel.simulate import simulate_traffic
+from flywheel.warehouse import DuckDBWarehouse
+
+DAG = "flywheel_weekly"
+END = datetime(2026, 3, 2, tzinfo=UTC)  # window [2026-02-09, 2026-02-16)
+W_START, W_END = datetime(2026, 2, 9, tzinfo=UTC), datetime(2026, 2, 16, tzinfo=UTC)
+N_SIM = 80
+BASE = "some-base-path"
+TABLES = ("quarantine", "decisions", "datasets", "cycles", "metrics")
+
+
+@dataclass
+class World:
+    wh: DuckDBWarehouse
+    cycle: fc.CycleSpec
+    logs: list[dict]  # everything loaded into the warehouse
+    in_window: int
+    dup_id: str
+    expected_quarantine: set[tuple[str, str, str]]
+
+
+def _config(tmp_path, **overrides) -> FlywheelConfig:
+    return FlywheelConfig(home=tmp_path).with_overrides({"training.min_examples": 5, **overrides})
+
+
+@pytest.fixture
+def world(tmp_path, answer_fns, make_log_row) -> World:
+    config = _config(tmp_path)
+    cycle = fc.make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
+    assert (cycle.window.start, cycle.window.end) == (W_START, W_END)
+
+    def sim(week, n, seed):
+        return simulate_traffic(
+            week,
+            answer_fns["half"],
+            model_version="base:x",
+            n_requests=n,
+            seed=seed,
+            malformed_rate=0.0,
+            adversarial_rate=0.1,
+        ).to_pylist()
+
+    inside = sim(W_START, N_SIM, 3)
+    outside = sim(W_START - timedelta(days=7), 20, 4) + sim(W_END, 20, 5)
+    dup = {
+        **inside[0],
+        "timestamp": inside[0]["timestamp"] + timedelta(seconds=1),
+        "response": "a different answer",
+    }
+    mid = W_START + timedelta(days=3)
+    bad = [
+        make_log_row("bad-missing-user", mid, user_id=None),
+        make_log_row("bad-action", mid, user_action="liked"),
+        make_log_row("bad-score", mid, quality_score=1.7),
+        make_log_row("bad-null-ts", None, ingested_at=mid),
+        dup,
+    ]
+    edges_in = [make_log_row("edge-start", W_START)]
+    edges_out = [
+        make_log_row("edge-end", W_END),
+        make_log_row("null-ts-outside", None, ingested_at=W_END + timedelta(hours=1)),
+    ]
+    logs = inside + outside + bad + edges_in + edges_out
+    wh = DuckDBWarehouse(tmp_path / "warehouse.duckdb", lock_timeout_s=5)
+    wh.ensure_schema()
+    wh.merge("production_logs", rows_to_table("production_logs", logs))
+    assert wh.count("production_logs") == len(logs)
+    return World(
+        wh,
+        cycle,
+        logs,
+        in_window=N_SIM + len(bad) + len(edges_in),
+        dup_id=dup["request_id"],
+        expected_quarantine={
+            ("bad-missing-user", "user_id", "required"),
+            ("bad-action", "user_action", "allowed_values"),
+            ("bad-score", "quality_score", "range"),
+            ("bad-null-ts", "timestamp", "required"),
+            (dup["request_id"], "request_id", "unique"),
+        },
+    )
+
+
+def _run(w: World, *, record=True) -> dict[str, dict]:
+    out = {
+        "extract": fc.stage_extract(w.cycle, w.wh),
+        "validate": fc.stage_validate(w.cycle, w.wh),
+        "filter": fc.stage_filter(w.cycle, w.wh),
+        "build_dataset": fc.stage_build_dataset(w.cycle, w.wh),
+    }
+    if record:
+        registry.ensure_bootstrap_champion(w.wh, BASE)
+        out["record"] = fc.stage_record(w.cycle, w.wh)
+    return out
+
+
+def _counts(w: World) -> dict[str, int]:
+    return {t: w.wh.count(t) for t in TABLES}
+
+
+def test_make_cycle():
+    c = fc.make_cycle(
+        DAG, data_interval_end=END, logical_date=END, config=FlywheelConfig(home="/tmp/x")
+    )
+    assert c.cycle_id == "flywheel_weekly-20260302T0000"
+    assert c.challenger_version == c.cycle_id
+    assert c.work_dir.name == c.cycle_id and c.file("a.parquet").parent == c.work_dir
+    local = END.astimezone(ZoneInfo("Asia/Kolkata"))
+    c2 = fc.make_cycle(
+        DAG, data_interval_end=local, logical_date=local, config=FlywheelConfig(home="/tmp/x")
+    )
+    assert c2.cycle_id == c.cycle_id and c2.window == c.window and c2.logical_date == END
+    # logical date alone is enough (manual trigger)
+    assert (
+        fc.make_cycle(DAG, data_interval_end=None, logical_date=END, config=c.config).window
+        == c.window
+    )
+    # the lag comes from the config
+    c3 = fc.make_cycle(
+        DAG,
+        data_interval_end=END,
+        logical_date=END,
+        config=c.config.with_overrides({"extract.lag_days": 0}),
+    )
+    assert c3.window.end == END
+    with pytest.raises(WindowError):
+        fc.make_cycle(DAG, data_interval_end=None, logical_date=None, config=c.config)
+
+
+def test_extract_reads_only_the_window(world):
+    res = fc.stage_extract(world.cycle, world.wh)
+    assert res["rows_in_window"] == world.in_window == N_SIM + 6
+    assert res["window_start"] == W_START.isoformat() and res["window_end"] == W_END.isoformat()
+    snap = pq.read_table(world.cycle.file("extract.parquet"))
+    assert snap.schema.equals(PRODUCTION_LOGS)
+    ids = snap.column("request_id").to_pylist()
+    assert "edge-start" in ids and "bad-null-ts" in ids
+    assert not {"edge-end", "null-ts-outside"} & set(ids)
+    for r in snap.to_pylist():
+        assert W_START <= (r["timestamp"] or r["ingested_at"]) < W_END
+
+
+def test_extract_of_an_empty_window_writes_an_empty_snapshot(tmp_path):
+    config = _config(tmp_path)
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb")
+    c = fc.make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
+    assert fc.stage_extract(c, wh)["rows_in_window"] == 0
+    assert pq.read_table(c.file("extract.parquet")).schema.equals(PRODUCTION_LOGS)
+
+
+def test_validate_quarantines_malformed_rows_with_reasons(world):
+    fc.stage_extract(world.cycle, world.wh)
+    res = fc.stage_validate(world.cycle, world.wh)
+    assert res["quarantined"] == 5
+    assert res["valid"] == world.in_window - 5
+    assert res["quarantine_reasons"] == {
+        "user_id.required": 1, "user_action.allowed_values": 1, "quality_score.range": 1,
+        "timestamp.required": 1, "request_id.unique": 1,
+    }  # fmt: skip
+    q = world.wh.select("quarantine", {"cycle_id": world.cycle.cycle_id}).to_pylist()
+    assert {(r["request_id"], r["field"], r["rule"]) for r in q} == world.expected_quarantine
+    by_id = {r["request_id"]: r for r in q}
+    raw = json.loads(by_id["bad-action"]["raw_json"])
+    assert raw["user_action"] == "liked" and raw["request_id"] == "bad-action"
+    assert json.loads(by_id["bad-score"]["raw_json"])["quality_score"] == 1.7
+    assert json.loads(by_id["bad-null-ts"]["raw_json"])["timestamp"] is None
+    assert (
+        "request_id='bad-action'" in by_id["bad-action"]["reason"]
+        and "'liked'" in by_id["bad-action"]["reason"]
+    )
+    # the duplicate's later copy is the one quarantined; the first copy stays valid
+    assert json.loads(by_id[world.dup_id]["raw_json"])["response"] == "a different answer"
+    valid = pq.read_table(world.cycle.file("valid.parquet")).to_pylist()
+    assert [r["request_id"] for r in valid].count(world.dup_id) == 1
+    assert not {"bad-action", "bad-score", "bad-missing-user", "bad-null-ts"} & {
+        r["request_id"] for r in valid
+    }
+
+
+def test_filter_records_every_rule_for_every_candidate(world):
+    fc.stage_extract(world.cycle, world.wh)
+    valid = fc.stage_validate(world.cycle, world.wh)["valid"]
+    res = fc.stage_filter(world.cycle, world.wh)
+    assert res["kept"] + res["rejected"] == valid
+    assert res["kept"] >= 5 and res["rejected"] >= 1
+    decisions = world.wh.select("decisions", {"cycle_id": world.cycle.cycle_id}).to_pylist()
+    assert len(decisions) == 3 * valid
+    by_req: dict[str, list[bool]] = {}
+    for d in decisions:
+        by_req.setdefault(d["request_id"], []).append(d["kept"])
+        assert d["reason"]
+    kept_ids = {
+        r["request_id"] for r in pq.read_table(world.cycle.file("kept.parquet")).to_pylist()
+    }
+    assert kept_ids == {rid for rid, ks in by_req.items() if all(ks)}
+    assert sum(res["rejected_by_rule"].values()) == sum(not d["kept"] for d in decisions)
+    # every regenerated row was rejected by the action rule
+    regenerated = {r["request_id"] for r in world.logs if r["user_action"] == "regenerated"}
+    assert regenerated and not regenerated & kept_ids
+
+
+def test_full_stages_counts_add_up_and_corrections_are_targets(world):
+    out = _run(world)
+    rec = out["record"]
+    assert rec["rows_in_window"] == world.in_window
+    assert rec["quarantined"] == 5
+    assert rec["kept"] == out["filter"]["kept"] and rec["rejected"] == out["filter"]["rejected"]
+    assert rec["quarantined"] + rec["kept"] + rec["rejected"] == world.in_window
+    assert rec["pass_rate"] == pytest.approx(rec["kept"] / world.in_window)
+    assert rec["promoted"] is False and rec["challenger"] is None
+    assert rec["champion_before"] == rec["champion_after"] == registry.base_version_name(BASE)
+    assert rec["metrics"]["examples_per_day"] == pytest.approx(rec["kept"] / 7)
+    assert rec["metrics"]["quarantine_rate"] == pytest.approx(5 / world.in_window)
+    assert "quality_delta" not in rec["metrics"]
+    (stored,) = world.wh.select("cycles").to_pylist()
+    assert (stored["cycle_id"], stored["window_start"], stored["kept"]) == (
+        world.cycle.cycle_id,
+        W_START,
+        rec["kept"],
+    )
+
+    ds_info = out["build_dataset"]
+    assert ds_info["n_train"] + ds_info["n_val"] == rec["kept"]
+    ds = load_chat_dataset(world.cycle.dataset_dir)
+    rows = list(ds["train"]) + list(ds["validation"])
+    assert len(rows) == rec["kept"]
+    logs = {r["request_id"]: r for r in world.logs}
+    corrections = [r for r in rows if r["from_correction"]]
+    assert corrections, "the half-wrong stand-in model must produce kept corrections"
+    assert ds_info["n_corrections"] == len(corrections)
+    for r in rows:
+        src = logs[r["request_id"]]
+        user, assistant = r["messages"]
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        assert user["content"].endswith(src["prompt"])
+        assert (src["context"] is None) or user["content"].startswith(f"Context: {src['context']}")
+        if src["user_action"] == "corrected":
+            assert assistant["content"] == src["correction"] != src["response"]
+        else:
+            assert assistant["content"] == src["response"]
+
+
+def test_rerunning_every_stage_is_idempotent(world):
+    first = _run(world)
+    counts = _counts(world)
+    assert counts["quarantine"] == 5 and counts["datasets"] == 1 and counts["cycles"] == 1
+    second = _run(world)
+    assert _counts(world) == counts
+    assert second["build_dataset"]["content_hash"] == first["build_dataset"]["content_hash"]
+    for key in ("rows_in_window", "quarantined", "kept", "rejected", "pass_rate"):
+        assert second["record"][key] == first["record"][key]
+    assert world.wh.count("promotions") == 1  # bootstrap only
+
+
+def test_late_logs_outside_the_window_do_not_change_a_rerun(world, make_log_row):
+    first = _run(world, record=False)
+    world.wh.merge(
+        "production_logs",
+        rows_to_table("production_logs", [make_log_row("late-outside", W_END + timedelta(days=1))]),
+    )
+    second = _run(world, record=False)
+    assert second["extract"]["rows_in_window"] == first["extract"]["rows_in_window"]
+    assert second["build_dataset"]["content_hash"] == first["build_dataset"]["content_hash"]
+
+
+def test_content_hash_changes_with_the_data(world, make_log_row):
+    first = _run(world, record=False)
+    world.wh.merge(
+        "production_logs",
+        rows_to_table(
+            "production_logs", [make_log_row("new-in-window", W_START + timedelta(days=1))]
+        ),
+    )
+    second = _run(world, record=False)
+    assert second["filter"]["kept"] == first["filter"]["kept"] + 1
+    assert second["build_dataset"]["content_hash"] != first["build_dataset"]["content_hash"]
+
+
+def test_too_few_examples_raise_insufficient_data(world):
+    cycle = fc.make_cycle(
+        DAG,
+        data_interval_end=END,
+        logical_date=END,
+        config=world.cycle.config.with_overrides({"training.min_examples": 10_000}),
+    )
+    fc.stage_extract(cycle, world.wh)
+    fc.stage_validate(cycle, world.wh)
+    kept = fc.stage_filter(cycle, world.wh)["kept"]
+    with pytest.raises(
+        fc.InsufficientDataError, match=f"{kept} kept examples < training.min_examples=10000"
+    ):
+        fc.stage_build_dataset(cycle, world.wh)
+    assert world.wh.count("datasets") == 0
+    assert issubclass(fc.InsufficientDataError, FlywheelError)
+    # the cycle still records itself
+    registry.ensure_bootstrap_champion(world.wh, BASE)
+    assert fc.stage_record(cycle, world.wh)["kept"] == kept
+
+
+def test_record_refuses_counts_that_do_not_add_up(world):
+    fc.stage_extract(world.cycle, world.wh)
+    fc.stage_validate(world.cycle, world.wh)
+    fc.stage_filter(world.cycle, world.wh)
+    registry.ensure_bootstrap_champion(world.wh, BASE)
+    world.wh.execute(
+        "DELETE FROM decisions WHERE request_id = (SELECT MIN(request_id) FROM decisions)"
+    )
+    with pytest.raises(FlywheelError, match="counts do not add up"):
+        fc.stage_record(world.cycle, world.wh)
+
+
+def test_record_without_champion_raises(world):
+    fc.stage_extract(world.cycle, world.wh)
+    fc.stage_validate(world.cycle, world.wh)
+    fc.stage_filter(world.cycle, world.wh)
+    with pytest.raises(registry.RegistryError):
+        fc.stage_record(world.cycle, world.wh)
+
+
+def test_cycles_are_partitioned_by_cycle_id(world):
+    _run(world)
+    other = fc.make_cycle(
+        DAG,
+        data_interval_end=END + timedelta(days=7),
+        logical_date=END + timedelta(days=7),
+        config=world.cycle.config,
+    )
+    fc.stage_extract(other, world.wh)
+    fc.stage_validate(other, world.wh)
+    fc.stage_filter(other, world.wh)
+    rec = fc.stage_record(other, world.wh)
+    # the next window: the 20 simulated rows of the following week, the edge row at W_END and
+    # the row with no timestamp ingested just after W_END (quarantined there, and only there)
+    assert rec["rows_in_window"] == 22
+    assert world.wh.count("cycles") == 2
+    assert world.wh.count("quarantine", {"cycle_id": world.cycle.cycle_id}) == 5
+    (q,) = world.wh.select("quarantine", {"cycle_id": other.cycle_id}).to_pylist()
+    assert (q["request_id"], q["field"], q["rule"]) == ("null-ts-outside", "timestamp", "required")

@@ -1,0 +1,215 @@
+"""Row validation with reasons, candidates and their training target, Arrow tables."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pyarrow as pa
+import pytest
+
+from flywheel.schema import (
+    PRODUCTION_LOGS,
+    TABLES,
+    candidate_from_row,
+    empty_table,
+    row_to_json,
+    rows_to_table,
+    validate_row,
+)
+
+TS = datetime(2026, 2, 3, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def row(make_log_row):
+    return make_log_row("req-1", TS)
+
+
+def _issues(row):
+    return {(i.field, i.rule) for i in validate_row(row)}
+
+
+def test_good_row_has_no_issues(row):
+    assert validate_row(row) == []
+
+
+def test_good_corrected_row_has_no_issues(row):
+    row.update(user_action="corrected", correction="GARDEN")
+    assert validate_row(row) == []
+
+
+@pytest.mark.parametrize("field", ["request_id", "prompt", "response", "user_id", "task_type"])
+@pytest.mark.parametrize("how", ["absent", "none", "empty", "blank"])
+def test_missing_required_text(row, field, how):
+    if how == "absent":
+        del row[field]
+    else:
+        row[field] = {"none": None, "empty": "", "blank": "  \t"}[how]
+    issues = validate_row(row)
+    assert [(i.field, i.rule) for i in issues] == [(field, "required")]
+    assert field in issues[0].reason
+
+
+def test_non_text_field_is_a_type_issue(row):
+    row["prompt"] = 42
+    assert _issues(row) == {("prompt", "type")}
+
+
+def test_naive_timestamp(row):
+    row["timestamp"] = datetime(2026, 2, 3, 12, 0)
+    assert _issues(row) == {("timestamp", "type")}
+
+
+def test_timestamp_as_string_is_a_type_issue(row):
+    row["timestamp"] = "2026-02-03T12:00:00+00:00"
+    assert _issues(row) == {("timestamp", "type")}
+
+
+@pytest.mark.parametrize("how", ["absent", "none"])
+def test_missing_timestamp(row, how):
+    if how == "absent":
+        del row["timestamp"]
+    else:
+        row["timestamp"] = None
+    assert _issues(row) == {("timestamp", "required")}
+
+
+def test_bad_user_action(row):
+    row["user_action"] = "liked"
+    issues = validate_row(row)
+    assert [(i.field, i.rule) for i in issues] == [("user_action", "allowed_values")]
+    assert "'liked'" in issues[0].reason
+
+
+@pytest.mark.parametrize("value", [None, ""])
+def test_missing_user_action(row, value):
+    row["user_action"] = value
+    assert _issues(row) == {("user_action", "required")}
+
+
+@pytest.mark.parametrize("correction", [None, "", "   "])
+def test_corrected_without_correction(row, correction):
+    row.update(user_action="corrected", correction=correction)
+    assert _issues(row) == {("correction", "required_when_corrected")}
+
+
+def test_correction_without_corrected_action_is_fine(row):
+    row.update(user_action="accepted", correction="something")
+    assert validate_row(row) == []
+
+
+@pytest.mark.parametrize(
+    ("score", "rule"),
+    [
+        (None, "required"),
+        (float("nan"), "type"),
+        (1.7, "range"),
+        (-0.1, "range"),
+        (float("inf"), "range"),
+        ("0.9", "type"),
+        (True, "type"),
+        (False, "type"),
+    ],
+)
+def test_bad_quality_score(row, score, rule):
+    row["quality_score"] = score
+    assert _issues(row) == {("quality_score", rule)}
+
+
+@pytest.mark.parametrize("score", [0, 1, 0.0, 1.0, 0.5])
+def test_quality_score_bounds_are_inclusive(row, score):
+    row["quality_score"] = score
+    assert validate_row(row) == []
+
+
+def test_every_issue_of_a_row_is_reported(row):
+    row.update(
+        request_id=None,
+        prompt="",
+        timestamp=datetime(2026, 1, 1),
+        user_action="liked",
+        quality_score=1.7,
+    )
+    assert _issues(row) == {
+        ("request_id", "required"),
+        ("prompt", "required"),
+        ("timestamp", "type"),
+        ("user_action", "allowed_values"),
+        ("quality_score", "range"),
+    }
+
+
+def test_empty_row_reports_every_required_field():
+    fields = {i.field for i in validate_row({})}
+    assert fields == {
+        "request_id",
+        "user_id",
+        "prompt",
+        "response",
+        "task_type",
+        "timestamp",
+        "user_action",
+        "quality_score",
+    }
+
+
+def test_candidate_from_row(row):
+    row.update(quality_score=1, context="", included_in_training=None)
+    c = candidate_from_row(row)
+    assert c.request_id == "req-1" and c.timestamp == TS
+    assert c.quality_score == 1.0 and isinstance(c.quality_score, float)
+    assert c.context is None and c.correction is None
+    assert c.included_in_training is False
+
+
+@pytest.mark.parametrize(
+    ("action", "correction", "target"),
+    [
+        ("corrected", "GARDEN!", "GARDEN!"),
+        ("accepted", "GARDEN!", "GARDEN"),
+        ("copied", None, "GARDEN"),
+        ("regenerated", "other", "GARDEN"),
+    ],
+)
+def test_target_is_correction_only_for_corrected_rows(row, action, correction, target):
+    row.update(user_action=action, correction=correction, response="GARDEN")
+    assert candidate_from_row(row).target == target
+
+
+def test_candidate_round_trips_to_row(row):
+    c = candidate_from_row(row)
+    out = c.to_row()
+    assert out["request_id"] == "req-1" and out["response"] == "GARDEN"
+    assert set(out) == set(PRODUCTION_LOGS.names) - {"ingested_at"}
+
+
+def test_rows_to_table_uses_table_schema(row):
+    table = rows_to_table("production_logs", [row, {"request_id": "only-id"}])
+    assert table.schema.equals(PRODUCTION_LOGS)
+    assert table.num_rows == 2
+    assert table.column("request_id").to_pylist() == ["req-1", "only-id"]
+    assert table.column("prompt").to_pylist()[1] is None
+    assert table.column("timestamp").type == pa.timestamp("us", tz="UTC")
+
+
+@pytest.mark.parametrize("name", sorted(TABLES))
+def test_every_table_has_keys_in_its_schema(name):
+    spec = TABLES[name]
+    assert spec.keys and set(spec.keys) <= set(spec.schema.names)
+    assert empty_table(name).schema.equals(spec.schema)
+    assert rows_to_table(name, []).num_rows == 0
+
+
+def test_rows_to_table_ignores_unknown_keys():
+    table = rows_to_table("metrics", [{"cycle_id": "c", "name": "n", "value": 1.5, "junk": 1}])
+    assert table.column_names == ["cycle_id", "name", "value", "recorded_at"]
+    assert table.to_pylist()[0]["value"] == 1.5
+
+
+def test_row_to_json_keeps_everything(row):
+    row["user_action"] = "liked"
+    data = json.loads(row_to_json(row))
+    assert data["user_action"] == "liked"
+    assert data["timestamp"].startswith("2026-02-03 12:00:00")
+    assert data["correction"] is None
