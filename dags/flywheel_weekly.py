@@ -9,11 +9,18 @@ it beats the champion on the golden set.
 are used. The window comes from the run, never from the wall clock, so a backfill of any past
 Monday reads exactly that week.
 
-**Tasks.** `extract_window` → `validate_and_quarantine` (malformed rows go to the `quarantine`
-table with their reason) → `filter_candidates` (user action, length, quality score; a decision
-per row and rule) → `build_dataset` (chat format; corrections become the target; skipped with a
-reason when too few examples survive) → `train_lora` (continues from the champion's adapter) →
-`evaluate_golden_set` → `promote_if_better` → `record_cycle_metrics`.
+**Tasks.** `extract_window` → `gate_raw_window` (Great Expectations: schema, nulls, enums,
+ranges, unique ids, volume against recent cycles) → `validate_and_quarantine` (malformed rows go
+to the `quarantine` table with their reason) → `filter_candidates` (user action, length, quality
+score, PII, toxicity, grounding, golden-set decontamination, dedup, top-share selection per task
+type; a decision per row and rule) → `build_dataset` (chat format; corrections become the
+target; skipped with a reason when too few examples survive) → `gate_training_set` (no PII, no
+golden overlap, class balance, lengths) → `train_lora` (continues from the champion's adapter)
+→ `evaluate_golden_set` → `promote_if_better` → `record_cycle_metrics`.
+
+**Gates fail closed.** A failed gate fails its task with the failed expectations and a link to
+its Data Docs page (`data_docs/` in the artefact store); nothing downstream runs, the champion
+stays, and the failure is recorded in the `alerts` table by the failure notifier.
 
 **Idempotent.** Every task rewrites its own outputs for the logical date: clear any task, or
 rerun or backfill the run, and nothing is duplicated.
@@ -30,11 +37,14 @@ import pendulum
 from airflow.sdk import Param, TriggerRule, chain, dag
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from flywheel_airflow.notifiers import FlywheelAlertNotifier
 from flywheel_airflow.operators import (
     BuildDatasetOperator,
     EvaluateGoldenSetOperator,
     ExtractWindowOperator,
     FilterCandidatesOperator,
+    GateRawWindowOperator,
+    GateTrainingSetOperator,
     PromoteIfBetterOperator,
     RecordCycleOperator,
     TrainLoraOperator,
@@ -49,7 +59,12 @@ from flywheel_airflow.operators import (
     catchup=False,
     max_active_runs=1,  # each cycle starts from the champion the previous one left
     tags=["flywheel", "weekly", "training"],
-    default_args={"owner": "ml-platform", "retries": 2, "retry_delay": timedelta(minutes=2)},
+    default_args={
+        "owner": "ml-platform",
+        "retries": 2,
+        "retry_delay": timedelta(minutes=2),
+        "on_failure_callback": [FlywheelAlertNotifier()],
+    },
     doc_md=__doc__,
     params={
         "lag_days": Param(14, type="integer", minimum=0, description="Days between the window's end and the run."),
@@ -62,14 +77,16 @@ from flywheel_airflow.operators import (
 )
 def flywheel_weekly():
     extract = ExtractWindowOperator(task_id="extract_window")
+    raw_gate = GateRawWindowOperator(task_id="gate_raw_window")
     validate = ValidateRowsOperator(task_id="validate_and_quarantine")
     filtered = FilterCandidatesOperator(task_id="filter_candidates")
     dataset = BuildDatasetOperator(task_id="build_dataset")
+    training_gate = GateTrainingSetOperator(task_id="gate_training_set")
     train = TrainLoraOperator(task_id="train_lora", execution_timeout=timedelta(hours=12))
     evaluate = EvaluateGoldenSetOperator(task_id="evaluate_golden_set")
     promote = PromoteIfBetterOperator(task_id="promote_if_better")
     record = RecordCycleOperator(task_id="record_cycle_metrics", trigger_rule=TriggerRule.NONE_FAILED)
-    chain(extract, validate, filtered, dataset, train, evaluate, promote, record)
+    chain(extract, raw_gate, validate, filtered, dataset, training_gate, train, evaluate, promote, record)
 
 
 flywheel_weekly()

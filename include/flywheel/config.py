@@ -39,18 +39,90 @@ class ExtractConfig(_Section):
     window_days: int = Field(7, gt=0)
 
 
+PII_ENTITIES = (
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "IP_ADDRESS",
+    "US_SSN",
+    "CRYPTO",
+)
+
+
 class FiltersConfig(_Section):
+    """The method's filters; defaults are the method's own thresholds."""
+
     allowed_actions: list[str] = Field(default_factory=lambda: ["accepted", "copied", "corrected"])
     min_words: int = Field(20, ge=0)
     min_tokens: int = Field(50, ge=0)
     min_quality_score: float = Field(0.6, ge=0.0, le=1.0)
+    # Toxicity: `profanity_check` (offline, ships its model) or `transformers:<name or path>`.
+    toxicity_scorer: str = "profanity_check"
+    max_toxicity: float = Field(0.1, ge=0.0, le=1.0)
+    # PII (presidio pattern recognizers, no model download): redact in place, or drop the row.
+    pii_policy: Literal["redact", "drop"] = "redact"
+    pii_entities: list[str] = Field(default_factory=lambda: list(PII_ENTITIES))
+    pii_min_score: float = Field(0.4, ge=0.0, le=1.0)
+    # Grounding: where a context is given, the share of the answer's content that it supports.
+    grounding_scorer: str = "lexical"
+    min_grounding: float = Field(0.5, ge=0.0, le=1.0)
+    # Dedup (exact: normalised hash; near: MinHash LSH over word shingles).
+    near_dup_threshold: float = Field(0.9, gt=0.0, le=1.0)
+    minhash_permutations: int = Field(64, ge=16, le=512)
+    shingle_words: int = Field(3, ge=1, le=8)
+    dedup_against_history: bool = True
+    # Decontamination: no kept input may be an exact or near duplicate of a golden-set input.
+    decontamination_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    # Selection: keep the top share of the window's candidates by composite score, per task type.
+    keep_fraction: float = Field(0.3, gt=0.0, le=1.0)
+    min_per_task_type: int = Field(5, ge=0)
+    score_weights: dict[str, float] = Field(
+        default_factory=lambda: {"quality": 0.6, "grounding": 0.1, "non_toxicity": 0.1, "correction": 0.2}
+    )
 
     @model_validator(mode="after")
-    def _known_actions(self) -> FiltersConfig:
+    def _known_values(self) -> FiltersConfig:
         unknown = sorted(set(self.allowed_actions) - set(USER_ACTIONS))
         if unknown:
             raise ValueError(f"allowed_actions has unknown actions {unknown}; known: {USER_ACTIONS}")
+        bad = sorted(set(self.pii_entities) - set(PII_ENTITIES))
+        if bad:
+            raise ValueError(f"pii_entities has unsupported entities {bad}; supported: {PII_ENTITIES}")
+        weights = {"quality", "grounding", "non_toxicity", "correction"}
+        if set(self.score_weights) - weights or any(w < 0 for w in self.score_weights.values()):
+            raise ValueError(f"score_weights takes non-negative weights for {sorted(weights)}")
+        if not (self.toxicity_scorer == "profanity_check" or self.toxicity_scorer.startswith("transformers:")):
+            raise ValueError("toxicity_scorer is 'profanity_check' or 'transformers:<model name or path>'")
+        if not (self.grounding_scorer == "lexical" or self.grounding_scorer.startswith("transformers:")):
+            raise ValueError("grounding_scorer is 'lexical' or 'transformers:<model name or path>'")
         return self
+
+
+class ValidationConfig(_Section):
+    """Structural checks: a row that breaks one goes to quarantine with the reason."""
+
+    max_text_chars: int = Field(20000, gt=0)
+    # An event stamped later than its ingestion (plus this skew) is from the future: quarantined.
+    max_clock_skew_minutes: float = Field(10.0, ge=0)
+    earliest_timestamp: str = "2000-01-01T00:00:00+00:00"
+
+
+class GatesConfig(_Section):
+    """Great Expectations gates: the raw window and the final training set."""
+
+    enabled: bool = True
+    # Raw window: the share of rows allowed to break a structural expectation (nulls, enums,
+    # ranges, unique ids). More than this and the gate fails: the source is broken, not noisy.
+    max_invalid_share: float = Field(0.05, ge=0.0, le=1.0)
+    min_rows: int = Field(50, ge=0)
+    # Volume band: rows in the window within [low, high] x the median of recent cycles.
+    volume_band: list[float] = Field(default_factory=lambda: [0.5, 2.0], min_length=2, max_length=2)
+    volume_history_cycles: int = Field(4, ge=1)
+    # Training set: no PII, no golden overlap, balance and length.
+    max_task_type_share: float = Field(0.7, gt=0.0, le=1.0)
+    min_target_tokens: int = Field(1, ge=0)
+    max_target_tokens: int = Field(512, gt=0)
 
 
 class TrainingConfig(_Section):
@@ -103,6 +175,8 @@ class FlywheelConfig(_Section):
     artefacts: ArtefactsConfig = Field(default_factory=ArtefactsConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flywheel import registry
@@ -23,11 +24,13 @@ from flywheel.config import FlywheelConfig
 from flywheel.dataset import build_chat_dataset
 from flywheel.errors import FlywheelError, WindowError
 from flywheel.extract import Window, as_utc, extract_window_snapshot, lagged_window
-from flywheel.filters import apply_filters, basic_rules
 from flywheel.schema import (
     PRODUCTION_LOGS,
     TrainingCandidate,
+    ValidationIssue,
+    ValidationLimits,
     candidate_from_row,
+    content_fingerprint,
     row_to_json,
     rows_to_table,
     validate_row,
@@ -68,6 +71,10 @@ class CycleSpec:
     def adapter_dir(self) -> Path:
         return self.config.artefacts_root / "adapters" / self.challenger_version
 
+    @property
+    def limits(self) -> ValidationLimits:
+        return ValidationLimits.from_config(self.config.validation)
+
     def file(self, name: str) -> Path:
         return self.work_dir / name
 
@@ -97,7 +104,11 @@ def _now() -> datetime:
 def stage_extract(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     wh.ensure_schema()
     rows = extract_window_snapshot(
-        wh, cycle.window, cycle.file("extract.parquet"), batch_rows=cycle.config.warehouse.read_batch_rows
+        wh,
+        cycle.window,
+        cycle.file("extract.parquet"),
+        batch_rows=cycle.config.warehouse.read_batch_rows,
+        max_skew=cycle.limits.max_clock_skew,
     )
     log.info("%s: %d rows in window [%s, %s)", cycle.cycle_id, rows, cycle.window.start, cycle.window.end)
     return {
@@ -109,26 +120,97 @@ def stage_extract(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     }
 
 
+def _gate(cycle: CycleSpec, wh: Warehouse, gate: str, frame: Any, expectations: list[Any]) -> dict[str, Any]:
+    from flywheel import gates
+
+    result = gates.run_gate(
+        gate, frame, expectations, docs_dir=cycle.config.artefacts_root / "data_docs", run_name=f"{cycle.cycle_id}-{gate}"
+    )
+    wh.replace_partition(
+        "gate_results",
+        {"cycle_id": cycle.cycle_id, "gate": gate},
+        rows_to_table("gate_results", [gates.result_row(result, cycle_id=cycle.cycle_id, evaluated_at=_now())]),
+    )
+    gates.enforce(result, cycle_id=cycle.cycle_id)  # raises GateError: the task fails, loudly
+    return {"gate": gate, "success": True, "expectations": len(result.outcomes), "docs_url": result.docs_url}
+
+
+def stage_gate_raw_window(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """Great Expectations on the raw window: schema, nulls, enums, ranges, unique ids, volume."""
+    from statistics import median
+
+    from flywheel import gates
+
+    if not cycle.config.gates.enabled:
+        return {"gate": "raw_window", "skipped": "gates.enabled is false"}
+    table = pq.read_table(cycle.file("extract.parquet"))
+    recent = wh.query(
+        "SELECT rows_in_window FROM cycles WHERE dag_id = $dag_id AND logical_date < $before "
+        "ORDER BY logical_date DESC LIMIT $n",
+        {"dag_id": cycle.dag_id, "before": cycle.logical_date, "n": cycle.config.gates.volume_history_cycles},
+    ).column("rows_in_window").to_pylist()
+    volume_median = float(median(recent)) if recent else None
+    expectations = gates.raw_window_expectations(cycle.config, n_rows=table.num_rows, volume_median=volume_median)
+    return _gate(cycle, wh, "raw_window", gates.raw_window_profile(table), expectations)
+
+
+def stage_gate_training_set(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """Great Expectations on the built training set: no PII, no golden overlap, balance, length."""
+    from flywheel import gates
+    from flywheel.dataset import load_chat_dataset
+    from flywheel.dedup import DedupIndex, MinHasher
+    from flywheel.pii import default_scanner
+
+    if not cycle.config.gates.enabled:
+        return {"gate": "training_set", "skipped": "gates.enabled is false"}
+    f = cycle.config.filters
+    data = load_chat_dataset(cycle.dataset_dir)
+    rows = [*data["train"], *data["validation"]]
+    hasher = MinHasher(num_perm=f.minhash_permutations, shingle_words=f.shingle_words)
+    golden = DedupIndex(hasher, f.decontamination_threshold)
+    inputs = golden_inputs(cycle.config)
+    golden.add(hasher.fingerprint(inputs), [f"golden item {i}" for i in range(len(inputs))])
+    frame = gates.training_set_profile(
+        rows, pii_scanner=default_scanner(f.pii_entities, f.pii_min_score), golden_index=golden, hasher=hasher
+    )
+    return _gate(cycle, wh, "training_set", frame, gates.training_set_expectations(cycle.config))
+
+
 def stage_validate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
-    """Split the snapshot into valid rows and quarantined rows, each with every reason."""
+    """Split the snapshot into valid rows and quarantined rows, each with every reason.
+
+    A request_id seen more than once is a re-delivery when every copy has the same content (the
+    first copy stays valid, the others are quarantined as duplicates) and a conflict when the
+    copies differ (every copy is quarantined: there is no telling which one is true).
+    """
     rows = pq.read_table(cycle.file("extract.parquet")).to_pylist()
+    limits = cycle.limits
+    copies: dict[str, set[str]] = {}
+    for row in rows:
+        rid = row.get("request_id")
+        if isinstance(rid, str) and rid:
+            copies.setdefault(rid, set()).add(content_fingerprint(row))
     valid: list[dict[str, Any]] = []
     quarantine: list[dict[str, Any]] = []
     seen: set[str] = set()
     now = _now()
     for n, row in enumerate(rows):
-        issues = validate_row(row)
+        issues = validate_row(row, limits)
         rid = row.get("request_id")
-        if rid and rid in seen:
-            from flywheel.schema import ValidationIssue
-
-            issues.append(ValidationIssue("request_id", "unique", f"request_id {rid!r} appears more than once in the window"))
-        if rid:
+        if isinstance(rid, str) and rid in copies:
+            if len(copies[rid]) > 1:
+                issues.append(
+                    ValidationIssue(
+                        "request_id", "conflicting_duplicate", f"request_id appears {len(copies[rid])} times with different content"
+                    )
+                )
+            elif rid in seen:
+                issues.append(ValidationIssue("request_id", "duplicate_delivery", "an identical copy of this row was already read"))
             seen.add(rid)
         if not issues:
             valid.append(row)
             continue
-        raw = row_to_json(row)
+        raw = row_to_json(redact_row_for_quarantine(row, cycle.config))
         for issue in issues:
             quarantine.append(
                 {
@@ -151,24 +233,122 @@ def stage_validate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     return {"valid": len(valid), "quarantined": n_quarantined, "quarantine_reasons": dict(reasons)}
 
 
+def redact_row_for_quarantine(row: dict[str, Any], config: FlywheelConfig) -> dict[str, Any]:
+    """The quarantined row as kept for operators: its text fields with PII redacted."""
+    from flywheel.pii import default_scanner
+
+    scanner = default_scanner(config.filters.pii_entities, config.filters.pii_min_score)
+    out = dict(row)
+    for name in ("prompt", "response", "correction", "context", "user_id"):
+        value = out.get(name)
+        if isinstance(value, str) and value:
+            out[name] = scanner.redact(value).text
+    return out
+
+
 def _candidates(path: Path) -> list[TrainingCandidate]:
     return [candidate_from_row(r) for r in pq.read_table(path).to_pylist()]
 
 
-def stage_filter(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
-    candidates = _candidates(cycle.file("valid.parquet"))
-    decisions, kept = apply_filters(candidates, basic_rules(cycle.config.filters))
-    now = _now()
-    wh.replace_partition(
-        "decisions",
-        {"cycle_id": cycle.cycle_id},
-        rows_to_table("decisions", [{**d.__dict__, "cycle_id": cycle.cycle_id, "decided_at": now} for d in decisions]),
+def golden_inputs(config: FlywheelConfig) -> list[str]:
+    """The golden set's model inputs: what no training example may duplicate."""
+    from flywheel.dataset import user_message
+    from flywheel.evaluate import load_golden_set
+
+    ev = config.evaluation
+    golden = load_golden_set(config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
+    return [user_message(t.prompt, t.context) for t in golden.tasks]
+
+
+def training_history(cycle: CycleSpec, wh: Warehouse):  # -> DedupIndex
+    """The fingerprints of every training set built before this cycle's logical date.
+
+    Only strictly earlier cycles count, so a rerun or a backfill sees the same history."""
+    import numpy as np
+
+    from flywheel.dedup import DedupIndex, Fingerprints, MinHasher
+
+    cfg = cycle.config.filters
+    hasher = MinHasher(num_perm=cfg.minhash_permutations, shingle_words=cfg.shingle_words)
+    index = DedupIndex(hasher, cfg.near_dup_threshold)
+    if not cfg.dedup_against_history:
+        return index
+    rows = wh.query(
+        "SELECT cycle_id, request_id, exact_key, signature FROM training_fingerprints "
+        "WHERE logical_date < $before AND fingerprint_spec = $spec ORDER BY logical_date, request_id",
+        {"before": cycle.logical_date, "spec": hasher.spec},
     )
-    kept_ids = {c.request_id for c in kept}
-    kept_rows = [r for r in pq.read_table(cycle.file("valid.parquet")).to_pylist() if r["request_id"] in kept_ids]
-    pq.write_table(pa.Table.from_pylist(kept_rows, schema=PRODUCTION_LOGS), cycle.file("kept.parquet"))
-    rejected_by = Counter(d.rule for d in decisions if not d.kept)
-    return {"kept": len(kept), "rejected": len(candidates) - len(kept), "rejected_by_rule": dict(rejected_by)}
+    if rows.num_rows:
+        sig = np.frombuffer(b"".join(rows.column("signature").to_pylist()), dtype=np.uint8)
+        fp = Fingerprints(
+            rows.column("exact_key").to_numpy().astype(np.int64), sig.reshape(rows.num_rows, hasher.num_perm)
+        )
+        labels = [f"request {r} (trained in {c})" for c, r in zip(rows.column("cycle_id").to_pylist(), rows.column("request_id").to_pylist(), strict=True)]
+        index.add(fp, labels)
+    return index
+
+
+def stage_filter(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """Every filter over the valid rows, streamed in batches; a decision per row and rule.
+
+    Survivors (PII already redacted) are ranked by selection; the selected ones are the cycle's
+    kept candidates (``kept.parquet``). Decisions go to the warehouse, partitioned by cycle.
+    """
+    from flywheel.filters import FilterChain, select_top
+
+    cfg = cycle.config
+    chain = FilterChain(cfg.filters, golden_inputs=golden_inputs(cfg), history=training_history(cycle, wh))
+    source = pq.ParquetFile(cycle.file("valid.parquet"))
+    now = _now()
+    decision_tables: list[pa.Table] = []
+    per_type: Counter[str] = Counter()
+    survivors_meta: list[tuple[str, str, float]] = []
+    survivors_path = cycle.file("survivors.parquet")
+    writer = pq.ParquetWriter(survivors_path, PRODUCTION_LOGS)
+    n_candidates = 0
+    try:
+        for batch in source.iter_batches(batch_size=cfg.warehouse.read_batch_rows):
+            candidates = [candidate_from_row(r) for r in batch.to_pylist()]
+            n_candidates += len(candidates)
+            per_type.update(c.task_type for c in candidates)
+            outcome = chain.process(candidates)
+            decision_tables.append(_decisions_table(cycle, outcome.decisions, now))
+            if outcome.survivors:
+                survivors_meta.extend((s.candidate.request_id, s.candidate.task_type, s.score) for s in outcome.survivors)
+                writer.write_table(
+                    pa.Table.from_pylist([s.candidate.to_row() for s in outcome.survivors], schema=PRODUCTION_LOGS)
+                )
+    finally:
+        writer.close()
+    selection, selected = select_top(
+        survivors_meta, dict(per_type), keep_fraction=cfg.filters.keep_fraction, min_per_task_type=cfg.filters.min_per_task_type
+    )
+    decision_tables.append(_decisions_table(cycle, selection, now))
+    decisions = pa.concat_tables(decision_tables) if decision_tables else rows_to_table("decisions", [])
+    wh.replace_partition("decisions", {"cycle_id": cycle.cycle_id}, decisions)
+
+    kept_writer = pq.ParquetWriter(cycle.file("kept.parquet"), PRODUCTION_LOGS)
+    try:
+        for batch in pq.ParquetFile(survivors_path).iter_batches(batch_size=cfg.warehouse.read_batch_rows):
+            table = pa.Table.from_batches([batch])
+            mask = pa.array([rid in selected for rid in table.column("request_id").to_pylist()], pa.bool_())
+            kept_writer.write_table(table.filter(mask))
+    finally:
+        kept_writer.close()
+    survivors_path.unlink()
+
+    rejected_rows = pc.invert(decisions.column("kept"))
+    rejected_by = Counter(decisions.column("rule").filter(rejected_rows).to_pylist())
+    return {
+        "candidates": n_candidates,
+        "kept": len(selected),
+        "rejected": n_candidates - len(selected),
+        "rejected_by_rule": dict(rejected_by),
+    }
+
+
+def _decisions_table(cycle: CycleSpec, decisions: list[Any], now: datetime) -> pa.Table:
+    return rows_to_table("decisions", [{**d.__dict__, "cycle_id": cycle.cycle_id, "decided_at": now} for d in decisions])
 
 
 def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
@@ -179,6 +359,7 @@ def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
             f"{cycle.cycle_id}: {len(kept)} kept examples < training.min_examples={minimum}; no challenger this cycle"
         )
     info = build_chat_dataset(kept, cycle.dataset_dir, val_fraction=cycle.config.training.val_fraction)
+    _record_training_fingerprints(cycle, wh, kept)
     row = {
         "dataset_id": cycle.cycle_id,
         "cycle_id": cycle.cycle_id,
@@ -193,6 +374,28 @@ def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     }
     wh.replace_partition("datasets", {"cycle_id": cycle.cycle_id}, rows_to_table("datasets", [row]))
     return {k: (str(v) if isinstance(v, datetime | Path) else v) for k, v in row.items()}
+
+
+def _record_training_fingerprints(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> None:
+    """What this training set holds, as fingerprints (no text), for later cycles' dedup."""
+    from flywheel.dedup import MinHasher
+    from flywheel.filters import interaction_text
+
+    cfg = cycle.config.filters
+    hasher = MinHasher(num_perm=cfg.minhash_permutations, shingle_words=cfg.shingle_words)
+    fp = hasher.fingerprint([interaction_text(c) for c in kept])
+    rows = [
+        {
+            "cycle_id": cycle.cycle_id,
+            "logical_date": cycle.logical_date,
+            "request_id": c.request_id,
+            "exact_key": int(fp.exact[i]),
+            "signature": fp.bits[i].tobytes(),
+            "fingerprint_spec": hasher.spec,
+        }
+        for i, c in enumerate(kept)
+    ]
+    wh.replace_partition("training_fingerprints", {"cycle_id": cycle.cycle_id}, rows_to_table("training_fingerprints", rows))
 
 
 def ensure_base_model(config: FlywheelConfig, wh: Warehouse) -> str:
@@ -357,6 +560,9 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     from flywheel.metrics import cycle_metrics
 
     metrics = cycle_metrics(row, window_days=cycle.window.days)
+    for r in wh.named_query("rule_pass_rates", {"cycle_id": cycle.cycle_id}).to_pylist():
+        metrics[f"pass_rate.{r['rule']}"] = float(r["pass_rate"])
+        metrics[f"evaluated.{r['rule']}"] = float(r["evaluated"])
     now = _now()
     wh.replace_partition(
         "metrics",

@@ -65,7 +65,7 @@ def lagged_window(data_interval_end: datetime, *, lag_days: int = 14, window_day
 
 
 def extract_window_snapshot(
-    warehouse: Warehouse, window: Window, path: Path, *, batch_rows: int = 5000
+    warehouse: Warehouse, window: Window, path: Path, *, batch_rows: int = 5000, max_skew: timedelta | None = None
 ) -> int:
     """Stream the window's production logs into a Parquet snapshot; return the row count.
 
@@ -77,7 +77,9 @@ def extract_window_snapshot(
     rows = 0
     writer: pq.ParquetWriter | None = None
     try:
-        for batch in warehouse.read_window("production_logs", window.start, window.end, batch_rows=batch_rows):
+        for batch in warehouse.read_window(
+            "production_logs", window.start, window.end, batch_rows=batch_rows, **({"max_skew": max_skew} if max_skew else {})
+        ):
             if writer is None:
                 writer = pq.ParquetWriter(tmp, batch.schema)
             writer.write_batch(batch)

@@ -1,19 +1,29 @@
-"""Per-row filter decisions with reasons.
+"""Per-row filter decisions with reasons: the method's every filter, as pluggable rules.
 
-Every rule is evaluated on every candidate (no short-circuit), so the decisions table shows
-all the reasons a row failed and calibration later sees each rule's behaviour on its own. A
-candidate is kept only when every rule keeps it.
+The cheap rules (user action, length, quality score) are evaluated on every candidate, with no
+short-circuit, so the decisions table shows all the reasons a row failed and calibration sees
+each rule on its own. The text rules (PII, toxicity, grounding, decontamination) then run on the
+rows the cheap rules kept, dedup on the rows every other rule kept, and selection ranks what is
+left. A candidate is kept only when every rule it met kept it; each decision names the rule,
+the score, the threshold and the reason, and never quotes a PII value.
 """
 
 from __future__ import annotations
 
+import math
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Protocol
 
 from flywheel.config import FiltersConfig
 from flywheel.schema import TrainingCandidate
+
+if TYPE_CHECKING:
+    from flywheel.dedup import DedupIndex
+    from flywheel.pii import PiiScanner
+    from flywheel.scorers import GroundingScorer, ToxicityScorer
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -109,3 +119,209 @@ def apply_filters(
         if all(d.kept for d in mine):
             kept.append(c)
     return decisions, kept
+
+
+# --- The full chain: cheap rules, then PII, toxicity, grounding, decontamination, dedup, and
+# --- selection. Cheap rules run on every candidate; the text scorers only on what they kept.
+
+
+def interaction_text(c: TrainingCandidate) -> str:
+    """What a training example is made of: the user turn (context + prompt) and the target."""
+    from flywheel.dataset import user_message
+
+    return f"{user_message(c.prompt, c.context)}\n{c.target}"
+
+
+def input_text(c: TrainingCandidate) -> str:
+    from flywheel.dataset import user_message
+
+    return user_message(c.prompt, c.context)
+
+
+@dataclass
+class Survivor:
+    """A candidate every row rule kept (its text redacted), with what selection ranks it by."""
+
+    candidate: TrainingCandidate
+    score: float
+
+
+@dataclass
+class FilterOutcome:
+    decisions: list[FilterDecision]
+    survivors: list[Survivor]
+
+
+def _redact_candidate(c: TrainingCandidate, scanner: Any) -> tuple[TrainingCandidate, tuple[str, ...]]:
+    changes: dict[str, str] = {}
+    entities: list[str] = []
+    for name in ("prompt", "response", "correction", "context"):
+        value = getattr(c, name)
+        if value:
+            red = scanner.redact(value)
+            if red.changed:
+                changes[name] = red.text
+                entities.extend(red.entities)
+    return (replace(c, **changes) if changes else c), tuple(entities)
+
+
+class FilterChain:
+    """Every rule of the method over batches of candidates, with a decision per row and rule.
+
+    State carried across batches: the dedup index (earlier training sets, then each kept row of
+    the window in order), so the first copy of an interaction wins and later ones are rejected
+    with the request they duplicate.
+    """
+
+    def __init__(
+        self,
+        config: FiltersConfig,
+        *,
+        golden_inputs: Sequence[str] = (),
+        history: DedupIndex | None = None,
+        toxicity: ToxicityScorer | None = None,
+        grounding: GroundingScorer | None = None,
+        pii: PiiScanner | None = None,
+    ) -> None:
+        from flywheel.dedup import DedupIndex, MinHasher
+        from flywheel.pii import default_scanner
+        from flywheel.scorers import make_grounding_scorer, make_toxicity_scorer
+
+        self.config = config
+        self.cheap_rules: list[Rule] = basic_rules(config)
+        self.hasher = MinHasher(num_perm=config.minhash_permutations, shingle_words=config.shingle_words)
+        self.toxicity = toxicity or make_toxicity_scorer(config.toxicity_scorer)
+        self.grounding = grounding or make_grounding_scorer(config.grounding_scorer)
+        self.pii = pii or default_scanner(config.pii_entities, config.pii_min_score)
+        self.golden = DedupIndex(self.hasher, config.decontamination_threshold)
+        if golden_inputs:
+            self.golden.add(self.hasher.fingerprint(list(golden_inputs)), [f"golden item {i}" for i in range(len(golden_inputs))])
+        if history is not None and history.hasher.spec != self.hasher.spec:
+            raise ValueError(f"history fingerprints use {history.hasher.spec}, the chain {self.hasher.spec}")
+        self.dedup = history if history is not None else DedupIndex(self.hasher, config.near_dup_threshold)
+
+    @property
+    def rule_names(self) -> list[str]:
+        return [r.name for r in self.cheap_rules] + [
+            "pii", "toxicity", "grounding", "decontamination", "dedup", "selection"
+        ]
+
+    def process(self, candidates: Sequence[TrainingCandidate]) -> FilterOutcome:
+        cfg = self.config
+        decisions, kept = apply_filters(candidates, self.cheap_rules)
+
+        # PII: redact (or drop) before any other rule, index or file sees the text.
+        clean: list[TrainingCandidate] = []
+        for c in kept:
+            redacted, entities = _redact_candidate(c, self.pii)
+            if not entities:
+                decisions.append(FilterDecision(c.request_id, "pii", True, 0.0, 0.0, "no PII found"))
+                clean.append(redacted)
+                continue
+            found = ", ".join(f"{e} x{n}" for e, n in sorted(Counter(entities).items()))
+            if cfg.pii_policy == "drop":
+                decisions.append(
+                    FilterDecision(c.request_id, "pii", False, float(len(entities)), 0.0, f"PII found ({found}); policy drops the row")
+                )
+            else:
+                decisions.append(
+                    FilterDecision(c.request_id, "pii", True, float(len(entities)), 0.0, f"PII redacted ({found})")
+                )
+                clean.append(redacted)
+
+        texts = [interaction_text(c) for c in clean]
+        tox = self.toxicity.score(texts)
+        with_context = [i for i, c in enumerate(clean) if c.context]
+        grounded = dict(zip(with_context, self.grounding.score([(clean[i].target, clean[i].context or "") for i in with_context]), strict=True))
+        input_fp = self.hasher.fingerprint([input_text(c) for c in clean])
+        contaminated = self.golden.check(input_fp, [c.request_id for c in clean], add_unique=False)
+
+        passing: list[int] = []
+        for i, c in enumerate(clean):
+            ok_tox = tox[i] < cfg.max_toxicity
+            decisions.append(
+                FilterDecision(
+                    c.request_id, "toxicity", ok_tox, tox[i], cfg.max_toxicity,
+                    f"toxicity {tox[i]:.3f} {'<' if ok_tox else '>='} {cfg.max_toxicity} ({self.toxicity.name})",
+                )
+            )
+            g = grounded.get(i)
+            ok_g = g is None or g >= cfg.min_grounding
+            decisions.append(
+                FilterDecision(
+                    c.request_id, "grounding", ok_g, g, cfg.min_grounding if g is not None else None,
+                    "no context: not applicable" if g is None
+                    else f"grounding {g:.3f} {'>=' if ok_g else '<'} {cfg.min_grounding} ({self.grounding.name})",
+                )
+            )
+            m = contaminated[i]
+            decisions.append(
+                FilterDecision(
+                    c.request_id, "decontamination", m is None, m.similarity if m else 0.0, cfg.decontamination_threshold,
+                    "no golden-set overlap" if m is None
+                    else f"input is an {m.kind} duplicate of {m.label} (similarity {m.similarity:.2f}): never train on the test",
+                )
+            )
+            if ok_tox and ok_g and m is None:
+                passing.append(i)
+
+        # Dedup among what every other rule kept: the first copy is kept, later ones rejected.
+        fp = self.hasher.fingerprint([texts[i] for i in passing])
+        dups = self.dedup.check(fp, [f"request {clean[i].request_id}" for i in passing])
+        survivors: list[Survivor] = []
+        w = cfg.score_weights
+        total_w = sum(w.values()) or 1.0
+        for i, m in zip(passing, dups, strict=True):
+            c = clean[i]
+            decisions.append(
+                FilterDecision(
+                    c.request_id, "dedup", m is None, m.similarity if m else 0.0, cfg.near_dup_threshold,
+                    "first copy" if m is None else f"{m.kind} duplicate of {m.label} (similarity {m.similarity:.2f})",
+                )
+            )
+            if m is None:
+                g = grounded.get(i)
+                score = (
+                    w.get("quality", 0) * c.quality_score
+                    + w.get("grounding", 0) * (1.0 if g is None else g)
+                    + w.get("non_toxicity", 0) * (1.0 - tox[i])
+                    + w.get("correction", 0) * (1.0 if c.user_action == "corrected" else 0.0)
+                ) / total_w
+                survivors.append(Survivor(c, score))
+        return FilterOutcome(decisions, survivors)
+
+
+def select_top(
+    survivors: Sequence[tuple[str, str, float]],
+    candidates_per_type: dict[str, int],
+    *,
+    keep_fraction: float,
+    min_per_task_type: int,
+) -> tuple[list[FilterDecision], set[str]]:
+    """Keep the best-scored survivors of each task type: its quota is ``keep_fraction`` of the
+    type's candidates in the window (at least ``min_per_task_type``), so a rare type keeps its
+    share instead of losing every slot to the common ones.
+
+    ``survivors`` are ``(request_id, task_type, score)``; ties go to the smaller request id.
+    """
+    by_type: dict[str, list[tuple[str, float]]] = {}
+    for rid, task_type, score in survivors:
+        by_type.setdefault(task_type, []).append((rid, score))
+    decisions: list[FilterDecision] = []
+    selected: set[str] = set()
+    for task_type, items in sorted(by_type.items()):
+        items.sort(key=lambda x: (-x[1], x[0]))
+        quota = max(min_per_task_type, math.ceil(keep_fraction * candidates_per_type.get(task_type, len(items))))
+        cutoff = items[min(quota, len(items)) - 1][1]
+        for rank, (rid, score) in enumerate(items, start=1):
+            ok = rank <= quota
+            if ok:
+                selected.add(rid)
+            decisions.append(
+                FilterDecision(
+                    rid, "selection", ok, score, cutoff,
+                    f"rank {rank} of {len(items)} in task_type {task_type!r} (quota {quota}, score {score:.3f}"
+                    + (")" if ok else f" < cutoff {cutoff:.3f})"),
+                )
+            )
+    return decisions, selected

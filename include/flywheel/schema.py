@@ -7,11 +7,13 @@ of breaking the loader or, worse, vanishing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -200,6 +202,47 @@ METRICS = pa.schema(
 )
 
 
+# The interactions each cycle's training set was built from, as dedup fingerprints only (no
+# text): later cycles reject exact and near copies of anything already trained on.
+TRAINING_FINGERPRINTS = pa.schema(
+    [
+        ("cycle_id", pa.string()),
+        ("logical_date", TS),
+        ("request_id", pa.string()),
+        ("exact_key", pa.int64()),
+        ("signature", pa.binary()),
+        ("fingerprint_spec", pa.string()),
+    ]
+)
+
+GATE_RESULTS = pa.schema(
+    [
+        ("cycle_id", pa.string()),
+        ("gate", pa.string()),
+        ("success", pa.bool_()),
+        ("n_expectations", pa.int64()),
+        ("n_failed", pa.int64()),
+        ("failed_json", pa.string()),
+        ("docs_url", pa.string()),
+        ("evaluated_at", TS),
+    ]
+)
+
+ALERTS = pa.schema(
+    [
+        ("alert_id", pa.string()),
+        ("dag_id", pa.string()),
+        ("task_id", pa.string()),
+        ("run_id", pa.string()),
+        ("logical_date", TS),
+        ("kind", pa.string()),
+        ("message", pa.string()),
+        ("link", pa.string()),
+        ("raised_at", TS),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     name: str
@@ -220,6 +263,9 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("promotions", PROMOTIONS, ("cycle_id",)),
         TableSpec("cycles", CYCLES, ("cycle_id",)),
         TableSpec("metrics", METRICS, ("cycle_id", "name")),
+        TableSpec("training_fingerprints", TRAINING_FINGERPRINTS, ("cycle_id", "request_id")),
+        TableSpec("gate_results", GATE_RESULTS, ("cycle_id", "gate")),
+        TableSpec("alerts", ALERTS, ("alert_id",)),
     )
 }
 
@@ -237,8 +283,34 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
-def validate_row(row: dict[str, Any]) -> list[ValidationIssue]:
-    """Every reason this production-log row cannot become a `TrainingCandidate` (empty: valid)."""
+@dataclass(frozen=True)
+class ValidationLimits:
+    """Structural limits from `flywheel.config.ValidationConfig`."""
+
+    max_text_chars: int = 20000
+    max_clock_skew: timedelta = timedelta(minutes=10)
+    earliest_timestamp: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ValidationLimits:
+        earliest = datetime.fromisoformat(cfg.earliest_timestamp)
+        if earliest.tzinfo is None:
+            earliest = earliest.replace(tzinfo=UTC)
+        return cls(cfg.max_text_chars, timedelta(minutes=cfg.max_clock_skew_minutes), earliest)
+
+
+TEXT_FIELDS = ("request_id", "user_id", "prompt", "response", "correction", "task_type", "context", "model_version")
+# C0/C1 control characters (tab, newline and carriage return are text) and the bidirectional
+# overrides and isolates that make text display differently from what it says.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def validate_row(row: dict[str, Any], limits: ValidationLimits | None = None) -> list[ValidationIssue]:
+    """Every reason this production-log row cannot become a `TrainingCandidate` (empty: valid).
+
+    Reasons name the field and the rule, never quote the text itself: a log row may hold PII.
+    """
+    limits = limits or ValidationLimits()
     issues: list[ValidationIssue] = []
     for name in ("request_id", "user_id", "prompt", "response", "task_type"):
         value = row.get(name)
@@ -246,19 +318,47 @@ def validate_row(row: dict[str, Any]) -> list[ValidationIssue]:
             issues.append(ValidationIssue(name, "required", f"{name} is missing or empty"))
         elif not isinstance(value, str):
             issues.append(ValidationIssue(name, "type", f"{name} must be text, got {type(value).__name__}"))
+    for name in TEXT_FIELDS:
+        value = row.get(name)
+        if not isinstance(value, str):
+            continue
+        if len(value) > limits.max_text_chars:
+            issues.append(
+                ValidationIssue(name, "max_length", f"{name} has {len(value)} characters > {limits.max_text_chars}")
+            )
+        bad = _CONTROL.search(value)
+        if bad:
+            issues.append(
+                ValidationIssue(
+                    name, "control_characters", f"{name} holds control character U+{ord(bad.group()):04X} at {bad.start()}"
+                )
+            )
 
     ts = row.get("timestamp")
     if ts is None:
         issues.append(ValidationIssue("timestamp", "required", "timestamp is missing"))
     elif not isinstance(ts, datetime) or ts.tzinfo is None:
         issues.append(ValidationIssue("timestamp", "type", f"timestamp must be a timezone-aware datetime, got {ts!r}"))
+    else:
+        ingested = row.get("ingested_at")
+        if ts < limits.earliest_timestamp:
+            issues.append(
+                ValidationIssue("timestamp", "plausible", f"timestamp {ts.isoformat()} is before {limits.earliest_timestamp.isoformat()}")
+            )
+        elif isinstance(ingested, datetime) and ingested.tzinfo is not None and ts > ingested + limits.max_clock_skew:
+            issues.append(
+                ValidationIssue(
+                    "timestamp", "future", f"timestamp {ts.isoformat()} is after its ingestion at {ingested.isoformat()}"
+                )
+            )
 
     action = row.get("user_action")
     if _missing(action):
         issues.append(ValidationIssue("user_action", "required", "user_action is missing"))
     elif action not in USER_ACTIONS:
+        shown = action if isinstance(action, str) and len(action) <= 40 else f"{str(action)[:40]}..."
         issues.append(
-            ValidationIssue("user_action", "allowed_values", f"user_action {action!r} is not one of {list(USER_ACTIONS)}")
+            ValidationIssue("user_action", "allowed_values", f"user_action {shown!r} is not one of {list(USER_ACTIONS)}")
         )
     elif action == "corrected" and _missing(row.get("correction")):
         issues.append(
@@ -268,11 +368,20 @@ def validate_row(row: dict[str, Any]) -> list[ValidationIssue]:
     score = row.get("quality_score")
     if score is None:
         issues.append(ValidationIssue("quality_score", "required", "quality_score is missing"))
-    elif not isinstance(score, int | float) or isinstance(score, bool) or math.isnan(score):
-        issues.append(ValidationIssue("quality_score", "type", f"quality_score must be a number, got {score!r}"))
+    elif not isinstance(score, int | float) or isinstance(score, bool):
+        issues.append(ValidationIssue("quality_score", "type", f"quality_score must be a number, got {type(score).__name__}"))
+    elif not math.isfinite(score):
+        issues.append(ValidationIssue("quality_score", "finite", f"quality_score is {score}, not a finite number"))
     elif not 0.0 <= float(score) <= 1.0:
         issues.append(ValidationIssue("quality_score", "range", f"quality_score {score} is outside [0, 1]"))
     return issues
+
+
+def content_fingerprint(row: dict[str, Any]) -> str:
+    """The row's content (everything but its ingestion time), to tell a re-delivery of the same
+    event from two different events that share a request_id."""
+    fields = {k: row.get(k) for k in PRODUCTION_LOG_FIELDS}
+    return hashlib.sha256(json.dumps(fields, default=str, sort_keys=True).encode()).hexdigest()
 
 
 def candidate_from_row(row: dict[str, Any]) -> TrainingCandidate:

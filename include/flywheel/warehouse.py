@@ -13,7 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from flywheel.schema import TABLES
 
 SQL_DIR = PROJECT_ROOT / "include" / "sql"
 CANONICAL_DIALECT = "duckdb"
+DEFAULT_SKEW = timedelta(minutes=10)
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _ARROW_TO_SQL = {
@@ -34,6 +35,7 @@ _ARROW_TO_SQL = {
     pa.float64(): "DOUBLE",
     pa.int64(): "BIGINT",
     pa.bool_(): "BOOLEAN",
+    pa.binary(): "BLOB",
 }
 
 
@@ -104,17 +106,20 @@ class Warehouse(ABC):
 
     @abstractmethod
     def read_logs_window(
-        self, start: datetime, end: datetime, *, batch_rows: int = 5000
+        self, start: datetime, end: datetime, *, batch_rows: int = 5000, max_skew: timedelta = DEFAULT_SKEW
     ) -> Iterator[pa.RecordBatch]:
-        """Stream production logs of ``[start, end)`` as Arrow batches of the logs' schema."""
+        """Stream production logs of ``[start, end)`` as Arrow batches of the logs' schema.
+
+        Rows are windowed by event time, except rows with no usable event time (missing, or
+        later than their ingestion plus ``max_skew``), which are windowed by ingestion time."""
 
     # Convenience built on the primitives above ------------------------------------------
     def read_window(
-        self, table: str, start: datetime, end: datetime, *, batch_rows: int = 5000
+        self, table: str, start: datetime, end: datetime, *, batch_rows: int = 5000, max_skew: timedelta = DEFAULT_SKEW
     ) -> Iterator[pa.RecordBatch]:
         if table != "production_logs":
             raise WarehouseError(f"windowed reads are defined for production_logs, not {table!r}")
-        return self.read_logs_window(start, end, batch_rows=batch_rows)
+        return self.read_logs_window(start, end, batch_rows=batch_rows, max_skew=max_skew)
 
     def named_query(self, name: str, params: dict[str, Any] | None = None) -> pa.Table:
         return self.query(canonical_sql(name), params)
@@ -254,13 +259,12 @@ class DuckDBWarehouse(Warehouse):
         return incoming.num_rows
 
     def read_logs_window(
-        self, start: datetime, end: datetime, *, batch_rows: int = 5000
+        self, start: datetime, end: datetime, *, batch_rows: int = 5000, max_skew: timedelta = DEFAULT_SKEW
     ) -> Iterator[pa.RecordBatch]:
         schema = TABLES["production_logs"].schema
+        params = {"window_start": start, "window_end": end, "max_skew_s": max_skew.total_seconds()}
         with self._connect() as con:
-            reader = con.sql(
-                canonical_sql("read_logs_window"), params={"window_start": start, "window_end": end}
-            ).to_arrow_reader(batch_rows)
+            reader = con.sql(canonical_sql("read_logs_window"), params=params).to_arrow_reader(batch_rows)
             for batch in reader:
                 yield pa.RecordBatch.from_arrays(
                     [batch.column(i).cast(schema.field(i).type) for i in range(len(schema))], schema=schema

@@ -67,7 +67,13 @@ class FlywheelStageOperator(BaseOperator):
         return getattr(cycle, f"stage_{self.stage_name}")
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from flywheel.errors import ConfigError, GateError, RegistryError, TrainingError, WindowError
+        from flywheel.errors import (
+            ConfigError,
+            GateError,
+            RegistryError,
+            TrainingError,
+            WindowError,
+        )
         from flywheel_airflow.hooks import FlywheelWarehouseHook
 
         try:
@@ -91,6 +97,20 @@ class ExtractWindowOperator(FlywheelStageOperator):
     stage_name = "extract"
 
 
+class GateRawWindowOperator(FlywheelStageOperator):
+    """Great Expectations on the raw window; a failure fails the run before any filtering."""
+
+    stage_name = "gate_raw_window"
+    ui_color = "#f3e8fd"
+
+
+class GateTrainingSetOperator(FlywheelStageOperator):
+    """Great Expectations on the training set (no PII, no golden overlap, balance, length)."""
+
+    stage_name = "gate_training_set"
+    ui_color = "#f3e8fd"
+
+
 class ValidateRowsOperator(FlywheelStageOperator):
     """Quarantine malformed rows with their reasons; pass the valid ones on."""
 
@@ -99,7 +119,8 @@ class ValidateRowsOperator(FlywheelStageOperator):
 
 
 class FilterCandidatesOperator(FlywheelStageOperator):
-    """Apply the filter rules; record a decision per row and rule."""
+    """Every filter of the method (action, length, quality, PII, toxicity, grounding,
+    decontamination, dedup, selection); a decision per row and rule."""
 
     stage_name = "filter"
 

@@ -59,9 +59,11 @@ def test_weekly_graph_reads_as_the_cycle(dagbag):
     dag = dagbag.dags["flywheel_weekly"]
     order = [
         "extract_window",
+        "gate_raw_window",
         "validate_and_quarantine",
         "filter_candidates",
         "build_dataset",
+        "gate_training_set",
         "train_lora",
         "evaluate_golden_set",
         "promote_if_better",
@@ -71,6 +73,17 @@ def test_weekly_graph_reads_as_the_cycle(dagbag):
     for upstream, downstream in zip(order, order[1:], strict=False):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
     assert dag.get_task("record_cycle_metrics").trigger_rule == "none_failed"
+
+
+def test_every_task_alerts_on_failure(dagbag):
+    """A failed task (a failed gate above all) must reach operators: the alert notifier is set."""
+    from flywheel_airflow.notifiers import FlywheelAlertNotifier
+
+    for dag_id, dag in dagbag.dags.items():
+        for task in dag.tasks:
+            callbacks = task.on_failure_callback
+            callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+            assert any(isinstance(c, FlywheelAlertNotifier) for c in callbacks), f"{dag_id}.{task.task_id}"
 
 
 def test_weekly_schedule_and_params(dagbag):

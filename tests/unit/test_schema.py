@@ -103,10 +103,11 @@ def test_correction_without_corrected_action_is_fine(row):
     ("score", "rule"),
     [
         (None, "required"),
-        (float("nan"), "type"),
+        (float("nan"), "finite"),
         (1.7, "range"),
         (-0.1, "range"),
-        (float("inf"), "range"),
+        (float("inf"), "finite"),
+        (float("-inf"), "finite"),
         ("0.9", "type"),
         (True, "type"),
         (False, "type"),
@@ -213,3 +214,61 @@ def test_row_to_json_keeps_everything(row):
     assert data["user_action"] == "liked"
     assert data["timestamp"].startswith("2026-02-03 12:00:00")
     assert data["correction"] is None
+
+
+# Hostile structure: oversized text, control characters, implausible or future timestamps.
+
+
+@pytest.mark.parametrize("field", ["prompt", "response", "correction", "context", "user_id"])
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\x7f", "\u202e", "\u2066", "\x85"])
+def test_control_characters_are_quarantined(row, field, char):
+    row[field] = f"looks fine{char}but is not"
+    issues = validate_row(row)
+    assert ("control_characters" in {i.rule for i in issues if i.field == field}), issues
+    reason = next(i.reason for i in issues if i.rule == "control_characters")
+    assert f"U+{ord(char):04X}" in reason and "looks fine" not in reason  # never quotes the text
+
+
+@pytest.mark.parametrize("text", ["tab\tnewline\ncr\r", "emoji \U0001F600 and accents éü", "zero\u200bwidth"])
+def test_ordinary_whitespace_and_unicode_are_fine(row, text):
+    row["prompt"] = text
+    assert validate_row(row) == []
+
+
+def test_oversized_text_is_quarantined_without_quoting_it(row):
+    from flywheel.schema import ValidationLimits
+
+    row["response"] = "x" * 1001
+    (issue,) = validate_row(row, ValidationLimits(max_text_chars=1000))
+    assert (issue.field, issue.rule) == ("response", "max_length")
+    assert "1001 characters > 1000" in issue.reason and "xxx" not in issue.reason
+    row["response"] = "x" * 1000
+    assert validate_row(row, ValidationLimits(max_text_chars=1000)) == []
+
+
+def test_future_and_implausible_timestamps(row):
+    from datetime import UTC, datetime, timedelta
+
+    ingested = row["ingested_at"]
+    row["timestamp"] = ingested + timedelta(minutes=11)
+    assert _issues(row) == {("timestamp", "future")}
+    row["timestamp"] = ingested + timedelta(minutes=9)  # within the allowed clock skew
+    assert validate_row(row) == []
+    row["timestamp"] = datetime(1999, 12, 31, tzinfo=UTC)
+    assert _issues(row) == {("timestamp", "plausible")}
+
+
+def test_huge_bad_action_is_not_echoed_whole(row):
+    row["user_action"] = "A" * 10_000
+    (issue,) = validate_row(row)
+    assert issue.rule == "allowed_values" and len(issue.reason) < 200
+
+
+def test_content_fingerprint_ignores_ingestion_time_only(row):
+    from datetime import timedelta
+
+    from flywheel.schema import content_fingerprint
+
+    again = {**row, "ingested_at": row["ingested_at"] + timedelta(hours=1)}
+    assert content_fingerprint(row) == content_fingerprint(again)
+    assert content_fingerprint(row) != content_fingerprint({**row, "response": "other"})

@@ -1,0 +1,32 @@
+"""Text normalisation shared by the filters, so that no rule is fooled by unicode tricks.
+
+Full-width letters, ligatures and compatibility forms fold to their plain forms (NFKC), and
+invisible format characters (zero-width spaces and joiners, soft hyphens, bidi marks) are
+removed, so ``ｊｏｈｎ＠ｅｘａｍｐｌｅ．ｃｏｍ`` or ``f\u200buck`` look to a rule like what a reader sees.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+_WORD = re.compile(r"\w+")
+_SPACE = re.compile(r"\s+")
+
+
+def strip_invisible(text: str) -> str:
+    """NFKC, without format characters (Unicode category Cf)."""
+    folded = unicodedata.normalize("NFKC", text)
+    if not any(unicodedata.category(ch) == "Cf" for ch in folded):
+        return folded
+    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf")
+
+
+def normalize_text(text: str) -> str:
+    """What a rule compares: visible characters, case-folded, single-spaced."""
+    return _SPACE.sub(" ", strip_invisible(text).casefold()).strip()
+
+
+def word_tokens(text: str) -> list[str]:
+    """Word tokens of the normalised text (punctuation dropped)."""
+    return _WORD.findall(normalize_text(text))
