@@ -39,7 +39,11 @@ class World:
 
 
 def _config(tmp_path, **overrides) -> FlywheelConfig:
-    return FlywheelConfig(home=tmp_path).with_overrides({"training.min_examples": 5, **overrides})
+    # Selection keeps everything here, so that these tests see the other rules' decisions alone;
+    # selection has its own tests below and in test_filters.
+    return FlywheelConfig(home=tmp_path).with_overrides(
+        {"training.min_examples": 5, "filters.keep_fraction": 1.0, **overrides}
+    )
 
 
 @pytest.fixture
@@ -95,7 +99,7 @@ def world(tmp_path, answer_fns, make_log_row) -> World:
             ("bad-action", "user_action", "allowed_values"),
             ("bad-score", "quality_score", "range"),
             ("bad-null-ts", "timestamp", "required"),
-            (dup["request_id"], "request_id", "unique"),
+            (dup["request_id"], "request_id", "conflicting_duplicate"),
         },
     )
 
@@ -170,11 +174,11 @@ def test_extract_of_an_empty_window_writes_an_empty_snapshot(tmp_path):
 def test_validate_quarantines_malformed_rows_with_reasons(world):
     fc.stage_extract(world.cycle, world.wh)
     res = fc.stage_validate(world.cycle, world.wh)
-    assert res["quarantined"] == 5
-    assert res["valid"] == world.in_window - 5
+    assert res["quarantined"] == 6
+    assert res["valid"] == world.in_window - 6
     assert res["quarantine_reasons"] == {
         "user_id.required": 1, "user_action.allowed_values": 1, "quality_score.range": 1,
-        "timestamp.required": 1, "request_id.unique": 1,
+        "timestamp.required": 1, "request_id.conflicting_duplicate": 2,
     }  # fmt: skip
     q = world.wh.select("quarantine", {"cycle_id": world.cycle.cycle_id}).to_pylist()
     assert {(r["request_id"], r["field"], r["rule"]) for r in q} == world.expected_quarantine
@@ -187,49 +191,123 @@ def test_validate_quarantines_malformed_rows_with_reasons(world):
         "request_id='bad-action'" in by_id["bad-action"]["reason"]
         and "'liked'" in by_id["bad-action"]["reason"]
     )
-    # the duplicate's later copy is the one quarantined; the first copy stays valid
-    assert json.loads(by_id[world.dup_id]["raw_json"])["response"] == "a different answer"
+    # two different rows under one request_id: there is no telling which is true, so both go
+    dup_rows = [r for r in q if r["request_id"] == world.dup_id]
+    assert len(dup_rows) == 2
+    assert {json.loads(r["raw_json"])["response"] for r in dup_rows} >= {"a different answer"}
     valid = pq.read_table(world.cycle.file("valid.parquet")).to_pylist()
-    assert [r["request_id"] for r in valid].count(world.dup_id) == 1
+    assert world.dup_id not in {r["request_id"] for r in valid}
     assert not {"bad-action", "bad-score", "bad-missing-user", "bad-null-ts"} & {
         r["request_id"] for r in valid
     }
 
 
-def test_filter_records_every_rule_for_every_candidate(world):
+def test_identical_redelivery_keeps_the_first_copy(tmp_path, make_log_row):
+    config = _config(tmp_path)
+    cycle = fc.make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
+    row = make_log_row("twice", W_START + timedelta(days=1))
+    again = {**row, "ingested_at": row["ingested_at"] + timedelta(hours=2)}  # same event, later
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
+    wh.ensure_schema()
+    wh.merge("production_logs", rows_to_table("production_logs", [row, again]))
+    fc.stage_extract(cycle, wh)
+    res = fc.stage_validate(cycle, wh)
+    assert (res["valid"], res["quarantined"]) == (1, 1)
+    assert res["quarantine_reasons"] == {"request_id.duplicate_delivery": 1}
+
+
+def test_future_stamped_row_is_read_once_by_ingestion_time_and_quarantined(tmp_path, make_log_row):
+    config = _config(tmp_path)
+    cycle = fc.make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
+    ingested = W_START + timedelta(days=2)
+    future = make_log_row("from-the-future", ingested + timedelta(days=30), ingested_at=ingested)
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
+    wh.ensure_schema()
+    wh.merge("production_logs", rows_to_table("production_logs", [future]))
+    assert fc.stage_extract(cycle, wh)["rows_in_window"] == 1
+    assert fc.stage_validate(cycle, wh)["quarantine_reasons"] == {"timestamp.future": 1}
+    # the window its bogus timestamp falls into does not read it a second time
+    later = fc.make_cycle(
+        DAG, data_interval_end=END + timedelta(days=28), logical_date=END + timedelta(days=28), config=config
+    )
+    assert fc.stage_extract(later, wh)["rows_in_window"] == 0
+
+
+CHEAP_RULES = {"user_action", "length", "quality_score"}
+TEXT_RULES = {"pii", "toxicity", "grounding", "decontamination"}
+
+
+def test_filter_records_a_decision_per_rule_met(world):
     fc.stage_extract(world.cycle, world.wh)
     valid = fc.stage_validate(world.cycle, world.wh)["valid"]
     res = fc.stage_filter(world.cycle, world.wh)
-    assert res["kept"] + res["rejected"] == valid
+    assert res["kept"] + res["rejected"] == valid == res["candidates"]
     assert res["kept"] >= 5 and res["rejected"] >= 1
     decisions = world.wh.select("decisions", {"cycle_id": world.cycle.cycle_id}).to_pylist()
-    assert len(decisions) == 3 * valid
-    by_req: dict[str, list[bool]] = {}
+    by_req: dict[str, dict[str, bool]] = {}
     for d in decisions:
-        by_req.setdefault(d["request_id"], []).append(d["kept"])
         assert d["reason"]
-    kept_ids = {
-        r["request_id"] for r in pq.read_table(world.cycle.file("kept.parquet")).to_pylist()
-    }
-    assert kept_ids == {rid for rid, ks in by_req.items() if all(ks)}
+        assert d["rule"] not in by_req.setdefault(d["request_id"], {}), "one decision per row and rule"
+        by_req[d["request_id"]][d["rule"]] = d["kept"]
+    assert len(by_req) == valid
+    kept_ids = {r["request_id"] for r in pq.read_table(world.cycle.file("kept.parquet")).to_pylist()}
+    assert kept_ids == {rid for rid, rules in by_req.items() if all(rules.values())}
+    for rid, rules in by_req.items():
+        assert CHEAP_RULES <= set(rules)  # the cheap rules judge every candidate
+        if all(rules[r] for r in CHEAP_RULES):
+            assert TEXT_RULES <= set(rules)  # the text rules judge what the cheap ones kept
+        else:
+            assert not TEXT_RULES & set(rules)
+        if rid in kept_ids:
+            assert set(rules) == CHEAP_RULES | TEXT_RULES | {"dedup", "selection"}
     assert sum(res["rejected_by_rule"].values()) == sum(not d["kept"] for d in decisions)
     # every regenerated row was rejected by the action rule
     regenerated = {r["request_id"] for r in world.logs if r["user_action"] == "regenerated"}
     assert regenerated and not regenerated & kept_ids
+    # the fixture's rows made by make_log_row share prompt and answer: only the first is kept
+    dedup = {d["request_id"]: d for d in decisions if d["rule"] == "dedup"}
+    assert dedup["edge-start"]["kept"] is True
+
+
+def test_selection_keeps_the_top_share_per_task_type(world):
+    cycle = fc.make_cycle(
+        DAG, data_interval_end=END, logical_date=END,
+        config=world.cycle.config.with_overrides({"filters.keep_fraction": 0.2, "filters.min_per_task_type": 1}),
+    )  # fmt: skip
+    fc.stage_extract(cycle, world.wh)
+    valid = fc.stage_validate(cycle, world.wh)["valid"]
+    res = fc.stage_filter(cycle, world.wh)
+    sel = [d for d in world.wh.select("decisions", {"cycle_id": cycle.cycle_id}).to_pylist() if d["rule"] == "selection"]
+    assert sel and res["kept"] == sum(d["kept"] for d in sel) < len(sel)
+    assert res["kept"] <= 0.2 * valid + 5  # a quota per task type, rounded up
+    by_type: dict[str, list[dict]] = {}
+    for d in sel:
+        by_type.setdefault(d["reason"].split("task_type '")[1].split("'")[0], []).append(d)
+    for rows in by_type.values():
+        kept_scores = [d["score"] for d in rows if d["kept"]]
+        dropped = [d["score"] for d in rows if not d["kept"]]
+        assert kept_scores, "every task type keeps at least its minimum"
+        assert not dropped or min(kept_scores) >= max(dropped)
 
 
 def test_full_stages_counts_add_up_and_corrections_are_targets(world):
     out = _run(world)
     rec = out["record"]
     assert rec["rows_in_window"] == world.in_window
-    assert rec["quarantined"] == 5
+    assert rec["quarantined"] == 6
     assert rec["kept"] == out["filter"]["kept"] and rec["rejected"] == out["filter"]["rejected"]
     assert rec["quarantined"] + rec["kept"] + rec["rejected"] == world.in_window
     assert rec["pass_rate"] == pytest.approx(rec["kept"] / world.in_window)
     assert rec["promoted"] is False and rec["challenger"] is None
     assert rec["champion_before"] == rec["champion_after"] == registry.base_version_name(BASE)
     assert rec["metrics"]["examples_per_day"] == pytest.approx(rec["kept"] / 7)
-    assert rec["metrics"]["quarantine_rate"] == pytest.approx(5 / world.in_window)
+    assert rec["metrics"]["quarantine_rate"] == pytest.approx(6 / world.in_window)
+    # per-rule pass rates, measured from the decisions
+    decisions = world.wh.select("decisions", {"cycle_id": world.cycle.cycle_id}).to_pylist()
+    for rule in ("user_action", "pii", "dedup", "selection"):
+        judged = [d["kept"] for d in decisions if d["rule"] == rule]
+        assert rec["metrics"][f"pass_rate.{rule}"] == pytest.approx(sum(judged) / len(judged))
+        assert rec["metrics"][f"evaluated.{rule}"] == len(judged)
     assert "quality_delta" not in rec["metrics"]
     (stored,) = world.wh.select("cycles").to_pylist()
     assert (stored["cycle_id"], stored["window_start"], stored["kept"]) == (
@@ -262,7 +340,7 @@ def test_full_stages_counts_add_up_and_corrections_are_targets(world):
 def test_rerunning_every_stage_is_idempotent(world):
     first = _run(world)
     counts = _counts(world)
-    assert counts["quarantine"] == 5 and counts["datasets"] == 1 and counts["cycles"] == 1
+    assert counts["quarantine"] == 6 and counts["datasets"] == 1 and counts["cycles"] == 1
     second = _run(world)
     assert _counts(world) == counts
     assert second["build_dataset"]["content_hash"] == first["build_dataset"]["content_hash"]
@@ -287,7 +365,15 @@ def test_content_hash_changes_with_the_data(world, make_log_row):
     world.wh.merge(
         "production_logs",
         rows_to_table(
-            "production_logs", [make_log_row("new-in-window", W_START + timedelta(days=1))]
+            "production_logs",
+            [
+                make_log_row(
+                    "new-in-window",
+                    W_START + timedelta(days=1),
+                    prompt="A brand new request that nobody has sent before: please rewrite the word harbor in capital letters for my sign.",
+                    response="HARBOR",
+                )
+            ],
         ),
     )
     second = _run(world, record=False)
@@ -352,6 +438,6 @@ def test_cycles_are_partitioned_by_cycle_id(world):
     # the row with no timestamp ingested just after W_END (quarantined there, and only there)
     assert rec["rows_in_window"] == 22
     assert world.wh.count("cycles") == 2
-    assert world.wh.count("quarantine", {"cycle_id": world.cycle.cycle_id}) == 5
+    assert world.wh.count("quarantine", {"cycle_id": world.cycle.cycle_id}) == 6
     (q,) = world.wh.select("quarantine", {"cycle_id": other.cycle_id}).to_pylist()
     assert (q["request_id"], q["field"], q["rule"]) == ("null-ts-outside", "timestamp", "required")
