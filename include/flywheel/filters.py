@@ -76,6 +76,8 @@ class LengthRule:
     name: str = "length"
 
     def decide(self, c: TrainingCandidate) -> FilterDecision:
+        if not c.target.strip():
+            return FilterDecision(c.request_id, self.name, False, 0.0, float(self.min_words), "empty answer: nothing to learn")
         text = f"{c.prompt} {c.target}"
         words, tokens = count_words(text), count_tokens(text)
         ok = words > self.min_words or tokens > self.min_tokens

@@ -104,7 +104,7 @@ def raw_window_expectations(config: FlywheelConfig, *, n_rows: int, volume_media
             column="prompt_chars", min_value=1, max_value=config.validation.max_text_chars, mostly=mostly
         ),
         gxe.ExpectColumnValuesToBeBetween(
-            column="response_chars", min_value=1, max_value=config.validation.max_text_chars, mostly=mostly
+            column="response_chars", min_value=0, max_value=config.validation.max_text_chars, mostly=mostly
         ),
     ]
 

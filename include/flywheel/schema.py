@@ -314,7 +314,9 @@ def validate_row(row: dict[str, Any], limits: ValidationLimits | None = None) ->
     issues: list[ValidationIssue] = []
     for name in ("request_id", "user_id", "prompt", "response", "task_type"):
         value = row.get(name)
-        if _missing(value):
+        # An empty response is a real product event (the model said nothing), not a broken
+        # row: it stays valid and the filters reject it. Only a missing one is malformed.
+        if value is None or (name != "response" and _missing(value)):
             issues.append(ValidationIssue(name, "required", f"{name} is missing or empty"))
         elif not isinstance(value, str):
             issues.append(ValidationIssue(name, "type", f"{name} must be text, got {type(value).__name__}"))

@@ -20,8 +20,8 @@ log = logging.getLogger(__name__)
 def alert_message(context: Any) -> dict[str, Any]:
     """What an operator needs: which DAG, task and run, what failed, where to look."""
     ti = context["ti"]
-    exception = context.get("exception")
-    text = str(exception) if exception else "task failed"
+    exception = context.get("exception") or getattr(context.get("task"), "failure_reason", None)
+    text = str(exception) if exception else "task failed (see the task log)"
     kind = "gate_failed" if "gate '" in text else "task_failed"
     link = next((line.split("Data Docs: ", 1)[1].strip() for line in text.splitlines() if "Data Docs: " in line), None)
     logical = context.get("logical_date")

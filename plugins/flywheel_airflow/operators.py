@@ -55,6 +55,9 @@ class FlywheelStageOperator(BaseOperator):
     template_fields: Sequence[str] = ("config_path",)
     ui_color = "#e8f0fe"
     stage_name: ClassVar[str] = ""
+    # Set when the stage fails deterministically: the failure notifier reads it where the run
+    # does not pass the exception in the callback's context (`airflow dags test` runs in-process).
+    failure_reason: str | None = None
 
     def __init__(self, *, config_path: str | None = None, warehouse_conn_id: str = "flywheel_warehouse", **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -86,7 +89,8 @@ class FlywheelStageOperator(BaseOperator):
             result = self.stage()(cycle, warehouse)
         except (ConfigError, GateError, RegistryError, TrainingError, WindowError) as exc:
             # Deterministic failures: a retry would fail the same way, so fail now, loudly.
-            raise AirflowFailException(f"{self.task_id} [{type(exc).__name__}]: {exc}") from exc
+            self.failure_reason = f"{self.task_id} [{type(exc).__name__}]: {exc}"
+            raise AirflowFailException(self.failure_reason) from exc
         log.info("%s: %s", self.stage_name, result)
         return result
 

@@ -26,7 +26,10 @@ LOGICAL_DATE = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
 WINDOW_START = LOGICAL_DATE - timedelta(days=21)
 WINDOW_END = LOGICAL_DATE - timedelta(days=14)
 CYCLE_ID = "flywheel_weekly-20260302T0000"
-TABLES_PER_CYCLE = ("quarantine", "decisions", "datasets", "evaluations", "promotions", "cycles", "metrics")
+TABLES_PER_CYCLE = (
+    "quarantine", "decisions", "datasets", "evaluations", "promotions", "cycles", "metrics", "gate_results",
+    "training_fingerprints",
+)  # fmt: skip
 
 
 def _malformed_rows() -> pa.Table:
@@ -181,10 +184,21 @@ def test_cycle_counts_add_up_and_bad_rows_are_quarantined(env, first_run):
     assert "1.7" in reason and "bad-score" in reason
     assert json.loads(quarantine[("bad-action", "user_action", "allowed_values")]["raw_json"])["user_action"] == "liked"
 
-    # Every kept row passed all three rules; every rejected one failed at least one.
+    # Every kept row passed every rule it met; every rejected one failed at least one.
     decisions = wh.select("decisions", {"cycle_id": CYCLE_ID}).to_pylist()
-    assert {d["rule"] for d in decisions} == {"user_action", "length", "quality_score"}
-    assert len(decisions) == 3 * (cycle["kept"] + cycle["rejected"])
+    assert {d["rule"] for d in decisions} == {
+        "user_action", "length", "quality_score", "pii", "toxicity", "grounding", "decontamination", "dedup", "selection"
+    }  # fmt: skip
+    by_req: dict[str, list[bool]] = {}
+    for d in decisions:
+        by_req.setdefault(d["request_id"], []).append(d["kept"])
+    assert len(by_req) == cycle["kept"] + cycle["rejected"]
+    assert sum(all(v) for v in by_req.values()) == cycle["kept"]
+    # Both gates ran and passed; per-rule pass rates are in the metrics table.
+    gates = {r["gate"]: r for r in wh.select("gate_results", {"cycle_id": CYCLE_ID}).to_pylist()}
+    assert set(gates) == {"raw_window", "training_set"} and all(g["success"] for g in gates.values())
+    metrics = {r["name"]: r["value"] for r in wh.select("metrics", {"cycle_id": CYCLE_ID}).to_pylist()}
+    assert 0 < metrics["pass_rate.user_action"] < 1 and "pass_rate.selection" in metrics
 
 
 def test_challenger_adapter_loads_in_a_fresh_process(env, first_run):
@@ -252,3 +266,70 @@ def test_a_challenger_that_is_not_better_is_not_promoted(env, first_run):
     assert promo[0]["champion_after"] == env["base"]
     assert registry.current_champion(wh) == env["base"]
     assert wh.select("cycles", {"cycle_id": CYCLE_ID}).column("promoted")[0].as_py() is False
+
+
+# --- A gate that fails in a real run ------------------------------------------------------
+
+BROKEN_DATE = LOGICAL_DATE + timedelta(weeks=1)  # reads the week after LOGICAL_DATE's window
+BROKEN_CYCLE = "flywheel_weekly-20260309T0000"
+
+
+def _task_states(env: dict, logical_date: datetime) -> dict[str, str]:
+    code = (
+        "import json, sys\n"
+        "from airflow.models import DagRun\n"
+        "from airflow.utils.session import create_session\n"
+        "from datetime import datetime\n"
+        "with create_session() as s:\n"
+        "    runs = s.query(DagRun).filter(DagRun.dag_id == sys.argv[1]).all()\n"
+        "    run = next(r for r in runs if r.logical_date == datetime.fromisoformat(sys.argv[2]))\n"
+        "    print('STATES=' + json.dumps({'run': str(run.state), **{ti.task_id: str(ti.state) for ti in run.get_task_instances(session=s)}}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, DAG_ID, logical_date.isoformat()], env=env["env"], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("STATES="))[7:])
+
+
+def test_a_failed_gate_fails_the_run_and_nothing_downstream_runs(env, first_run):
+    """A broken source (a fifth of a week's rows with an unknown action) fails the raw gate."""
+    from flywheel import registry
+    from flywheel.schema import PRODUCTION_LOGS
+
+    wh = env["wh"]
+    champion_before = registry.current_champion(wh)
+    start = BROKEN_DATE - timedelta(days=21)
+    rows = wh.query(
+        "SELECT * FROM production_logs WHERE \"timestamp\" >= $s AND \"timestamp\" < $e ORDER BY request_id",
+        {"s": start, "e": start + timedelta(days=7)},
+    ).to_pylist()
+    assert len(rows) > 100
+    broken = [{**r, "user_action": "thumbs_up"} for r in rows[: len(rows) // 5]]
+    wh.merge("production_logs", pa.Table.from_pylist(broken, schema=PRODUCTION_LOGS))
+
+    proc = subprocess.run(
+        [env["airflow"], "dags", "test", DAG_ID, BROKEN_DATE.isoformat()],
+        env=env["env"], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    output = proc.stdout + proc.stderr
+    states = _task_states(env, BROKEN_DATE)
+    assert states["run"] == "failed", states
+    assert states["extract_window"] == "success"
+    assert states["gate_raw_window"] == "failed"
+    for task in ("validate_and_quarantine", "filter_candidates", "build_dataset", "gate_training_set",
+                 "train_lora", "evaluate_golden_set", "promote_if_better"):
+        assert states[task] == "upstream_failed", (task, states)
+    # The failure names the expectation, loudly, and the alert reached the warehouse.
+    assert "expect_column_values_to_be_in_set(user_action)" in output
+    (gate,) = wh.select("gate_results", {"cycle_id": BROKEN_CYCLE, "gate": "raw_window"}).to_pylist()
+    assert gate["success"] is False
+    assert "user_action" in gate["failed_json"]
+    alerts = [a for a in wh.select("alerts").to_pylist() if a["task_id"] == "gate_raw_window"]
+    assert alerts, "the failure notifier must record an alert"
+    assert alerts[0]["kind"] == "gate_failed" and "expect_column_values_to_be_in_set(user_action)" in alerts[0]["message"]
+    assert alerts[0]["link"] and alerts[0]["link"].startswith("file://")
+    # Nothing was trained, evaluated or promoted for the broken week; the champion stands.
+    assert wh.count("models", {"cycle_id": BROKEN_CYCLE}) == 0
+    assert wh.count("promotions", {"cycle_id": BROKEN_CYCLE}) == 0
+    assert registry.current_champion(wh) == champion_before
