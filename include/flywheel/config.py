@@ -73,7 +73,7 @@ class FiltersConfig(_Section):
     shingle_words: int = Field(3, ge=1, le=8)
     dedup_against_history: bool = True
     # Decontamination: no kept input may be an exact or near duplicate of a golden-set input.
-    decontamination_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    decontamination_threshold: float = Field(0.85, gt=0.0, le=1.0)
     # Selection: keep the top share of the window's candidates by composite score, per task type.
     keep_fraction: float = Field(0.3, gt=0.0, le=1.0)
     min_per_task_type: int = Field(5, ge=0)

@@ -294,36 +294,30 @@ def stage_filter(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     Survivors (PII already redacted) are ranked by selection; the selected ones are the cycle's
     kept candidates (``kept.parquet``). Decisions go to the warehouse, partitioned by cycle.
     """
-    from flywheel.filters import FilterChain, select_top
+    from flywheel.filters import FilterChain, filter_stream
 
     cfg = cycle.config
     chain = FilterChain(cfg.filters, golden_inputs=golden_inputs(cfg), history=training_history(cycle, wh))
     source = pq.ParquetFile(cycle.file("valid.parquet"))
     now = _now()
     decision_tables: list[pa.Table] = []
-    per_type: Counter[str] = Counter()
-    survivors_meta: list[tuple[str, str, float]] = []
     survivors_path = cycle.file("survivors.parquet")
     writer = pq.ParquetWriter(survivors_path, PRODUCTION_LOGS)
-    n_candidates = 0
     try:
-        for batch in source.iter_batches(batch_size=cfg.warehouse.read_batch_rows):
-            candidates = [candidate_from_row(r) for r in batch.to_pylist()]
-            n_candidates += len(candidates)
-            per_type.update(c.task_type for c in candidates)
-            outcome = chain.process(candidates)
-            decision_tables.append(_decisions_table(cycle, outcome.decisions, now))
-            if outcome.survivors:
-                survivors_meta.extend((s.candidate.request_id, s.candidate.task_type, s.score) for s in outcome.survivors)
-                writer.write_table(
-                    pa.Table.from_pylist([s.candidate.to_row() for s in outcome.survivors], schema=PRODUCTION_LOGS)
-                )
+        stream, _, selected = filter_stream(
+            (
+                [candidate_from_row(r) for r in batch.to_pylist()]
+                for batch in source.iter_batches(batch_size=cfg.warehouse.read_batch_rows)
+            ),
+            chain,
+            on_decisions=lambda ds: decision_tables.append(_decisions_table(cycle, ds, now)),
+            on_survivors=lambda ss: writer.write_table(
+                pa.Table.from_pylist([s.candidate.to_row() for s in ss], schema=PRODUCTION_LOGS)
+            ),
+        )
     finally:
         writer.close()
-    selection, selected = select_top(
-        survivors_meta, dict(per_type), keep_fraction=cfg.filters.keep_fraction, min_per_task_type=cfg.filters.min_per_task_type
-    )
-    decision_tables.append(_decisions_table(cycle, selection, now))
+    n_candidates = stream.candidates
     decisions = pa.concat_tables(decision_tables) if decision_tables else rows_to_table("decisions", [])
     wh.replace_partition("decisions", {"cycle_id": cycle.cycle_id}, decisions)
 

@@ -79,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from flywheel import registry
     from flywheel.localenv import airflow_env
-    from flywheel.metrics import cycles_report, format_cycles_table
+    from flywheel.metrics import (
+        cycles_report,
+        format_cycles_table,
+        format_rule_table,
+        rule_pass_rates,
+    )
     from flywheel.tinymodel import build_tiny_model, resolve_base_model
 
     started = time.monotonic()
@@ -125,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     final_acc = next((r["challenger_accuracy"] for r in rows if r["challenger"] == final), base_acc)
     print(f"\nGolden-set accuracy: base {base_acc:.3f} -> champion {final} {final_acc:.3f}"
           if base_acc is not None and final_acc is not None else "")
+    print("\nPer-rule pass rates (share kept of the rows each rule judged, and how many it judged):\n")
+    print(format_rule_table(rule_pass_rates(wh, DAG_ID)))
+    gates = wh.query(
+        "SELECT gate, COUNT(*) AS runs, SUM(CASE WHEN success THEN 1 ELSE 0 END) AS passed FROM gate_results "
+        "GROUP BY gate ORDER BY gate"
+    ).to_pylist()
+    print("\nGates: " + ", ".join(f"{g['gate']} passed {g['passed']}/{g['runs']}" for g in gates)
+          + f"  (Data Docs: {config.artefacts_root / 'data_docs' / 'index.html'})")
     quarantine = wh.query(
         "SELECT field, rule, COUNT(*) AS n FROM quarantine GROUP BY field, rule ORDER BY n DESC"
     ).to_pylist()

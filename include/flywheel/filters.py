@@ -327,3 +327,42 @@ def select_top(
                 )
             )
     return decisions, selected
+
+
+@dataclass
+class StreamResult:
+    candidates: int
+    candidates_per_type: Counter[str]
+    survivors: list[tuple[str, str, float]]  # (request_id, task_type, score), for selection
+
+
+def filter_stream(
+    batches: Iterable[Sequence[TrainingCandidate]],
+    chain: FilterChain,
+    *,
+    on_decisions: Any,
+    on_survivors: Any,
+) -> tuple[StreamResult, list[FilterDecision], set[str]]:
+    """Run ``chain`` over batches, then selection; memory stays bounded by the batch size plus
+    the dedup index and one (id, type, score) per survivor.
+
+    ``on_decisions(list[FilterDecision])`` and ``on_survivors(list[Survivor])`` receive each
+    batch's output (to a file, the warehouse, or a counter). Returns the stream's counts, the
+    selection decisions and the selected request ids.
+    """
+    result = StreamResult(0, Counter(), [])
+    for batch in batches:
+        result.candidates += len(batch)
+        result.candidates_per_type.update(c.task_type for c in batch)
+        outcome = chain.process(batch)
+        on_decisions(outcome.decisions)
+        if outcome.survivors:
+            result.survivors.extend((s.candidate.request_id, s.candidate.task_type, s.score) for s in outcome.survivors)
+            on_survivors(outcome.survivors)
+    cfg = chain.config
+    selection, selected = select_top(
+        result.survivors, dict(result.candidates_per_type),
+        keep_fraction=cfg.keep_fraction, min_per_task_type=cfg.min_per_task_type,
+    )  # fmt: skip
+    on_decisions(selection)
+    return result, selection, selected

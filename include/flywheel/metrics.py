@@ -48,3 +48,36 @@ def format_cycles_table(rows: list[dict[str, Any]]) -> str:
             f"{'yes' if r['promoted'] else 'no':>8}  {r['champion_after']}"
         )
     return "\n".join(lines)
+
+
+RULE_ORDER = (
+    "user_action", "length", "quality_score", "pii", "toxicity", "grounding", "decontamination", "dedup", "selection",
+)  # fmt: skip
+
+
+def rule_pass_rates(wh: Warehouse, dag_id: str | None = None) -> dict[str, dict[str, tuple[float, int]]]:
+    """Per cycle and rule: (share kept, rows judged), read back from the metrics table."""
+    rows = wh.query(
+        "SELECT m.cycle_id, m.name, m.value FROM metrics m JOIN cycles c ON c.cycle_id = m.cycle_id "
+        "WHERE (m.name LIKE 'pass_rate.%' OR m.name LIKE 'evaluated.%')"
+        + (" AND c.dag_id = $dag_id" if dag_id else "")
+        + " ORDER BY c.logical_date",
+        {"dag_id": dag_id} if dag_id else {},
+    ).to_pylist()
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        kind, rule = r["name"].split(".", 1)
+        slot = out.setdefault(r["cycle_id"], {}).setdefault(rule, [0.0, 0.0])
+        slot[0 if kind == "pass_rate" else 1] = r["value"]
+    return {c: {rule: (v[0], int(v[1])) for rule, v in rules.items()} for c, rules in out.items()}
+
+
+def format_rule_table(rates: dict[str, dict[str, tuple[float, int]]]) -> str:
+    """Pass rate of each rule per cycle (of the rows it judged; the count judged below it)."""
+    rules = [r for r in RULE_ORDER if any(r in v for v in rates.values())]
+    header = f"{'cycle':<30} " + " ".join(f"{r[:11]:>11}" for r in rules)
+    lines = [header, "-" * len(header)]
+    for cycle_id, by_rule in rates.items():
+        cells = [f"{by_rule[r][0]:>6.1%} {by_rule[r][1]:>4}" if r in by_rule else f"{'-':>11}" for r in rules]
+        lines.append(f"{cycle_id:<30} " + " ".join(cells))
+    return "\n".join(lines)
