@@ -86,7 +86,16 @@ def worker(what: str, path: Path, batch: int) -> dict[str, float]:
 
     from flywheel.config import load_config
     from flywheel.dedup import DedupIndex, MinHasher
-    from flywheel.filters import FilterChain, apply_filters, basic_rules, filter_stream, input_text, interaction_text, select_top
+    from flywheel.filters import (
+        FilterBatch,
+        FilterChain,
+        apply_filters,
+        basic_rules,
+        filter_stream,
+        input_text,
+        interaction_text,
+        select_top,
+    )
     from flywheel.pii import default_scanner
     from flywheel.schema import rows_to_table
     from flywheel.scorers import make_grounding_scorer, make_toxicity_scorer
@@ -113,7 +122,9 @@ def worker(what: str, path: Path, batch: int) -> dict[str, float]:
         def on_decisions(ds):
             sink.write_table(rows_to_table("decisions", [{**d.__dict__, "cycle_id": "bench", "decided_at": now} for d in ds]))
 
-        stream, _, selected = filter_stream(_batches(path, batch), chain, on_decisions=on_decisions, on_survivors=lambda s: None)
+        stream, _, selected = filter_stream(
+            (FilterBatch(cands) for cands in _batches(path, batch)), chain, on_decisions=on_decisions, on_survivors=lambda s: None
+        )
         sink.close()
         sink_path.unlink()
         rows = stream.candidates

@@ -26,16 +26,18 @@ from flywheel.errors import FlywheelError, WindowError
 from flywheel.extract import Window, as_utc, extract_window_snapshot, lagged_window
 from flywheel.schema import (
     PRODUCTION_LOGS,
+    WINDOW_SNAPSHOT,
     TrainingCandidate,
     ValidationIssue,
     ValidationLimits,
     candidate_from_row,
     content_fingerprint,
+    facts_from_row,
     row_to_json,
     rows_to_table,
     validate_row,
 )
-from flywheel.warehouse import Warehouse
+from flywheel.warehouse import Pushdown, Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,7 @@ def stage_extract(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         cycle.file("extract.parquet"),
         batch_rows=cycle.config.warehouse.read_batch_rows,
         max_skew=cycle.limits.max_clock_skew,
+        pushdown=Pushdown(tuple(cycle.config.filters.allowed_actions), cycle.config.filters.min_quality_score),
     )
     log.info("%s: %d rows in window [%s, %s)", cycle.cycle_id, rows, cycle.window.start, cycle.window.end)
     return {
@@ -195,7 +198,7 @@ def stage_validate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     seen: set[str] = set()
     now = _now()
     for n, row in enumerate(rows):
-        issues = validate_row(row, limits)
+        issues = validate_row(row, limits, facts_from_row(row))
         rid = row.get("request_id")
         if isinstance(rid, str) and rid in copies:
             if len(copies[rid]) > 1:
@@ -225,7 +228,7 @@ def stage_validate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
                 }
             )
     wh.replace_partition("quarantine", {"cycle_id": cycle.cycle_id}, rows_to_table("quarantine", quarantine))
-    pq.write_table(pa.Table.from_pylist(valid, schema=PRODUCTION_LOGS), cycle.file("valid.parquet"))
+    pq.write_table(pa.Table.from_pylist(valid, schema=WINDOW_SNAPSHOT), cycle.file("valid.parquet"))
     n_quarantined = len({q["row_number"] for q in quarantine})
     reasons = Counter(f"{q['field']}.{q['rule']}" for q in quarantine)
     if n_quarantined:
@@ -305,10 +308,7 @@ def stage_filter(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     writer = pq.ParquetWriter(survivors_path, PRODUCTION_LOGS)
     try:
         stream, _, selected = filter_stream(
-            (
-                [candidate_from_row(r) for r in batch.to_pylist()]
-                for batch in source.iter_batches(batch_size=cfg.warehouse.read_batch_rows)
-            ),
+            (_filter_batch(batch) for batch in source.iter_batches(batch_size=cfg.warehouse.read_batch_rows)),
             chain,
             on_decisions=lambda ds: decision_tables.append(_decisions_table(cycle, ds, now)),
             on_survivors=lambda ss: writer.write_table(
@@ -339,6 +339,18 @@ def stage_filter(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         "rejected": n_candidates - len(selected),
         "rejected_by_rule": dict(rejected_by),
     }
+
+
+def _filter_batch(batch: pa.RecordBatch):  # -> FilterBatch
+    """Valid rows as candidates; those the warehouse query's pushed-down rules rejected apart."""
+    from flywheel.filters import FilterBatch
+
+    rows = batch.to_pylist()
+    return FilterBatch(
+        [candidate_from_row(r) for r in rows if r["pushdown_kept"]],
+        [candidate_from_row({**r, "prompt": "", "response": "", "correction": None, "context": None})
+         for r in rows if not r["pushdown_kept"]],
+    )  # fmt: skip
 
 
 def _decisions_table(cycle: CycleSpec, decisions: list[Any], now: datetime) -> pa.Table:

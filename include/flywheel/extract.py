@@ -14,12 +14,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flywheel.errors import WindowError
-from flywheel.warehouse import Warehouse
+from flywheel.warehouse import Pushdown, Warehouse
 
 
 @dataclass(frozen=True)
@@ -65,29 +66,39 @@ def lagged_window(data_interval_end: datetime, *, lag_days: int = 14, window_day
 
 
 def extract_window_snapshot(
-    warehouse: Warehouse, window: Window, path: Path, *, batch_rows: int = 5000, max_skew: timedelta | None = None
+    warehouse: Warehouse,
+    window: Window,
+    path: Path,
+    *,
+    batch_rows: int = 5000,
+    max_skew: timedelta | None = None,
+    pushdown: Pushdown | None = None,
 ) -> int:
     """Stream the window's production logs into a Parquet snapshot; return the row count.
 
     The snapshot is the cycle's input from here on: later tasks read the same rows even if late
-    logs arrive in the warehouse meanwhile, and a rerun rewrites it whole.
+    logs arrive in the warehouse meanwhile, and a rerun rewrites it whole. With ``pushdown``,
+    the rows its rules reject hold no text (see `flywheel.warehouse.Pushdown`).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".parquet.tmp")
     rows = 0
     writer: pq.ParquetWriter | None = None
     try:
-        for batch in warehouse.read_window(
-            "production_logs", window.start, window.end, batch_rows=batch_rows, **({"max_skew": max_skew} if max_skew else {})
-        ):
+        options: dict[str, Any] = {"batch_rows": batch_rows}
+        if max_skew is not None:
+            options["max_skew"] = max_skew
+        if pushdown is not None:
+            options["pushdown"] = pushdown
+        for batch in warehouse.read_window("production_logs", window.start, window.end, **options):
             if writer is None:
                 writer = pq.ParquetWriter(tmp, batch.schema)
             writer.write_batch(batch)
             rows += batch.num_rows
         if writer is None:
-            from flywheel.schema import PRODUCTION_LOGS
+            from flywheel.schema import WINDOW_SNAPSHOT
 
-            pq.write_table(PRODUCTION_LOGS.empty_table(), tmp)
+            pq.write_table(WINDOW_SNAPSHOT.empty_table(), tmp)
     finally:
         if writer is not None:
             writer.close()

@@ -140,6 +140,19 @@ def input_text(c: TrainingCandidate) -> str:
     return user_message(c.prompt, c.context)
 
 
+# The rules the extraction query decides in the warehouse (`flywheel.warehouse.Pushdown`): exact
+# comparisons on non-text columns, so SQL and Python agree by construction.
+PUSHED_DOWN_RULES = ("user_action", "quality_score")
+
+
+@dataclass
+class FilterBatch:
+    """A batch of valid rows: candidates with their text, and rows the pushdown rejected."""
+
+    candidates: Sequence[TrainingCandidate]
+    pushed_down: Sequence[TrainingCandidate] = ()
+
+
 @dataclass
 class Survivor:
     """A candidate every row rule kept (its text redacted), with what selection ranks it by."""
@@ -208,9 +221,19 @@ class FilterChain:
             "pii", "toxicity", "grounding", "decontamination", "dedup", "selection"
         ]
 
-    def process(self, candidates: Sequence[TrainingCandidate]) -> FilterOutcome:
+    def process(
+        self, candidates: Sequence[TrainingCandidate], pushed_down: Sequence[TrainingCandidate] = ()
+    ) -> FilterOutcome:
+        """Judge a batch. ``pushed_down`` rows were rejected by the rules the warehouse query
+        decided (action, quality score) and came without their text: they get those rules'
+        decisions only."""
         cfg = self.config
         decisions, kept = apply_filters(candidates, self.cheap_rules)
+        pushed_rules = [r for r in self.cheap_rules if r.name in PUSHED_DOWN_RULES]
+        for c in pushed_down:
+            for rule in pushed_rules:
+                d = rule.decide(c)
+                decisions.append(replace(d, reason=f"{d.reason} (decided in the warehouse query)"))
 
         # PII: redact (or drop) before any other rule, index or file sees the text.
         clean: list[TrainingCandidate] = []
@@ -337,7 +360,7 @@ class StreamResult:
 
 
 def filter_stream(
-    batches: Iterable[Sequence[TrainingCandidate]],
+    batches: Iterable[FilterBatch],
     chain: FilterChain,
     *,
     on_decisions: Any,
@@ -352,9 +375,9 @@ def filter_stream(
     """
     result = StreamResult(0, Counter(), [])
     for batch in batches:
-        result.candidates += len(batch)
-        result.candidates_per_type.update(c.task_type for c in batch)
-        outcome = chain.process(batch)
+        result.candidates += len(batch.candidates) + len(batch.pushed_down)
+        result.candidates_per_type.update(c.task_type for c in (*batch.candidates, *batch.pushed_down))
+        outcome = chain.process(batch.candidates, batch.pushed_down)
         on_decisions(outcome.decisions)
         if outcome.survivors:
             result.survivors.extend((s.candidate.request_id, s.candidate.task_type, s.score) for s in outcome.survivors)

@@ -63,18 +63,28 @@ class GateResult:
 
 
 def raw_window_profile(table: pa.Table) -> pd.DataFrame:
-    """The window as the raw gate sees it: every column but the text, and the text's lengths.
+    """The window as the raw gate sees it: the logs' columns without their text, and the text's
+    lengths (from the snapshot's facts, so rows whose text the pushdown withheld count too).
 
-    A column missing from the snapshot is missing here too, so the schema expectation sees it.
+    A log column missing from the snapshot is missing here too, so the schema expectation sees it.
     """
+    from flywheel.schema import PRODUCTION_LOG_FIELDS
+
     frame: dict[str, Any] = {}
-    for name in table.column_names:
+    for name in (*PRODUCTION_LOG_FIELDS, "ingested_at"):
+        if name not in table.column_names or name == "included_in_training":
+            continue
+        col = table.column(name)
         if name in RAW_TEXT_FIELDS:
-            values = table.column(name).to_pylist()
-            frame[f"{name}_chars"] = pd.array([len(v) if isinstance(v, str) else None for v in values], dtype="Int64")
-        elif name != "included_in_training":
-            col = table.column(name)
-            frame[name] = col.to_pandas() if not pa.types.is_timestamp(col.type) else pd.Series(col.to_pylist(), dtype=object)
+            if f"{name}_chars" in table.column_names:
+                lengths = table.column(f"{name}_chars").to_pylist()
+            else:
+                lengths = [len(v) if isinstance(v, str) else None for v in col.to_pylist()]
+            frame[f"{name}_chars"] = pd.array(lengths, dtype="Int64")
+        elif pa.types.is_timestamp(col.type):
+            frame[name] = pd.Series(col.to_pylist(), dtype=object)
+        else:
+            frame[name] = col.to_pandas()
     return pd.DataFrame(frame)
 
 

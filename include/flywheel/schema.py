@@ -86,6 +86,31 @@ PRODUCTION_LOGS = pa.schema(
     ]
 )
 
+# The text fields a pushed-down read may withhold, and the facts it returns about each instead.
+ELIDABLE_TEXT_FIELDS = ("prompt", "response", "correction", "context")
+
+# A window as the extraction reads it: the logs, whether the cheap rules pushed down into the
+# query kept the row (its text is withheld otherwise), and facts about every text field that
+# validation needs whether or not the text came along (see `text_facts`).
+WINDOW_SNAPSHOT = pa.schema(
+    [
+        *PRODUCTION_LOGS,
+        ("pushdown_kept", pa.bool_()),
+        ("text_digest", pa.string()),
+        *[
+            field
+            for name in ELIDABLE_TEXT_FIELDS
+            for field in (
+                pa.field(f"{name}_present", pa.bool_()),
+                pa.field(f"{name}_chars", pa.int64()),
+                pa.field(f"{name}_blank", pa.bool_()),
+                pa.field(f"{name}_control_at", pa.int64()),
+                pa.field(f"{name}_control_char", pa.int64()),
+            )
+        ],
+    ]
+)
+
 QUARANTINE = pa.schema(
     [
         ("cycle_id", pa.string()),
@@ -305,34 +330,78 @@ TEXT_FIELDS = ("request_id", "user_id", "prompt", "response", "correction", "tas
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
-def validate_row(row: dict[str, Any], limits: ValidationLimits | None = None) -> list[ValidationIssue]:
+@dataclass(frozen=True)
+class TextFacts:
+    """What validation needs to know about a text field, with or without the text itself.
+
+    The warehouse query computes the same facts for the rows whose text it withholds
+    (``read_logs_window.sql``); `text_facts` computes them from the text."""
+
+    present: bool
+    chars: int | None = None
+    blank: bool = False
+    control_at: int | None = None
+    control_char: int | None = None
+    is_text: bool = True
+
+
+def text_facts(value: Any) -> TextFacts:
+    if value is None:
+        return TextFacts(False)
+    if not isinstance(value, str):
+        return TextFacts(True, is_text=False)
+    bad = _CONTROL.search(value)
+    return TextFacts(
+        True, len(value), not value.strip(), bad.start() if bad else None, ord(bad.group()) if bad else None
+    )
+
+
+def facts_from_row(row: dict[str, Any]) -> dict[str, TextFacts]:
+    """The facts a window snapshot row carries for its elidable text fields."""
+    out = {}
+    for name in ELIDABLE_TEXT_FIELDS:
+        if f"{name}_present" in row and row[f"{name}_present"] is not None:
+            out[name] = TextFacts(
+                bool(row[f"{name}_present"]),
+                row[f"{name}_chars"],
+                bool(row[f"{name}_blank"]),
+                row[f"{name}_control_at"],
+                row[f"{name}_control_char"],
+            )
+    return out
+
+
+def validate_row(
+    row: dict[str, Any], limits: ValidationLimits | None = None, facts: dict[str, TextFacts] | None = None
+) -> list[ValidationIssue]:
     """Every reason this production-log row cannot become a `TrainingCandidate` (empty: valid).
 
-    Reasons name the field and the rule, never quote the text itself: a log row may hold PII.
+    ``facts`` stand in for text fields the warehouse withheld (pushdown); fields without facts
+    are judged from the row itself. Reasons name the field and the rule, never quote the text:
+    a log row may hold PII.
     """
     limits = limits or ValidationLimits()
+    facts = facts or {}
+    fact = {name: facts.get(name) or text_facts(row.get(name)) for name in TEXT_FIELDS}
     issues: list[ValidationIssue] = []
     for name in ("request_id", "user_id", "prompt", "response", "task_type"):
-        value = row.get(name)
+        f = fact[name]
         # An empty response is a real product event (the model said nothing), not a broken
         # row: it stays valid and the filters reject it. Only a missing one is malformed.
-        if value is None or (name != "response" and _missing(value)):
+        if not f.present or (name != "response" and f.is_text and f.blank):
             issues.append(ValidationIssue(name, "required", f"{name} is missing or empty"))
-        elif not isinstance(value, str):
-            issues.append(ValidationIssue(name, "type", f"{name} must be text, got {type(value).__name__}"))
+        elif not f.is_text:
+            issues.append(ValidationIssue(name, "type", f"{name} must be text, got {type(row.get(name)).__name__}"))
     for name in TEXT_FIELDS:
-        value = row.get(name)
-        if not isinstance(value, str):
+        f = fact[name]
+        if not f.present or not f.is_text:
             continue
-        if len(value) > limits.max_text_chars:
-            issues.append(
-                ValidationIssue(name, "max_length", f"{name} has {len(value)} characters > {limits.max_text_chars}")
-            )
-        bad = _CONTROL.search(value)
-        if bad:
+        if f.chars is not None and f.chars > limits.max_text_chars:
+            issues.append(ValidationIssue(name, "max_length", f"{name} has {f.chars} characters > {limits.max_text_chars}"))
+        if f.control_at is not None:
             issues.append(
                 ValidationIssue(
-                    name, "control_characters", f"{name} holds control character U+{ord(bad.group()):04X} at {bad.start()}"
+                    name, "control_characters", f"{name} holds control character U+{f.control_char or 0:04X} at {f.control_at}"
                 )
             )
 
@@ -362,7 +431,7 @@ def validate_row(row: dict[str, Any], limits: ValidationLimits | None = None) ->
         issues.append(
             ValidationIssue("user_action", "allowed_values", f"user_action {shown!r} is not one of {list(USER_ACTIONS)}")
         )
-    elif action == "corrected" and _missing(row.get("correction")):
+    elif action == "corrected" and (not fact["correction"].present or fact["correction"].blank):
         issues.append(
             ValidationIssue("correction", "required_when_corrected", "user_action is 'corrected' but correction is empty")
         )
@@ -383,6 +452,10 @@ def content_fingerprint(row: dict[str, Any]) -> str:
     """The row's content (everything but its ingestion time), to tell a re-delivery of the same
     event from two different events that share a request_id."""
     fields = {k: row.get(k) for k in PRODUCTION_LOG_FIELDS}
+    if row.get("text_digest") is not None:  # a snapshot row: its texts may have been withheld
+        for name in ELIDABLE_TEXT_FIELDS:
+            fields.pop(name)
+        fields["text_digest"] = row["text_digest"]
     return hashlib.sha256(json.dumps(fields, default=str, sort_keys=True).encode()).hexdigest()
 
 

@@ -13,6 +13,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from pathlib import Path
@@ -21,13 +22,29 @@ from typing import Any
 import pyarrow as pa
 import sqlglot
 
-from flywheel.config import PROJECT_ROOT, FlywheelConfig
+from flywheel.config import PROJECT_ROOT, USER_ACTIONS, FlywheelConfig
 from flywheel.errors import WarehouseError
-from flywheel.schema import TABLES
+from flywheel.schema import TABLES, WINDOW_SNAPSHOT
 
 SQL_DIR = PROJECT_ROOT / "include" / "sql"
 CANONICAL_DIALECT = "duckdb"
 DEFAULT_SKEW = timedelta(minutes=10)
+
+
+@dataclass(frozen=True)
+class Pushdown:
+    """The cheap rules a windowed read decides in the warehouse (see read_logs_window.sql).
+
+    The default keeps every row: a read without pushdown returns every text."""
+
+    allowed_actions: tuple[str, ...] = USER_ACTIONS
+    min_quality_score: float = -1e308
+
+    def params(self) -> dict[str, Any]:
+        return {"allowed_actions": list(self.allowed_actions), "min_quality_score": float(self.min_quality_score)}
+
+
+NO_PUSHDOWN = Pushdown()
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 _ARROW_TO_SQL = {
@@ -106,20 +123,34 @@ class Warehouse(ABC):
 
     @abstractmethod
     def read_logs_window(
-        self, start: datetime, end: datetime, *, batch_rows: int = 5000, max_skew: timedelta = DEFAULT_SKEW
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        batch_rows: int = 5000,
+        max_skew: timedelta = DEFAULT_SKEW,
+        pushdown: Pushdown = NO_PUSHDOWN,
     ) -> Iterator[pa.RecordBatch]:
-        """Stream production logs of ``[start, end)`` as Arrow batches of the logs' schema.
+        """Stream production logs of ``[start, end)`` as Arrow batches of `WINDOW_SNAPSHOT`.
 
         Rows are windowed by event time, except rows with no usable event time (missing, or
-        later than their ingestion plus ``max_skew``), which are windowed by ingestion time."""
+        later than their ingestion plus ``max_skew``), which are windowed by ingestion time.
+        Rows the ``pushdown`` rules reject come without their text, with its facts instead."""
 
     # Convenience built on the primitives above ------------------------------------------
     def read_window(
-        self, table: str, start: datetime, end: datetime, *, batch_rows: int = 5000, max_skew: timedelta = DEFAULT_SKEW
+        self,
+        table: str,
+        start: datetime,
+        end: datetime,
+        *,
+        batch_rows: int = 5000,
+        max_skew: timedelta = DEFAULT_SKEW,
+        pushdown: Pushdown = NO_PUSHDOWN,
     ) -> Iterator[pa.RecordBatch]:
         if table != "production_logs":
             raise WarehouseError(f"windowed reads are defined for production_logs, not {table!r}")
-        return self.read_logs_window(start, end, batch_rows=batch_rows, max_skew=max_skew)
+        return self.read_logs_window(start, end, batch_rows=batch_rows, max_skew=max_skew, pushdown=pushdown)
 
     def named_query(self, name: str, params: dict[str, Any] | None = None) -> pa.Table:
         return self.query(canonical_sql(name), params)
@@ -259,10 +290,16 @@ class DuckDBWarehouse(Warehouse):
         return incoming.num_rows
 
     def read_logs_window(
-        self, start: datetime, end: datetime, *, batch_rows: int = 5000, max_skew: timedelta = DEFAULT_SKEW
+        self,
+        start: datetime,
+        end: datetime,
+        *,
+        batch_rows: int = 5000,
+        max_skew: timedelta = DEFAULT_SKEW,
+        pushdown: Pushdown = NO_PUSHDOWN,
     ) -> Iterator[pa.RecordBatch]:
-        schema = TABLES["production_logs"].schema
-        params = {"window_start": start, "window_end": end, "max_skew_s": max_skew.total_seconds()}
+        schema = WINDOW_SNAPSHOT
+        params = {"window_start": start, "window_end": end, "max_skew_s": max_skew.total_seconds(), **pushdown.params()}
         with self._connect() as con:
             reader = con.sql(canonical_sql("read_logs_window"), params=params).to_arrow_reader(batch_rows)
             for batch in reader:

@@ -148,3 +148,26 @@ def test_yaml_syntax_error_is_config_error(tmp_path):
     path.write_text("extract: [lag_days: 3\n")
     with pytest.raises(ConfigError):
         load_config(path)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("filters.pii_entities", ["EMAIL_ADDRESS", "PASSPORT"], "unsupported entities"),
+        ("filters.pii_policy", "mask", "pii_policy"),
+        ("filters.score_weights", {"quality": 1.0, "vibes": 1.0}, "score_weights"),
+        ("filters.toxicity_scorer", "perspective", "toxicity_scorer"),
+        ("filters.keep_fraction", 0.0, "keep_fraction"),
+        ("gates.volume_band", [0.5], "volume_band"),
+    ],
+)
+def test_filter_and_gate_settings_are_validated(config, key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        config.with_overrides({key: value})
+
+
+def test_method_filter_defaults(config):
+    f = FlywheelConfig().filters
+    assert f.max_toxicity == 0.1  # the method's threshold, for a calibrated classifier
+    assert config.filters.pii_policy == "redact" and config.filters.keep_fraction == 0.3
+    assert config.gates.enabled and config.gates.max_invalid_share == 0.05

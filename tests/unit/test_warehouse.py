@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from flywheel.config import FlywheelConfig
 from flywheel.errors import WarehouseError
-from flywheel.schema import PRODUCTION_LOGS, TABLES, rows_to_table
+from flywheel.schema import TABLES, WINDOW_SNAPSHOT, rows_to_table
 from flywheel.warehouse import (
     DuckDBWarehouse,
     canonical_sql,
@@ -159,7 +159,7 @@ def test_read_logs_window_half_open_ordered_schema(wh, make_log_row):
     start, end = T0 + 10 * H, T0 + 20 * H
     batches = list(wh.read_logs_window(start, end))
     for b in batches:
-        assert b.schema.equals(PRODUCTION_LOGS)
+        assert b.schema.equals(WINDOW_SNAPSHOT)
     rows = [r for b in batches for r in b.to_pylist()]
     assert [r["request_id"] for r in rows] == [f"r{i:03d}" for i in range(10, 20)]
     assert rows[0]["timestamp"] == start
@@ -350,3 +350,53 @@ def test_merge_is_idempotent_for_rows_with_null_key(wh, make_log_row):
     wh.merge("production_logs", table)
     wh.merge("production_logs", table)
     assert wh.count("production_logs") == 1
+
+
+# --- Pushdown: the cheap rules decided in the query, with exact Python semantics -------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from flywheel.schema import facts_from_row, text_facts  # noqa: E402
+from flywheel.warehouse import Pushdown  # noqa: E402
+
+_HOSTILE_CHARS = st.sampled_from(
+    list("ab é😀 \t\n\r\x0b\x0c\x1c\x1f\x00\x07\x1b\x7f\x85\x9f\xa0\u1680\u2000\u200a\u200b\u2028\u202e\u2066\u3000\ufeff")
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(texts=st.lists(st.text(_HOSTILE_CHARS, max_size=12) | st.none(), min_size=4, max_size=4))
+def test_pushdown_text_facts_match_python(wh, make_log_row, texts):
+    prompt, response, correction, context = texts
+    row = make_log_row("h", T0, prompt=prompt, response=response, correction=correction, context=context,
+                       user_action="regenerated")  # fmt: skip
+    wh.execute("DELETE FROM production_logs")
+    wh.merge("production_logs", rows_to_table("production_logs", [row]))
+    for pushdown, withheld in ((Pushdown(("accepted",), 0.0), True), (Pushdown(), False)):
+        (got,) = [r for b in wh.read_logs_window(T0, T0 + H, pushdown=pushdown) for r in b.to_pylist()]
+        assert got["pushdown_kept"] is (not withheld)
+        facts = facts_from_row(got)
+        for name, value in zip(("prompt", "response", "correction", "context"), texts, strict=True):
+            assert facts[name] == text_facts(value), (name, value)
+            assert got[name] == (None if withheld else value)
+
+
+def test_pushdown_withholds_only_rejected_rows(wh, make_log_row):
+    rows = [
+        make_log_row("keep", T0, quality_score=0.9),
+        make_log_row("low-score", T0, quality_score=0.2, prompt="secret words"),
+        make_log_row("regen", T0, user_action="regenerated", prompt="secret words"),
+        make_log_row("nan", T0, quality_score=float("nan"), prompt="secret words"),
+        make_log_row("no-action", T0, user_action=None, prompt="secret words"),
+    ]
+    wh.merge("production_logs", rows_to_table("production_logs", rows))
+    got = {
+        r["request_id"]: r
+        for b in wh.read_logs_window(T0, T0 + H, pushdown=Pushdown(("accepted", "copied", "corrected"), 0.6))
+        for r in b.to_pylist()
+    }
+    assert got["keep"]["pushdown_kept"] and got["keep"]["prompt"]
+    for rid in ("low-score", "regen", "nan", "no-action"):
+        assert got[rid]["pushdown_kept"] is False and got[rid]["prompt"] is None
+        assert got[rid]["prompt_chars"] == len("secret words") and got[rid]["text_digest"]
