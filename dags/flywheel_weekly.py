@@ -9,7 +9,8 @@ it beats the champion on the golden set.
 are used. The window comes from the run, never from the wall clock, so a backfill of any past
 Monday reads exactly that week.
 
-**Tasks.** `extract_window` → `gate_raw_window` (Great Expectations: schema, nulls, enums,
+**Tasks.** `extract_window` (the user-action and quality-score rules run inside the warehouse
+query: rejected rows' text stays there) → `gate_raw_window` (Great Expectations: schema, nulls, enums,
 ranges, unique ids, volume against recent cycles) → `validate_and_quarantine` (malformed rows go
 to the `quarantine` table with their reason) → `filter_candidates` (user action, length, quality
 score, PII, toxicity, grounding, golden-set decontamination, dedup, top-share selection per task

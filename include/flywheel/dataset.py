@@ -13,6 +13,7 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from flywheel.schema import TrainingCandidate
 
@@ -50,7 +51,7 @@ def build_chat_dataset(candidates: Sequence[TrainingCandidate], path: Path, *, v
     from datasets import Dataset, DatasetDict
 
     ordered = sorted(candidates, key=lambda c: c.request_id)
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "request_id": c.request_id,
             "task_type": c.task_type,

@@ -54,7 +54,7 @@ def lsh_bands(threshold: float, num_perm: int) -> tuple[int, int]:
         r = num_perm // b
         fp = np.trapezoid(1 - (1 - xs_lo**r) ** b, xs_lo)
         fn = np.trapezoid((1 - xs_hi**r) ** b, xs_hi)
-        err = fp + 3 * fn
+        err = float(fp + 3 * fn)
         if err < best_err:
             best, best_err = (b, r), err
     return best

@@ -39,7 +39,8 @@ class FilterDecision:
 
 
 class Rule(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def decide(self, candidate: TrainingCandidate) -> FilterDecision: ...
 
@@ -168,7 +169,7 @@ class FilterOutcome:
 
 
 def _redact_candidate(c: TrainingCandidate, scanner: Any) -> tuple[TrainingCandidate, tuple[str, ...]]:
-    changes: dict[str, str] = {}
+    changes: dict[str, Any] = {}
     entities: list[str] = []
     for name in ("prompt", "response", "correction", "context"):
         value = getattr(c, name)

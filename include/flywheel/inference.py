@@ -27,7 +27,7 @@ def load_model(base_model: str, adapter_path: str | None = None, *, version: str
 
     hf_logging.disable_progress_bar()
     tokenizer = AutoTokenizer.from_pretrained(base_model)
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     if adapter_path:
         from peft import PeftModel
 

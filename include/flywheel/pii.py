@@ -104,7 +104,7 @@ class PiiScanner:
                 """Tokenisation only: a blank English pipeline, nothing to download."""
 
                 def load(self) -> None:
-                    self.nlp = {"en": spacy.blank("en")}
+                    self.nlp = {"en": spacy.blank("en")}  # type: ignore[assignment]
 
             nlp = BlankSpacyEngine(models=[{"lang_code": "en", "model_name": "blank:en"}])
             nlp.load()

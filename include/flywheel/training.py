@@ -99,7 +99,7 @@ def train_lora(
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     if parent_adapter:
         model = PeftModel.from_pretrained(model, parent_adapter, is_trainable=True)
     else:
