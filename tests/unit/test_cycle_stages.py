@@ -449,3 +449,46 @@ def test_cycles_are_partitioned_by_cycle_id(world):
     assert world.wh.count("quarantine", {"cycle_id": world.cycle.cycle_id}) == 6
     (q,) = world.wh.select("quarantine", {"cycle_id": other.cycle_id}).to_pylist()
     assert (q["request_id"], q["field"], q["rule"]) == ("null-ts-outside", "timestamp", "required")
+
+
+def test_quarantined_rows_keep_no_pii(tmp_path, make_log_row):
+    config = _config(tmp_path)
+    cycle = fc.make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
+    bad = make_log_row("bad-user", W_START + timedelta(days=1), user_id=None,
+                       prompt="Call me on (212) 555-0198 about the word garden in capitals, please.")  # fmt: skip
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
+    wh.ensure_schema()
+    wh.merge("production_logs", rows_to_table("production_logs", [bad]))
+    fc.stage_extract(cycle, wh)
+    assert fc.stage_validate(cycle, wh)["quarantined"] == 1
+    (q,) = wh.select("quarantine").to_pylist()
+    assert "555-0198" not in q["raw_json"] and "<PHONE_NUMBER>" in json.loads(q["raw_json"])["prompt"]
+
+
+def test_rows_trained_on_in_an_earlier_cycle_are_duplicates_later(tmp_path, make_log_row):
+    """Dedup against history: the next week's copy of an interaction already trained on is
+    rejected, naming the cycle; a rerun of the earlier cycle does not see its own set."""
+    config = _config(tmp_path)
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
+    wh.ensure_schema()
+    first = fc.make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
+    second = fc.make_cycle(DAG, data_interval_end=END + timedelta(days=7), logical_date=END + timedelta(days=7), config=config)
+    prompts = [f"Please rewrite the word {w} in capital letters for the heading of my school poster, I want it to stand out."
+               for w in ("garden", "harbor", "island", "jungle", "kettle", "ladder")]  # fmt: skip
+    rows = [make_log_row(f"w1-{i}", W_START + timedelta(days=1), prompt=p, response=p.split()[4].upper()) for i, p in enumerate(prompts)]
+    rows += [make_log_row(f"w2-{i}", W_START + timedelta(days=8), prompt=p.replace("Please", "please,"), response=p.split()[4].upper())
+             for i, p in enumerate(prompts[:3])]  # fmt: skip
+    wh.merge("production_logs", rows_to_table("production_logs", rows))
+    for cycle in (first, second):
+        fc.stage_extract(cycle, wh)
+        fc.stage_validate(cycle, wh)
+        fc.stage_filter(cycle, wh)
+        if cycle is first:
+            built = fc.stage_build_dataset(cycle, wh)
+            assert built["n_train"] + built["n_val"] == 6
+    dedup = {d["request_id"]: d for d in wh.select("decisions", {"cycle_id": second.cycle_id}).to_pylist() if d["rule"] == "dedup"}
+    assert set(dedup) == {"w2-0", "w2-1", "w2-2"}
+    assert all(not d["kept"] and f"trained in {first.cycle_id}" in d["reason"] for d in dedup.values())
+    # the earlier cycle, rerun, keeps what it kept: its own training set is not its history
+    fc.stage_filter(first, wh)
+    assert all(d["kept"] for d in wh.select("decisions", {"cycle_id": first.cycle_id, "rule": "dedup"}).to_pylist())
