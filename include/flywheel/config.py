@@ -154,6 +154,8 @@ class SimulateConfig(_Section):
     seed: int = 7
     malformed_rate: float = Field(0.01, ge=0.0, le=1.0)
     adversarial_rate: float = Field(0.02, ge=0.0, le=1.0)
+    pii_rate: float = Field(0.0, ge=0.0, le=1.0)
+    toxic_rate: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class TinyModelConfig(_Section):

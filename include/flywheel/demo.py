@@ -45,6 +45,8 @@ def serve_week(config: FlywheelConfig, wh: Warehouse, week_start: datetime) -> d
         seed=config.simulate.seed,
         malformed_rate=config.simulate.malformed_rate,
         adversarial_rate=config.simulate.adversarial_rate,
+        pii_rate=config.simulate.pii_rate,
+        toxic_rate=config.simulate.toxic_rate,
     )
     wh.merge("production_logs", logs)
     return {"week": f"{week_start:%Y-%m-%d}", "requests": logs.num_rows, "served_by": champion.version}
@@ -138,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     ).to_pylist()
     print("\nGates: " + ", ".join(f"{g['gate']} passed {g['passed']}/{g['runs']}" for g in gates)
           + f"  (Data Docs: {config.artefacts_root / 'data_docs' / 'index.html'})")
+    pii = wh.query(
+        "SELECT COUNT(*) AS rows, COALESCE(SUM(score), 0) AS values FROM decisions WHERE rule = 'pii' AND score > 0"
+    ).to_pylist()[0]
+    print(f"PII: {int(pii['values'])} values in {pii['rows']} candidates redacted before any dataset, index or log saw them")
     quarantine = wh.query(
         "SELECT field, rule, COUNT(*) AS n FROM quarantine GROUP BY field, rule ORDER BY n DESC"
     ).to_pylist()

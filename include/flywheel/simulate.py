@@ -227,12 +227,16 @@ def simulate_traffic(
     seed: int,
     malformed_rate: float = 0.01,
     adversarial_rate: float = 0.02,
+    pii_rate: float = 0.0,
+    toxic_rate: float = 0.0,
     days: int = 7,
 ) -> pa.Table:
     """A week of production logs served by ``answer_fn``, as rows of the logs' schema.
 
     Deterministic for ``(week_start, seed)`` given the same answers, so re-simulating a week
-    produces the same request ids, and the warehouse's MERGE keeps one copy.
+    produces the same request ids, and the warehouse's MERGE keeps one copy. ``pii_rate`` of
+    users paste their contact details into the request, and ``toxic_rate`` are abusive; both
+    are drawn from their own random stream, so they change nothing else about the week.
     """
     if week_start.tzinfo is None:
         raise ValueError("week_start must be timezone-aware")
@@ -244,6 +248,7 @@ def simulate_traffic(
     if len(answers) != len(tasks):
         raise ValueError(f"answer_fn returned {len(answers)} answers for {len(tasks)} requests")
 
+    noise = random.Random(f"noise:{seed}:{week_start.isoformat()}")
     rows: list[dict[str, Any]] = []
     span = days * 86400
     for i, (task, answer) in enumerate(zip(tasks, answers, strict=True)):
@@ -270,6 +275,15 @@ def simulate_traffic(
             "context": task.context,
             "ingested_at": ts + timedelta(seconds=rng.uniform(1, 90)),
         }
+        r = noise.random()
+        if r < pii_rate:
+            name = noise.choice(NAMES).lower()
+            row["prompt"] = (
+                f"{row['prompt']} You can reach me at {name}.{noise.randint(1, 99)}@example.com "
+                f"or (212) 555-01{noise.randint(10, 99)}."
+            )
+        elif r < pii_rate + toxic_rate:
+            row["prompt"] = f"{row['prompt']} And get it right this time, you useless idiot."
         if rng.random() < malformed_rate:
             _malform(row, rng.choice(_MALFORMATIONS))
         rows.append(row)

@@ -146,3 +146,15 @@ def test_is_correct_normalises_whitespace_only():
     assert is_correct("  GARDEN \n", "GARDEN")
     assert not is_correct("garden", "GARDEN")
     assert not is_correct(None, "7")
+
+
+def test_pii_and_toxic_users_change_only_their_requests(answer_fns):
+    plain = _sim(answer_fns["half"])
+    noisy = _sim(answer_fns["half"], pii_rate=0.1, toxic_rate=0.1)
+    changed = [(a, b) for a, b in zip(plain, noisy, strict=True) if a["prompt"] != b["prompt"]]
+    assert 0.1 * len(plain) < len(changed) < 0.35 * len(plain)
+    for a, b in zip(plain, noisy, strict=True):
+        assert {k: v for k, v in a.items() if k != "prompt"} == {k: v for k, v in b.items() if k != "prompt"}
+    with_pii = [b for _, b in changed if "@example.com" in b["prompt"]]
+    toxic = [b for _, b in changed if "idiot" in b["prompt"]]
+    assert with_pii and toxic and len(with_pii) + len(toxic) == len(changed)
