@@ -32,6 +32,7 @@ empty to keep the configured value.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
@@ -83,7 +84,12 @@ def flywheel_weekly():
     filtered = FilterCandidatesOperator(task_id="filter_candidates")
     dataset = BuildDatasetOperator(task_id="build_dataset")
     training_gate = GateTrainingSetOperator(task_id="gate_training_set")
-    train = TrainLoraOperator(task_id="train_lora", execution_timeout=timedelta(hours=12))
+    train = TrainLoraOperator(
+        task_id="train_lora",
+        execution_timeout=timedelta(hours=12),
+        # A GPU worker pool listens on its own queue; set where the DAG is parsed (no file I/O).
+        queue=os.environ.get("FLYWHEEL_TRAINING_QUEUE", "default"),
+    )
     evaluate = EvaluateGoldenSetOperator(task_id="evaluate_golden_set")
     promote = PromoteIfBetterOperator(task_id="promote_if_better")
     record = RecordCycleOperator(task_id="record_cycle_metrics", trigger_rule=TriggerRule.NONE_FAILED)

@@ -140,6 +140,9 @@ class TrainingConfig(_Section):
     )
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     min_examples: int = Field(16, ge=1)
+    # A checkpoint every N optimizer steps, in a folder fixed by the cycle: a retried (or
+    # killed) training task resumes from the last one instead of starting over.
+    checkpoint_steps: int = Field(20, gt=0)
 
 
 class EvaluationConfig(_Section):

@@ -419,7 +419,7 @@ def ensure_base_model(config: FlywheelConfig, wh: Warehouse) -> str:
 
 
 def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
-    from flywheel.training import train_lora
+    from flywheel.training import train_lora_in_subprocess
 
     base = ensure_base_model(cycle.config, wh)
     champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
@@ -432,7 +432,7 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     if not ds:
         raise FlywheelError(f"{cycle.cycle_id}: no dataset recorded; run build_dataset first")
     dataset = ds[0]
-    result = train_lora(
+    result = train_lora_in_subprocess(
         base_model=base,
         dataset_path=Path(dataset["path"]),
         output_dir=cycle.adapter_dir,
@@ -468,6 +468,7 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         "steps": result.steps,
         "n_examples": result.n_examples,
         "seconds": result.seconds,
+        "resumed_from_step": result.resumed_from_step,
     }
 
 

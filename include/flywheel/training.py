@@ -9,6 +9,7 @@ into place at the end, so a killed task never leaves a half-written adapter behi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -18,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.config import TrainingConfig
-from flywheel.errors import TrainingError
+from flywheel.errors import FlywheelError, TrainingError
 
 log = logging.getLogger(__name__)
+
+
+class TrainingInterrupted(FlywheelError):
+    """The training process was killed (OOM, preemption, a cleared task): retrying resumes."""
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,7 @@ class TrainResult:
     steps: int
     n_examples: int
     seconds: float
+    resumed_from_step: int = 0
 
 
 def tokenize_chat(example: dict[str, Any], tokenizer: Any, max_length: int) -> dict[str, list[int]]:
@@ -67,6 +73,48 @@ class _PadCollator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+def _run_fingerprint(base_model: str, dataset_path: Path, config: TrainingConfig, parent_adapter: str | None) -> str:
+    """What a checkpoint was made from: resuming is only safe from the very same run."""
+    manifest = dataset_path / "flywheel_manifest.json"
+    data = json.loads(manifest.read_text()).get("content_hash") if manifest.is_file() else str(dataset_path)
+    payload = {"base": base_model, "data": data, "config": config.model_dump(), "parent": parent_adapter}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _prepare_work_dir(work: Path, fingerprint: str) -> str | None:
+    """The work folder for this run; returns the checkpoint to resume from, if any."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    stamp = work / "run.json"
+    if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") != fingerprint:
+        log.warning("%s holds checkpoints of a different run (data, config or parent changed): starting over", work)
+        shutil.rmtree(work, ignore_errors=True)
+    (work / "checkpoints").mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"fingerprint": fingerprint}))
+    return get_last_checkpoint(str(work / "checkpoints"))
+
+
+def probe_prompts(dataset: Any, n: int = 8) -> list[str]:
+    """User turns whose greedy answers are stored with an adapter, to check it reloads exactly."""
+    return [row["messages"][0]["content"] for row in dataset.select(range(min(n, len(dataset))))]
+
+
+def greedy_token_ids(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: int = 12) -> list[list[int]]:
+    import torch
+
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for prompt in prompts:
+            enc = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
+            )
+            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            out.append(ids[0, enc["input_ids"].shape[1]:].tolist())
+    return out
+
+
 def train_lora(
     *,
     base_model: str,
@@ -76,7 +124,14 @@ def train_lora(
     parent_adapter: str | None = None,
     lineage: dict[str, Any] | None = None,
 ) -> TrainResult:
-    """Fine-tune a LoRA adapter on the chat dataset at ``dataset_path``; save it to ``output_dir``."""
+    """Fine-tune a LoRA adapter on the chat dataset at ``dataset_path``; save it to ``output_dir``.
+
+    Checkpoints go to ``<output_dir>.work/checkpoints`` every ``checkpoint_steps`` steps; a
+    rerun of the same run (same data, config, base and parent) resumes from the last one. The
+    adapter is written in peft's standard format with the tokenizer, the metrics, the lineage
+    and the greedy answers to a few probe prompts (`flywheel_training.json`), then moved into
+    place whole.
+    """
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import (
@@ -119,7 +174,9 @@ def train_lora(
         tokenize_chat, fn_kwargs={"tokenizer": tokenizer, "max_length": config.max_length}, remove_columns=columns
     )
     work = output_dir.with_name(output_dir.name + ".work")
-    shutil.rmtree(work, ignore_errors=True)
+    resume = _prepare_work_dir(work, _run_fingerprint(base_model, dataset_path, config, parent_adapter))
+    if resume:
+        log.info("resuming %s from %s", output_dir.name, resume)
     args = TrainingArguments(
         output_dir=str(work / "checkpoints"),
         num_train_epochs=config.epochs,
@@ -129,7 +186,9 @@ def train_lora(
         warmup_steps=0,
         weight_decay=0.0,
         logging_steps=10,
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=config.checkpoint_steps,
+        save_total_limit=2,
         report_to="none",
         seed=config.seed,
         data_seed=config.seed,
@@ -140,12 +199,16 @@ def train_lora(
     trainer = Trainer(
         model=model, args=args, train_dataset=tokenized, data_collator=_PadCollator(tokenizer.pad_token_id)
     )
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=resume)
+    resumed_step = int(Path(resume).name.rsplit("-", 1)[-1]) if resume else 0
 
     staged = work / "adapter"
+    shutil.rmtree(staged, ignore_errors=True)
     model.save_pretrained(str(staged))
+    tokenizer.save_pretrained(str(staged))
+    probes = probe_prompts(data["validation"] if len(data["validation"]) else train)
     seconds = round(time.monotonic() - started, 2)
-    out = TrainResult(output_dir, float(result.training_loss), int(result.global_step), len(train), seconds)
+    out = TrainResult(output_dir, float(result.training_loss), int(result.global_step), len(train), seconds, resumed_step)
     (staged / "flywheel_training.json").write_text(
         json.dumps(
             {
@@ -154,6 +217,8 @@ def train_lora(
                 "base_model": base_model,
                 "parent_adapter": parent_adapter,
                 "lineage": lineage or {},
+                "probes": {"prompts": probes, "greedy_token_ids": greedy_token_ids(model, tokenizer, probes)},
+                "torch": torch.__version__,
             },
             indent=2,
             default=str,
@@ -163,5 +228,93 @@ def train_lora(
     output_dir.parent.mkdir(parents=True, exist_ok=True)
     staged.replace(output_dir)
     shutil.rmtree(work, ignore_errors=True)
-    log.info("trained %s: %d examples, %d steps, loss %.4f, %.1fs", output_dir, len(train), out.steps, out.train_loss, seconds)
+    log.info(
+        "trained %s: %d examples, %d steps (resumed at %d), loss %.4f, %.1fs",
+        output_dir, len(train), out.steps, resumed_step, out.train_loss, seconds,
+    )  # fmt: skip
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m flywheel.training REQUEST.json``: train in this process, print the result.
+
+    The weekly cycle runs training in a child process of its task, so a GPU's memory is
+    released when it ends and a killed task takes its training with it."""
+    import sys
+
+    from flywheel.config import TrainingConfig
+
+    request = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
+    result = train_lora(
+        base_model=request["base_model"],
+        dataset_path=Path(request["dataset_path"]),
+        output_dir=Path(request["output_dir"]),
+        config=TrainingConfig.model_validate(request["config"]),
+        parent_adapter=request.get("parent_adapter"),
+        lineage=request.get("lineage"),
+    )
+    print("FLYWHEEL_TRAIN_RESULT=" + json.dumps({**asdict(result), "adapter_path": str(result.adapter_path)}))
+    return 0
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def train_lora_in_subprocess(
+    *,
+    base_model: str,
+    dataset_path: Path,
+    output_dir: Path,
+    config: TrainingConfig,
+    parent_adapter: str | None = None,
+    lineage: dict[str, Any] | None = None,
+) -> TrainResult:
+    """`train_lora` in a child process that dies with its parent (a killed task kills it)."""
+    import subprocess
+    import sys
+    import tempfile
+
+    request = {
+        "base_model": base_model, "dataset_path": str(dataset_path), "output_dir": str(output_dir),
+        "config": config.model_dump(), "parent_adapter": parent_adapter, "lineage": lineage or {},
+    }  # fmt: skip
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(request, f, default=str)
+    tail: list[str] = []
+    result_line = None
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flywheel.training", f.name],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent,
+        )  # fmt: skip
+        assert proc.stdout is not None
+        for line in proc.stdout:  # the child's log, live in the task's log
+            line = line.rstrip()
+            if line.startswith("FLYWHEEL_TRAIN_RESULT="):
+                result_line = line
+            elif line:
+                log.info("[training] %s", line)
+                tail = [*tail[-29:], line]
+        returncode = proc.wait()
+    finally:
+        Path(f.name).unlink(missing_ok=True)
+    if returncode < 0:
+        raise TrainingInterrupted(
+            f"training of {output_dir.name} was killed by signal {-returncode}; a retry resumes from its last checkpoint"
+        )
+    if returncode != 0 or result_line is None:
+        detail = "\n".join(tail)
+        raise TrainingError(f"training of {output_dir.name} failed (exit {returncode}):\n{detail}")
+    raw = json.loads(result_line.split("=", 1)[1])
+    return TrainResult(**{**raw, "adapter_path": Path(raw["adapter_path"])})
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

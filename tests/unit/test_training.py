@@ -1,0 +1,132 @@
+"""LoRA training on the project's tiny model: a standard adapter that reloads exactly in a fresh
+process, checkpoints, and a killed training that resumes from its last checkpoint."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from flywheel.config import FlywheelConfig
+from flywheel.dataset import build_chat_dataset
+from flywheel.schema import candidate_from_row
+from flywheel.simulate import simulate_traffic
+from flywheel.training import train_lora, train_lora_in_subprocess
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, answer_fns):
+    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+
+    root = tmp_path_factory.mktemp("training")
+    config = FlywheelConfig(home=root).with_overrides(
+        {"tiny_model.pretrain_examples": 300, "tiny_model.pretrain_epochs": 1}
+    )
+    build_tiny_model(config)
+    logs = simulate_traffic(
+        datetime(2026, 1, 5, tzinfo=UTC), answer_fns["right"], model_version="base", n_requests=160, seed=3,
+        malformed_rate=0.0, adversarial_rate=0.0,
+    ).to_pylist()  # fmt: skip
+    dataset = root / "dataset"
+    info = build_chat_dataset([candidate_from_row(r) for r in logs], dataset, val_fraction=0.1)
+    return {"root": root, "config": config, "base": resolve_base_model(config), "dataset": dataset, "info": info}
+
+
+def _steps(setup, epochs: int) -> int:
+    return epochs * math.ceil(setup["info"].n_train / setup["config"].training.batch_size)
+
+
+def _request(setup, out: Path, **training) -> dict:
+    cfg = setup["config"].training.model_copy(update={"epochs": 1, "checkpoint_steps": 5, **training})
+    return {
+        "base_model": setup["base"], "dataset_path": str(setup["dataset"]), "output_dir": str(out),
+        "config": cfg.model_dump(), "lineage": {"dataset_hash": setup["info"].content_hash},
+    }  # fmt: skip
+
+
+def test_adapter_is_standard_and_reloads_exactly_in_a_fresh_process(setup):
+    out = setup["root"] / "adapter-a"
+    req = _request(setup, out)
+    cfg = setup["config"].training.model_copy(update={"epochs": 1, "checkpoint_steps": 5})
+    result = train_lora(base_model=setup["base"], dataset_path=setup["dataset"], output_dir=out, config=cfg,
+                        lineage=req["lineage"])  # fmt: skip
+    assert result.steps == _steps(setup, 1) and result.resumed_from_step == 0
+    adapter_config = json.loads((out / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == cfg.lora_r
+    assert adapter_config["base_model_name_or_path"] == setup["base"]
+    assert (out / "adapter_model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+    meta = json.loads((out / "flywheel_training.json").read_text())
+    assert meta["lineage"]["dataset_hash"] == setup["info"].content_hash
+    assert not out.with_name(out.name + ".work").exists()  # checkpoints cleaned up once done
+
+    code = (
+        "import json, sys\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "from peft import PeftModel\n"
+        "from flywheel.training import greedy_token_ids\n"
+        "base, adapter = sys.argv[1], sys.argv[2]\n"
+        "tok = AutoTokenizer.from_pretrained(adapter)\n"
+        "model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)\n"
+        "probes = json.load(open(adapter + '/flywheel_training.json'))['probes']\n"
+        "print('IDS=' + json.dumps(greedy_token_ids(model, tok, probes['prompts'])))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, setup["base"], str(out)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reloaded = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("IDS="))[4:])
+    assert reloaded == meta["probes"]["greedy_token_ids"] and len(reloaded) == 8
+
+
+def test_killed_training_resumes_from_its_last_checkpoint(setup):
+    out = setup["root"] / "adapter-b"
+    req = _request(setup, out, epochs=3)
+    path = setup["root"] / "request-b.json"
+    path.write_text(json.dumps(req))
+    checkpoints = out.with_name(out.name + ".work") / "checkpoints"
+    child = subprocess.Popen([sys.executable, "-m", "flywheel.training", str(path)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and child.poll() is None:
+        done = sorted(int(p.name.split("-")[1]) for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file())
+        if done and done[-1] >= 10:
+            break
+        time.sleep(0.2)
+    assert child.poll() is None, "training finished before it could be killed"
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert not out.exists()  # no half-written adapter
+
+    cfg = setup["config"].training.model_copy(update={"epochs": 3, "checkpoint_steps": 5})
+    result = train_lora_in_subprocess(base_model=setup["base"], dataset_path=setup["dataset"], output_dir=out, config=cfg,
+                                      lineage=req["lineage"])  # fmt: skip
+    assert result.resumed_from_step >= 10 and result.resumed_from_step % 5 == 0
+    assert result.steps == _steps(setup, 3)  # it carried on to the end, not started over
+    meta = json.loads((out / "flywheel_training.json").read_text())
+    assert meta["result"]["resumed_from_step"] == result.resumed_from_step
+    assert meta["lineage"]["dataset_hash"] == setup["info"].content_hash
+
+
+def test_checkpoints_of_a_different_run_are_not_resumed(setup):
+    out = setup["root"] / "adapter-c"
+    work = out.with_name(out.name + ".work")
+    (work / "checkpoints" / "checkpoint-5").mkdir(parents=True)
+    (work / "run.json").write_text(json.dumps({"fingerprint": "another run"}))
+    cfg = setup["config"].training.model_copy(update={"epochs": 1, "checkpoint_steps": 50})
+    result = train_lora(base_model=setup["base"], dataset_path=setup["dataset"], output_dir=out, config=cfg)
+    assert result.resumed_from_step == 0 and result.steps == _steps(setup, 1)
+
+
+def test_a_failing_training_process_is_a_training_error(setup):
+    from flywheel.errors import TrainingError
+
+    cfg = setup["config"].training.model_copy(update={"epochs": 1})
+    with pytest.raises(TrainingError, match="failed"):
+        train_lora_in_subprocess(base_model=str(setup["root"] / "no-such-model"), dataset_path=setup["dataset"],
+                                 output_dir=setup["root"] / "adapter-d", config=cfg)  # fmt: skip
