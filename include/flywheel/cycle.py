@@ -8,6 +8,7 @@ its own from the Airflow UI, and a backfill writes no duplicates.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -458,6 +459,11 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
             window_start=cycle.window.start,
             window_end=cycle.window.end,
             train_loss=result.train_loss,
+            config_json=cycle.config.training.model_dump_json(),
+            metrics_json=json.dumps(
+                {"train_loss": result.train_loss, "steps": result.steps, "n_examples": result.n_examples,
+                 "seconds": result.seconds, "resumed_from_step": result.resumed_from_step}
+            ),  # fmt: skip
         ),
     )
     return {
@@ -473,8 +479,6 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 
 
 def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
-    import json
-
     from flywheel.evaluate import evaluate_answer_fn, load_golden_set
     from flywheel.inference import answer_fn, load_model
 

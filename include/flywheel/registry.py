@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from flywheel.errors import RegistryError
@@ -34,6 +35,8 @@ class ModelVersion:
     window_end: datetime | None = None
     train_loss: float | None = None
     created_at: datetime | None = None
+    config_json: str | None = None
+    metrics_json: str | None = None
 
 
 def base_version_name(base_model: str) -> str:
@@ -119,3 +122,92 @@ def record_decision(
     }
     wh.replace_partition("promotions", {"cycle_id": cycle_id}, rows_to_table("promotions", [row]))
     return row
+
+
+# --- Statuses, lineage and export ------------------------------------------------------------
+
+STATUSES = ("candidate", "champion", "retired", "rolled_back")
+
+
+def model_statuses(wh: Warehouse) -> dict[str, str]:
+    """Every version's status, derived from the promotion history (the single source of truth,
+    so a status can never disagree with the champion pointer):
+
+    - champion: the outcome of the latest decision;
+    - retired: was champion once, and a later decision replaced it;
+    - rolled_back: a decision with reason starting "rollback" moved the pointer off it;
+    - candidate: registered, never champion.
+    """
+    versions = [r["version"] for r in wh.query("SELECT version FROM models ORDER BY version").to_pylist()]
+    history = wh.query(
+        "SELECT champion_before, champion_after, reason FROM promotions ORDER BY logical_date, decided_at"
+    ).to_pylist()
+    status = dict.fromkeys(versions, "candidate")
+    for h in history:
+        before, after = h["champion_before"], h["champion_after"]
+        if before and before != after:
+            status[before] = "rolled_back" if (h["reason"] or "").lower().startswith("rollback") else "retired"
+        if after:
+            status[after] = "champion"
+    if history:
+        current = history[-1]["champion_after"]
+        for v, st in status.items():
+            if st == "champion" and v != current:
+                status[v] = "retired"
+    return status
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """One dataset in a version's lineage: the version it trained and the data it was."""
+
+    version: str
+    cycle_id: str | None
+    dataset_id: str | None
+    dataset_hash: str | None
+    window_start: datetime | None
+    window_end: datetime | None
+    n_examples: int
+    request_ids: list[str]
+
+
+def training_data(wh: Warehouse, version: str) -> list[TrainingData]:
+    """Which data trained ``version``: its own dataset and, since each challenger continues from
+    its parent's adapter, every ancestor's, newest first, down to the base model. Read from the
+    warehouse alone (`models`, `datasets`, `training_fingerprints`)."""
+    out: list[TrainingData] = []
+    seen: set[str] = set()
+    current: str | None = version
+    while current and current not in seen:
+        seen.add(current)
+        mv = get_model(wh, current)
+        if mv.dataset_id:
+            ids = wh.query(
+                "SELECT request_id FROM training_fingerprints WHERE cycle_id = $c ORDER BY request_id", {"c": mv.cycle_id}
+            ).column("request_id").to_pylist()
+            out.append(TrainingData(mv.version, mv.cycle_id, mv.dataset_id, mv.dataset_hash, mv.window_start,
+                                    mv.window_end, len(ids), ids))  # fmt: skip
+        current = mv.parent_version
+    return out
+
+
+def export_merged(wh: Warehouse, version: str, out_dir: Path) -> Path:
+    """The version as one plain model (adapter merged into the base weights) for serving
+    engines without LoRA support; written whole, then moved into place."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    mv = get_model(wh, version)
+    model: Any = AutoModelForCausalLM.from_pretrained(mv.base_model, dtype=torch.float32)
+    if mv.adapter_path:
+        model = PeftModel.from_pretrained(model, mv.adapter_path).merge_and_unload()
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    AutoTokenizer.from_pretrained(mv.adapter_path or mv.base_model).save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    tmp.replace(out_dir)
+    return out_dir

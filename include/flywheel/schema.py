@@ -165,6 +165,9 @@ MODELS = pa.schema(
         ("window_end", TS),
         ("train_loss", pa.float64()),
         ("created_at", TS),
+        # The training config and its metrics (JSON), so a version can be rebuilt and compared.
+        ("config_json", pa.string()),
+        ("metrics_json", pa.string()),
     ]
 )
 

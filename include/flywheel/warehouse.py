@@ -177,6 +177,12 @@ def _where(where: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return " WHERE " + " AND ".join(parts), params
 
 
+def _insert_sql(table: str) -> str:
+    """Insert ``_incoming`` by column name: a migrated table may order its columns differently."""
+    cols = ", ".join(f'"{check_identifier(c)}"' for c in TABLES[table].schema.names)
+    return f"INSERT INTO {check_identifier(table)} ({cols}) SELECT {cols} FROM _incoming"
+
+
 def _merge_deletes(table: str) -> list[str]:
     """The deletes that make room for ``_incoming``: stored rows with the same keys, and, for a
     row whose key is missing (a malformed log row kept for quarantine), the very same content.
@@ -245,9 +251,16 @@ class DuckDBWarehouse(Warehouse):
             con.close()
 
     def ensure_schema(self) -> None:
+        """Create missing tables; add columns a newer version of a table has (a migration)."""
         with self._connect() as con:
-            for table in TABLES:
+            for table, spec in TABLES.items():
                 con.execute(create_table_sql(table))
+                have = {r[0] for r in con.execute(
+                    "SELECT column_name FROM information_schema.columns WHERE table_name = ?", [table]
+                ).fetchall()}  # fmt: skip
+                for f in spec.schema:
+                    if f.name not in have:
+                        con.execute(f'ALTER TABLE {table} ADD COLUMN "{check_identifier(f.name)}" {sql_type(f.type)}')
 
     def query(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
         with self._connect() as con:
@@ -265,7 +278,7 @@ class DuckDBWarehouse(Warehouse):
             try:
                 for statement in _merge_deletes(table):
                     con.execute(statement)
-                con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
+                con.execute(_insert_sql(table))
                 con.execute("COMMIT")
             except Exception:
                 con.execute("ROLLBACK")
@@ -282,7 +295,7 @@ class DuckDBWarehouse(Warehouse):
             con.execute("BEGIN TRANSACTION")
             try:
                 con.execute(f"DELETE FROM {check_identifier(table)}{clause}", params)
-                con.execute(f"INSERT INTO {table} SELECT * FROM _incoming")
+                con.execute(_insert_sql(table))
                 con.execute("COMMIT")
             except Exception:
                 con.execute("ROLLBACK")

@@ -239,6 +239,17 @@ def test_champion_moves_only_when_the_challenger_is_better(env, first_run):
     promo = wh.select("promotions", {"cycle_id": CYCLE_ID}).to_pylist()[0]
     assert promo["promoted"] == better
     assert registry.current_champion(wh) == (CYCLE_ID if better else env["base"])
+    # "Which data trained the champion?", answered from the warehouse alone.
+    lineage = registry.training_data(wh, registry.current_champion(wh))
+    if better:
+        (data,) = lineage
+        dataset = wh.select("datasets", {"cycle_id": CYCLE_ID}).to_pylist()[0]
+        assert data.dataset_hash == dataset["content_hash"]
+        assert data.n_examples == dataset["n_train"] + dataset["n_val"]
+        assert (data.window_start, data.window_end) == (WINDOW_START, WINDOW_END)
+    else:
+        assert lineage == []  # the base model: no flywheel data
+    assert registry.model_statuses(wh)[CYCLE_ID] == ("champion" if better else "candidate")
 
 
 def test_rerun_of_the_same_logical_date_adds_no_duplicates(env, first_run):

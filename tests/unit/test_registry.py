@@ -235,3 +235,59 @@ def test_rerecording_a_cycle_replaces_it(wh):
 def test_module_exposes_registry_error():
     # cycle.stage_train raises registry.RegistryError; it must be the project's error type
     assert registry.RegistryError is RegistryError
+
+
+# --- statuses and lineage ------------------------------------------------------------------
+
+
+def _chain_of_versions(wh):
+    """base -> v1 (promoted) -> v2 (not promoted) -> v3 (promoted, parent v1), with data."""
+    from flywheel.schema import rows_to_table
+
+    base = ensure_bootstrap_champion(wh, "/models/tiny-llama")
+    for i, (version, parent) in enumerate((("v1", base), ("v2", "v1"), ("v3", "v1")), start=1):
+        register_model(wh, ModelVersion(version=version, base_model="/models/tiny-llama", adapter_path=f"/a/{version}",
+                                        parent_version=parent, cycle_id=f"c{i}", dataset_id=f"c{i}", dataset_hash=f"h{i}",
+                                        window_start=D1 + (i - 1) * WEEK, window_end=D1 + i * WEEK))  # fmt: skip
+        wh.merge("training_fingerprints", rows_to_table("training_fingerprints", [
+            {"cycle_id": f"c{i}", "logical_date": D1 + i * WEEK, "request_id": f"r{i}-{k}", "exact_key": k,
+             "signature": b"\0", "fingerprint_spec": "s"} for k in range(i + 1)
+        ]))  # fmt: skip
+    record_decision(wh, cycle_id="c1", logical_date=D1 + WEEK, champion_before=base, challenger="v1", promoted=True, reason="better")
+    record_decision(wh, cycle_id="c2", logical_date=D1 + 2 * WEEK, champion_before="v1", challenger="v2", promoted=False, reason="worse")
+    record_decision(wh, cycle_id="c3", logical_date=D1 + 3 * WEEK, champion_before="v1", challenger="v3", promoted=True, reason="better")
+    return base
+
+
+def test_statuses_follow_the_promotion_history(wh):
+    base = _chain_of_versions(wh)
+    assert registry.model_statuses(wh) == {base: "retired", "v1": "retired", "v2": "candidate", "v3": "champion"}
+    record_decision(wh, cycle_id="rb", logical_date=D1 + 4 * WEEK, champion_before="v3", challenger="v1", promoted=True,
+                    reason="rollback: acceptance dropped")  # fmt: skip
+    statuses = registry.model_statuses(wh)
+    assert statuses["v3"] == "rolled_back" and statuses["v1"] == "champion"
+    assert set(statuses.values()) <= set(registry.STATUSES)
+
+
+def test_which_data_trained_the_champion(wh):
+    _chain_of_versions(wh)
+    data = registry.training_data(wh, current_champion(wh))
+    # v3 continued from v1's adapter, which continued from the base: both datasets trained it
+    assert [d.version for d in data] == ["v3", "v1"]
+    assert [d.dataset_hash for d in data] == ["h3", "h1"]
+    assert data[0].request_ids == ["r3-0", "r3-1", "r3-2", "r3-3"] and data[1].n_examples == 2
+    assert data[0].window_start == D1 + 2 * WEEK
+    assert registry.training_data(wh, "v2")[1].version == "v1"
+
+
+def test_old_tables_are_migrated(tmp_path):
+    """A warehouse made before a column existed gains it, and writes land by column name."""
+    from flywheel.warehouse import DuckDBWarehouse
+
+    wh = DuckDBWarehouse(tmp_path / "old.duckdb", lock_timeout_s=5)
+    wh.execute("CREATE TABLE models (version VARCHAR, base_model VARCHAR, adapter_path VARCHAR, parent_version VARCHAR, "
+               "cycle_id VARCHAR, dataset_id VARCHAR, dataset_hash VARCHAR, window_start TIMESTAMPTZ, "
+               "window_end TIMESTAMPTZ, train_loss DOUBLE, created_at TIMESTAMPTZ)")  # fmt: skip
+    wh.ensure_schema()
+    register_model(wh, ModelVersion(version="v", base_model="b", adapter_path=None, config_json='{"r": 8}'))
+    assert get_model(wh, "v").config_json == '{"r": 8}'

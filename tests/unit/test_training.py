@@ -130,3 +130,23 @@ def test_a_failing_training_process_is_a_training_error(setup):
     with pytest.raises(TrainingError, match="failed"):
         train_lora_in_subprocess(base_model=str(setup["root"] / "no-such-model"), dataset_path=setup["dataset"],
                                  output_dir=setup["root"] / "adapter-d", config=cfg)  # fmt: skip
+
+
+def test_merged_export_answers_like_the_adapter(setup, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from flywheel import registry
+    from flywheel.training import greedy_token_ids
+    from flywheel.warehouse import DuckDBWarehouse
+
+    out = setup["root"] / "adapter-a"
+    if not out.is_dir():
+        pytest.skip("needs the adapter of the first test")
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
+    wh.ensure_schema()
+    registry.register_model(wh, registry.ModelVersion(version="v1", base_model=setup["base"], adapter_path=str(out)))
+    merged = registry.export_merged(wh, "v1", tmp_path / "merged")
+    assert not (merged / "adapter_config.json").exists() and (merged / "config.json").is_file()
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    probes = json.loads((out / "flywheel_training.json").read_text())["probes"]
+    assert greedy_token_ids(model, AutoTokenizer.from_pretrained(merged), probes["prompts"]) == probes["greedy_token_ids"]
