@@ -142,7 +142,7 @@ class TrainingConfig(_Section):
     min_examples: int = Field(16, ge=1)
     # A checkpoint every N optimizer steps, in a folder fixed by the cycle: a retried (or
     # killed) training task resumes from the last one instead of starting over.
-    checkpoint_steps: int = Field(20, gt=0)
+    checkpoint_steps: int = Field(50, gt=0)
 
 
 class EvaluationConfig(_Section):

@@ -68,12 +68,12 @@ def build_chat_dataset(candidates: Sequence[TrainingCandidate], path: Path, *, v
     content_hash = digest.hexdigest()
 
     features = None
-    dd = DatasetDict(
-        {
-            "train": Dataset.from_list(train, features=features),
-            "validation": Dataset.from_list(val, features=features) if val else Dataset.from_list(train[:0]),
-        }
-    )
+    # An empty split is not written (`datasets` cannot load a split saved with no rows);
+    # `load_chat_dataset` gives it back empty, with the train split's features.
+    splits = {"train": Dataset.from_list(train, features=features)}
+    if val:
+        splits["validation"] = Dataset.from_list(val, features=features)
+    dd = DatasetDict(splits)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     dd.save_to_disk(str(tmp))
@@ -89,4 +89,7 @@ def build_chat_dataset(candidates: Sequence[TrainingCandidate], path: Path, *, v
 def load_chat_dataset(path: Path):  # -> DatasetDict
     from datasets import load_from_disk
 
-    return load_from_disk(str(path))
+    data = load_from_disk(str(path))
+    if "validation" not in data:
+        data["validation"] = data["train"].select([])
+    return data

@@ -492,3 +492,14 @@ def test_rows_trained_on_in_an_earlier_cycle_are_duplicates_later(tmp_path, make
     # the earlier cycle, rerun, keeps what it kept: its own training set is not its history
     fc.stage_filter(first, wh)
     assert all(d["kept"] for d in wh.select("decisions", {"cycle_id": first.cycle_id, "rule": "dedup"}).to_pylist())
+
+
+def test_dataset_without_a_validation_split(tmp_path, make_log_row):
+    from flywheel.dataset import build_chat_dataset
+    from flywheel.schema import candidate_from_row
+
+    rows = [candidate_from_row(make_log_row(f"r{i}", W_START)) for i in range(3)]
+    info = build_chat_dataset(rows, tmp_path / "ds", val_fraction=0.0)
+    ds = load_chat_dataset(tmp_path / "ds")
+    assert (info.n_train, info.n_val, len(ds["validation"])) == (3, 0, 0)
+    assert ds["validation"].column_names == ds["train"].column_names
