@@ -143,6 +143,10 @@ class TrainingConfig(_Section):
     # A checkpoint every N optimizer steps, in a folder fixed by the cycle: a retried (or
     # killed) training task resumes from the last one instead of starting over.
     checkpoint_steps: int = Field(50, gt=0)
+    # Reviewed (gold) examples count this many times a plain one in the loss.
+    gold_weight: float = Field(2.0, gt=0)
+    # Order the training split easy to hard (shorter exchanges first) instead of shuffling.
+    curriculum: bool = False
 
 
 class EvaluationConfig(_Section):

@@ -365,7 +365,11 @@ def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         raise InsufficientDataError(
             f"{cycle.cycle_id}: {len(kept)} kept examples < training.min_examples={minimum}; no challenger this cycle"
         )
-    info = build_chat_dataset(kept, cycle.dataset_dir, val_fraction=cycle.config.training.val_fraction)
+    training = cycle.config.training
+    info = build_chat_dataset(
+        kept, cycle.dataset_dir, val_fraction=training.val_fraction,
+        gold_weight=training.gold_weight, curriculum=training.curriculum,
+    )  # fmt: skip
     _record_training_fingerprints(cycle, wh, kept)
     row = {
         "dataset_id": cycle.cycle_id,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,30 +41,73 @@ class DatasetInfo:
     content_hash: str
 
 
-def _in_validation(request_id: str, val_fraction: float) -> bool:
-    bucket = int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return bucket < val_fraction
+def _bucket(request_id: str) -> float:
+    return int(hashlib.sha256(request_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
 
-def build_chat_dataset(candidates: Sequence[TrainingCandidate], path: Path, *, val_fraction: float) -> DatasetInfo:
-    """Write a DatasetDict (train / validation) of ``messages`` rows to ``path``; idempotent."""
+def stratified_split(rows: Sequence[dict[str, Any]], val_fraction: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(train, validation): each task type gives ``val_fraction`` of its rows (rounded, and
+    never its last one) to validation, chosen by a hash of the request id, so the split is the
+    same on every rerun and every task type is measured."""
+    by_type: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_type.setdefault(r["task_type"], []).append(r)
+    val_ids: set[str] = set()
+    for items in by_type.values():
+        n_val = min(round(val_fraction * len(items)), len(items) - 1)
+        val_ids.update(r["request_id"] for r in sorted(items, key=lambda r: (_bucket(r["request_id"]), r["request_id"]))[:n_val])
+    return [r for r in rows if r["request_id"] not in val_ids], [r for r in rows if r["request_id"] in val_ids]
+
+
+def difficulty(row: dict[str, Any]) -> int:
+    """Curriculum order: shorter exchanges first (a proxy for easy, from the text alone)."""
+    from flywheel.filters import count_tokens
+
+    return sum(count_tokens(m["content"]) for m in row["messages"])
+
+
+def build_chat_dataset(
+    candidates: Sequence[TrainingCandidate],
+    path: Path,
+    *,
+    val_fraction: float,
+    gold: Mapping[str, str | None] | None = None,
+    gold_weight: float = 1.0,
+    curriculum: bool = False,
+) -> DatasetInfo:
+    """Write a DatasetDict (train / validation) of ``messages`` rows to ``path``; idempotent.
+
+    ``gold`` maps reviewed request ids to the reviewer's edited answer (None: the answer stands);
+    gold rows train with ``weight = gold_weight``, every other row with weight 1. With
+    ``curriculum``, the train split is ordered easy to hard (and `train_lora` keeps that order).
+    """
     from datasets import Dataset, DatasetDict
 
+    gold = gold or {}
     ordered = sorted(candidates, key=lambda c: c.request_id)
-    rows: list[dict[str, Any]] = [
-        {
-            "request_id": c.request_id,
-            "task_type": c.task_type,
-            "from_correction": c.user_action == "corrected",
-            "messages": to_messages(c),
-        }
-        for c in ordered
-    ]
-    val = [r for r in rows if _in_validation(r["request_id"], val_fraction)]
-    train = [r for r in rows if not _in_validation(r["request_id"], val_fraction)]
+    rows: list[dict[str, Any]] = []
+    for c in ordered:
+        messages = to_messages(c)
+        edited = gold.get(c.request_id)
+        if edited:
+            messages[-1] = {"role": "assistant", "content": edited}
+        rows.append(
+            {
+                "request_id": c.request_id,
+                "task_type": c.task_type,
+                "from_correction": c.user_action == "corrected",
+                "gold": c.request_id in gold,
+                "weight": float(gold_weight) if c.request_id in gold else 1.0,
+                "messages": messages,
+            }
+        )
+    train, val = stratified_split(rows, val_fraction)
+    if curriculum:
+        train.sort(key=lambda r: (difficulty(r), r["request_id"]))
     digest = hashlib.sha256()
     for r in rows:
-        digest.update(json.dumps([r["request_id"], r["messages"]], sort_keys=True).encode())
+        digest.update(json.dumps([r["request_id"], r["messages"], r["weight"]], sort_keys=True).encode())
+    digest.update(f"curriculum={curriculum}".encode())
     content_hash = digest.hexdigest()
 
     features = None
@@ -79,7 +122,10 @@ def build_chat_dataset(candidates: Sequence[TrainingCandidate], path: Path, *, v
     dd.save_to_disk(str(tmp))
     info = DatasetInfo(path, len(train), len(val), sum(r["from_correction"] for r in rows), content_hash)
     (tmp / "flywheel_manifest.json").write_text(
-        json.dumps({**info.__dict__, "path": str(path)}, indent=2, default=str)
+        json.dumps(
+            {**info.__dict__, "path": str(path), "n_gold": sum(r["gold"] for r in rows), "curriculum": curriculum},
+            indent=2, default=str,
+        )  # fmt: skip
     )
     shutil.rmtree(path, ignore_errors=True)
     tmp.replace(path)

@@ -58,7 +58,7 @@ class _PadCollator:
     def __init__(self, pad_id: int) -> None:
         self.pad_id = pad_id
 
-    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
         width = max(len(f["input_ids"]) for f in features)
@@ -70,7 +70,52 @@ class _PadCollator:
             ids[r, :n] = torch.tensor(f["input_ids"])
             labels[r, :n] = torch.tensor(f["labels"])
             mask[r, :n] = 1
-        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+        if "weight" in features[0]:
+            batch["weight"] = torch.tensor([float(f["weight"]) for f in features])
+        return batch
+
+
+def weighted_token_loss(logits: Any, labels: Any, weight: Any | None) -> Any:
+    """Next-token cross-entropy over the answer tokens, each token weighted by its example's
+    weight (gold examples count more); with every weight 1 it is the usual mean token loss."""
+    import torch
+
+    logits, target = logits[:, :-1, :], labels[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(target.shape)
+    w = (target != -100).to(per_token.dtype)
+    if weight is not None:
+        w = w * weight.to(per_token.dtype)[:, None]
+    return (per_token * w).sum() / w.sum().clamp(min=1e-8)
+
+
+def _trainer_class() -> Any:
+    from torch.utils.data import SequentialSampler
+    from transformers import Trainer
+
+    class FlywheelTrainer(Trainer):
+        """Weighted loss (gold examples), and the dataset's own order when it is a curriculum."""
+
+        def __init__(self, *args: Any, keep_order: bool = False, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.keep_order = keep_order
+
+        def _get_train_sampler(self, train_dataset: Any = None) -> Any:
+            if self.keep_order:
+                return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+            return super()._get_train_sampler(train_dataset)
+
+        def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
+                         num_items_in_batch: Any = None) -> Any:  # fmt: skip
+            weight = inputs.pop("weight", None)
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = weighted_token_loss(outputs.logits, labels, weight)
+            return (loss, outputs) if return_outputs else loss
+
+    return FlywheelTrainer
 
 
 def _run_fingerprint(base_model: str, dataset_path: Path, config: TrainingConfig, parent_adapter: str | None) -> str:
@@ -134,13 +179,7 @@ def train_lora(
     """
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        Trainer,
-        TrainingArguments,
-        set_seed,
-    )
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 
     from flywheel.dataset import load_chat_dataset
 
@@ -169,10 +208,12 @@ def train_lora(
             ),
         )
 
-    columns = train.column_names
+    columns = [c for c in train.column_names if c != "weight"]
     tokenized = train.map(
         tokenize_chat, fn_kwargs={"tokenizer": tokenizer, "max_length": config.max_length}, remove_columns=columns
     )
+    keep_order = bool(json.loads((dataset_path / "flywheel_manifest.json").read_text()).get("curriculum")) if (
+        dataset_path / "flywheel_manifest.json").is_file() else False
     work = output_dir.with_name(output_dir.name + ".work")
     resume = _prepare_work_dir(work, _run_fingerprint(base_model, dataset_path, config, parent_adapter))
     if resume:
@@ -195,10 +236,12 @@ def train_lora(
         use_cpu=not torch.cuda.is_available(),
         disable_tqdm=True,
         dataloader_num_workers=0,
+        remove_unused_columns=False,  # keep the per-example weight for the loss
     )
-    trainer = Trainer(
-        model=model, args=args, train_dataset=tokenized, data_collator=_PadCollator(tokenizer.pad_token_id)
-    )
+    trainer = _trainer_class()(
+        model=model, args=args, train_dataset=tokenized, data_collator=_PadCollator(tokenizer.pad_token_id),
+        keep_order=keep_order,
+    )  # fmt: skip
     result = trainer.train(resume_from_checkpoint=resume)
     resumed_step = int(Path(resume).name.rsplit("-", 1)[-1]) if resume else 0
 

@@ -150,3 +150,64 @@ def test_merged_export_answers_like_the_adapter(setup, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(merged)
     probes = json.loads((out / "flywheel_training.json").read_text())["probes"]
     assert greedy_token_ids(model, AutoTokenizer.from_pretrained(merged), probes["prompts"]) == probes["greedy_token_ids"]
+
+
+def test_stratified_split_measures_every_task_type(make_log_row):
+    from flywheel.dataset import stratified_split
+
+    rows = [{"request_id": f"{t}-{i}", "task_type": t} for t, n in (("common", 100), ("rare", 5), ("single", 1)) for i in range(n)]
+    train, val = stratified_split(rows, 0.2)
+    count = lambda rs, t: sum(r["task_type"] == t for r in rs)  # noqa: E731
+    assert (count(val, "common"), count(val, "rare"), count(val, "single")) == (20, 1, 0)
+    assert count(train, "single") == 1 and len(train) + len(val) == len(rows)
+    assert {r["request_id"] for r in stratified_split(rows, 0.2)[1]} == {r["request_id"] for r in val}  # deterministic
+
+
+def test_gold_examples_take_the_reviewers_answer_and_weigh_more(tmp_path, make_log_row):
+    from flywheel.dataset import load_chat_dataset
+
+    cands = [candidate_from_row(make_log_row(f"r{i}", datetime(2026, 1, 6, tzinfo=UTC), response=f"ANSWER{i}")) for i in range(4)]
+    info = build_chat_dataset(cands, tmp_path / "ds", val_fraction=0.0, gold={"r1": "EDITED", "r2": None}, gold_weight=3.0)
+    rows = {r["request_id"]: r for r in load_chat_dataset(tmp_path / "ds")["train"]}
+    assert rows["r1"]["messages"][-1]["content"] == "EDITED" and rows["r1"]["weight"] == 3.0 and rows["r1"]["gold"]
+    assert rows["r2"]["messages"][-1]["content"] == "ANSWER2" and rows["r2"]["weight"] == 3.0
+    assert rows["r0"]["weight"] == 1.0 and not rows["r0"]["gold"]
+    plain = build_chat_dataset(cands, tmp_path / "ds2", val_fraction=0.0)
+    assert plain.content_hash != info.content_hash
+
+
+def test_weighted_loss_counts_gold_tokens_more():
+    import torch
+
+    from flywheel.training import weighted_token_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, 1, 2, 3, 4], [-100, -100, 5, 6, -100]])
+    plain = weighted_token_loss(logits, labels, None)
+    reference = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), ignore_index=-100)
+    assert torch.allclose(plain, reference)  # weights of 1: the usual mean token loss
+    per_example = [weighted_token_loss(logits[i : i + 1], labels[i : i + 1], None) for i in range(2)]
+    heavy = weighted_token_loss(logits, labels, torch.tensor([1.0, 100.0]))
+    assert abs(float(heavy - per_example[1])) < abs(float(plain - per_example[1]))
+
+
+def test_curriculum_keeps_the_dataset_order(setup, tmp_path):
+    from flywheel.dataset import load_chat_dataset
+    from flywheel.schema import candidate_from_row as c_from_row
+    from flywheel.training import _trainer_class
+
+    logs = simulate_traffic(datetime(2026, 1, 5, tzinfo=UTC), lambda p: ["x"] * len(p), model_version="b", n_requests=40,
+                            seed=9, malformed_rate=0.0).to_pylist()  # fmt: skip
+    build_chat_dataset([c_from_row(r) for r in logs], tmp_path / "cur", val_fraction=0.0, curriculum=True)
+    train = load_chat_dataset(tmp_path / "cur")["train"]
+    from flywheel.dataset import difficulty
+
+    lengths = [difficulty(r) for r in train]
+    assert lengths == sorted(lengths)
+    from torch.utils.data import SequentialSampler
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
+    model = AutoModelForCausalLM.from_pretrained(setup["base"])
+    args = TrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none")
+    assert isinstance(_trainer_class()(model=model, args=args, train_dataset=train, keep_order=True)._get_train_sampler(), SequentialSampler)
