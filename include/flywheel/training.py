@@ -104,7 +104,7 @@ def _trainer_class() -> Any:
 
         def _get_train_sampler(self, train_dataset: Any = None) -> Any:
             if self.keep_order:
-                return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
+                return SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)  # type: ignore[arg-type]
             return super()._get_train_sampler(train_dataset)
 
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
