@@ -24,6 +24,14 @@ PARAM_OVERRIDES: dict[str, str] = {
     "min_quality_score": "filters.min_quality_score",
     "epochs": "training.epochs",
     "learning_rate": "training.learning_rate",
+    "base_model": "training.base_model",
+    "lora_r": "training.lora_r",
+    "lora_alpha": "training.lora_alpha",
+    "lora_dropout": "training.lora_dropout",
+    "target_modules": "training.target_modules",
+    "batch_size": "training.batch_size",
+    "max_length": "training.max_length",
+    "seed": "training.seed",
     "min_improvement": "evaluation.min_improvement",
 }
 

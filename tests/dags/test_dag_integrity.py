@@ -94,7 +94,8 @@ def test_weekly_schedule_and_params(dagbag):
     assert dag.timetable._expression == "0 0 * * 1"
     assert dag.catchup is False
     assert dag.params["lag_days"] == 14
-    for name in ("window_days", "min_quality_score", "epochs", "learning_rate", "min_improvement"):
+    for name in ("window_days", "min_quality_score", "epochs", "learning_rate", "min_improvement", "base_model",
+                 "lora_r", "lora_alpha", "lora_dropout", "target_modules", "batch_size", "max_length", "seed"):
         assert name in dag.params and dag.params[name] is None
 
 
@@ -102,9 +103,11 @@ def test_params_map_onto_config_keys():
     """Each DAG param that overrides config names a real config key, and the override applies."""
     from flywheel_airflow.operators import PARAM_OVERRIDES, config_for_run
 
-    cfg = config_for_run({"lag_days": 7, "min_quality_score": 0.75, "epochs": None})
+    cfg = config_for_run({"lag_days": 7, "min_quality_score": 0.75, "epochs": None, "lora_r": 4,
+                          "target_modules": ["q_proj", "v_proj"]})  # fmt: skip
     assert cfg.extract.lag_days == 7
     assert cfg.filters.min_quality_score == 0.75
+    assert cfg.training.lora_r == 4 and cfg.training.target_modules == ["q_proj", "v_proj"]
     for dotted in PARAM_OVERRIDES.values():
         section, key = dotted.split(".")
         assert hasattr(getattr(cfg, section), key), dotted
