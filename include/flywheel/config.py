@@ -125,6 +125,16 @@ class GatesConfig(_Section):
     max_target_tokens: int = Field(512, gt=0)
 
 
+class AlertsConfig(_Section):
+    """Where failure alerts go besides the warehouse's `alerts` table and the task log. A channel
+    is used when its Airflow connection exists; credentials live only in the connection."""
+
+    email_to: list[str] = Field(default_factory=list)
+    smtp_conn_id: str = "flywheel_smtp"
+    slack_conn_id: str = "flywheel_slack"
+    airflow_base_url: str = "http://localhost:8080"
+
+
 class TrainingConfig(_Section):
     base_model: str = "tiny-llama"
     seed: int = 13
@@ -186,6 +196,7 @@ class FlywheelConfig(_Section):
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)

@@ -1,8 +1,10 @@
 """Failure alerts: every failed task (a failed gate above all) becomes an alert operators see.
 
 `FlywheelAlertNotifier` writes the alert to the warehouse's ``alerts`` table (the dashboard and
-any on-call tooling read it there) and logs it at ERROR level. Delivery by e-mail or Slack,
-through Airflow connections, is layered on the same message.
+any on-call tooling read it there), logs it at ERROR level, and sends it by e-mail (the SMTP
+provider's hook) and to Slack (the Slack webhook provider's hook) when the connections named in
+the config's ``alerts`` section exist. The message names the DAG, the task, the run and what
+failed, and links the Data Docs page and the run.
 """
 
 from __future__ import annotations
@@ -58,8 +60,76 @@ class FlywheelAlertNotifier(BaseNotifier):
         log.error("FLYWHEEL ALERT %s", alert["message"])
         try:
             config = config_for_run(dict(context.get("params") or {}), self.config_path)
+        except Exception:
+            log.exception("no flywheel config: the alert is only in this log")
+            return
+        try:
             warehouse = FlywheelWarehouseHook(config).get_warehouse()
             warehouse.ensure_schema()
             warehouse.merge("alerts", rows_to_table("alerts", [{**alert, "alert_id": alert_id, "raised_at": raised}]))
         except Exception:  # an alert that cannot be stored must still be seen in the log
             log.exception("could not store the alert for %s.%s in the warehouse", ti.dag_id, ti.task_id)
+        subject, body = render_alert(alert, base_url=config.alerts.airflow_base_url)
+        if config.alerts.email_to:
+            send_email(config.alerts.smtp_conn_id, config.alerts.email_to, subject, body)
+        send_slack(config.alerts.slack_conn_id, f"*{subject}*\n{body}")
+
+
+def run_url(base_url: str, dag_id: str, run_id: str) -> str:
+    from urllib.parse import quote
+
+    return f"{base_url.rstrip('/')}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
+
+
+def render_alert(alert: dict[str, Any], *, base_url: str) -> tuple[str, str]:
+    """Subject and plain-text body of an alert."""
+    what = "gate failed" if alert["kind"] == "gate_failed" else "task failed"
+    subject = f"[flywheel] {alert['dag_id']}.{alert['task_id']}: {what}"
+    lines = [
+        f"DAG:   {alert['dag_id']}",
+        f"Task:  {alert['task_id']}",
+        f"Run:   {alert['run_id']} (logical date {alert['logical_date']})",
+        f"Link:  {run_url(base_url, alert['dag_id'], alert['run_id'])}",
+    ]
+    if alert.get("link"):
+        lines.append(f"Data Docs: {alert['link']}")
+    lines += ["", alert["message"]]
+    return subject, "\n".join(lines)
+
+
+def _connection_exists(conn_id: str) -> bool:
+    from airflow.sdk import BaseHook
+
+    try:
+        BaseHook.get_connection(conn_id)
+        return True
+    except Exception:
+        return False
+
+
+def send_email(conn_id: str, to: list[str], subject: str, body: str) -> None:
+    if not _connection_exists(conn_id):
+        log.warning("alerts.email_to is set but there is no Airflow connection %r: no e-mail sent", conn_id)
+        return
+    try:
+        from html import escape
+
+        from airflow.providers.smtp.hooks.smtp import SmtpHook
+
+        with SmtpHook(smtp_conn_id=conn_id) as smtp:
+            smtp.send_email_smtp(to=to, subject=subject, html_content=f"<pre>{escape(body)}</pre>")
+        log.info("alert e-mailed to %s", ", ".join(to))
+    except Exception:
+        log.exception("could not e-mail the alert through connection %r", conn_id)
+
+
+def send_slack(conn_id: str, text: str) -> None:
+    if not _connection_exists(conn_id):
+        return
+    try:
+        from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
+
+        SlackWebhookHook(slack_webhook_conn_id=conn_id).send(text=text)
+        log.info("alert sent to Slack through %r", conn_id)
+    except Exception:
+        log.exception("could not send the alert to Slack through connection %r", conn_id)

@@ -73,6 +73,7 @@ def env(tmp_path_factory):
     cfg_data["simulate"]["requests_per_week"] = 300
     cfg_data["evaluation"]["golden_set_size"] = 80
     cfg_data["tiny_model"].update({"pretrain_examples": 600, "pretrain_epochs": 2})
+    cfg_data["alerts"].update({"email_to": ["ml-oncall@example.com"], "airflow_base_url": "http://airflow.test:8080"})
     config_path = root / "flywheel.yaml"
     config_path.write_text(yaml.safe_dump(cfg_data))
 
@@ -303,8 +304,36 @@ def _task_states(env: dict, logical_date: datetime) -> dict[str, str]:
     return json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("STATES="))[7:])
 
 
+class _SmtpSink:
+    """A local SMTP server (aiosmtpd) on loopback that keeps what it receives."""
+
+    def __init__(self) -> None:
+        import socket
+
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[bytes] = []
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's hook name)
+        self.messages.append(envelope.content)
+        return "250 OK"
+
+    def connection_env(self) -> dict[str, str]:
+        conn = {"conn_type": "smtp", "host": "127.0.0.1", "port": self.port,
+                "extra": {"disable_tls": True, "disable_ssl": True, "from_email": "flywheel@localhost", "timeout": 10}}
+        return {"AIRFLOW_CONN_FLYWHEEL_SMTP": json.dumps(conn)}
+
+
 def test_a_failed_gate_fails_the_run_and_nothing_downstream_runs(env, first_run):
-    """A broken source (a fifth of a week's rows with an unknown action) fails the raw gate."""
+    """A broken source (a fifth of a week's rows with an unknown action) fails the raw gate,
+    and the alert reaches operators by e-mail (a local SMTP sink started here)."""
+    import email
+    from email import policy
+
     from flywheel import registry
     from flywheel.schema import PRODUCTION_LOGS
 
@@ -319,10 +348,15 @@ def test_a_failed_gate_fails_the_run_and_nothing_downstream_runs(env, first_run)
     broken = [{**r, "user_action": "thumbs_up"} for r in rows[: len(rows) // 5]]
     wh.merge("production_logs", pa.Table.from_pylist(broken, schema=PRODUCTION_LOGS))
 
-    proc = subprocess.run(
-        [env["airflow"], "dags", "test", DAG_ID, BROKEN_DATE.isoformat()],
-        env=env["env"], capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    sink = _SmtpSink()
+    sink.controller.start()
+    try:
+        proc = subprocess.run(
+            [env["airflow"], "dags", "test", DAG_ID, BROKEN_DATE.isoformat()],
+            env={**env["env"], **sink.connection_env()}, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    finally:
+        sink.controller.stop()
     output = proc.stdout + proc.stderr
     states = _task_states(env, BROKEN_DATE)
     assert states["run"] == "failed", states
@@ -340,6 +374,16 @@ def test_a_failed_gate_fails_the_run_and_nothing_downstream_runs(env, first_run)
     assert alerts, "the failure notifier must record an alert"
     assert alerts[0]["kind"] == "gate_failed" and "expect_column_values_to_be_in_set(user_action)" in alerts[0]["message"]
     assert alerts[0]["link"] and alerts[0]["link"].startswith("file://")
+    # The e-mail: one message, to the configured address, naming the DAG, the gate and what
+    # failed, with links to the Data Docs page and the run.
+    assert len(sink.messages) == 1, output[-3000:]
+    mail = email.message_from_bytes(sink.messages[0], policy=policy.default)
+    assert mail["To"] == "ml-oncall@example.com" and mail["From"] == "flywheel@localhost"
+    assert mail["Subject"] == "[flywheel] flywheel_weekly.gate_raw_window: gate failed"
+    body = mail.get_body(preferencelist=("html", "plain")).get_content()
+    assert "expect_column_values_to_be_in_set(user_action)" in body
+    assert alerts[0]["link"] in body
+    assert "http://airflow.test:8080/dags/flywheel_weekly/runs/" in body
     # Nothing was trained, evaluated or promoted for the broken week; the champion stands.
     assert wh.count("models", {"cycle_id": BROKEN_CYCLE}) == 0
     assert wh.count("promotions", {"cycle_id": BROKEN_CYCLE}) == 0
