@@ -126,17 +126,42 @@ def _run_fingerprint(base_model: str, dataset_path: Path, config: TrainingConfig
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _prepare_work_dir(work: Path, fingerprint: str) -> str | None:
-    """The work folder for this run; returns the checkpoint to resume from, if any."""
-    from transformers.trainer_utils import get_last_checkpoint
+def _complete(checkpoint: Path) -> bool:
+    """The Trainer writes ``trainer_state.json`` last: without a readable one, the save was cut."""
+    try:
+        json.loads((checkpoint / "trainer_state.json").read_text())
+        return True
+    except (OSError, ValueError):
+        return False
 
+
+def _prepare_work_dir(work: Path, fingerprint: str) -> str | None:
+    """The work folder for this run; returns the last complete checkpoint to resume from.
+
+    A checkpoint whose save was cut short (the process killed mid-save) is removed, so the
+    retry resumes from the one before it instead of failing on a half-written one."""
     stamp = work / "run.json"
-    if stamp.is_file() and json.loads(stamp.read_text()).get("fingerprint") != fingerprint:
-        log.warning("%s holds checkpoints of a different run (data, config or parent changed): starting over", work)
+    try:
+        same_run = json.loads(stamp.read_text()).get("fingerprint") == fingerprint
+    except (OSError, ValueError):
+        same_run = False
+    if not same_run and work.exists():
+        log.warning("%s holds checkpoints of another run (data, config or parent changed): starting over", work)
         shutil.rmtree(work, ignore_errors=True)
-    (work / "checkpoints").mkdir(parents=True, exist_ok=True)
+    checkpoints = work / "checkpoints"
+    checkpoints.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps({"fingerprint": fingerprint}))
-    return get_last_checkpoint(str(work / "checkpoints"))
+    complete = []
+    for path in checkpoints.glob("checkpoint-*"):
+        if path.is_dir() and path.name.rsplit("-", 1)[-1].isdigit():
+            if _complete(path):
+                complete.append(path)
+            else:
+                log.warning("removing %s: its save was cut short", path)
+                shutil.rmtree(path, ignore_errors=True)
+    if not complete:
+        return None
+    return str(max(complete, key=lambda p: int(p.name.rsplit("-", 1)[-1])))
 
 
 def probe_prompts(dataset: Any, n: int = 8) -> list[str]:
