@@ -125,6 +125,17 @@ class GatesConfig(_Section):
     max_target_tokens: int = Field(512, gt=0)
 
 
+class VelocityConfig(_Section):
+    """Flywheel velocity: when a stalled flywheel is called stagnant, and what counts as a cause."""
+
+    stagnation_min_delta: float = Field(0.02, ge=0.0)  # a healthy cycle gains 2-5%
+    stagnation_cycles: int = Field(3, ge=1)
+    min_examples_per_day: float = Field(20.0, ge=0.0)
+    min_pass_rate: float = Field(0.1, ge=0.0, le=1.0)
+    saturation_accuracy: float = Field(0.95, gt=0.0, le=1.0)
+    max_mix_shift: float = Field(0.2, gt=0.0, le=1.0)
+
+
 class AlertsConfig(_Section):
     """Where failure alerts go besides the warehouse's `alerts` table and the task log. A channel
     is used when its Airflow connection exists; credentials live only in the connection."""
@@ -197,6 +208,7 @@ class FlywheelConfig(_Section):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    velocity: VelocityConfig = Field(default_factory=VelocityConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)

@@ -578,10 +578,68 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     for r in wh.named_query("rule_pass_rates", {"cycle_id": cycle.cycle_id}).to_pylist():
         metrics[f"pass_rate.{r['rule']}"] = float(r["pass_rate"])
         metrics[f"evaluated.{r['rule']}"] = float(r["evaluated"])
+    task_types = pq.read_table(cycle.file("extract.parquet"), columns=["task_type"]).column("task_type").to_pylist()
+    for task_type, n in Counter(t for t in task_types if t).items():
+        metrics[f"mix.{task_type}"] = n / len(task_types)
+    if promoted:
+        metrics["time_to_improvement_days"] = _days_since_last_gain(cycle, wh)
     now = _now()
     wh.replace_partition(
         "metrics",
         {"cycle_id": cycle.cycle_id},
         rows_to_table("metrics", [{"cycle_id": cycle.cycle_id, "name": k, "value": v, "recorded_at": now} for k, v in metrics.items()]),
     )
-    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()} | {"metrics": metrics}
+    diagnosis = _diagnose(cycle, wh, evals.get("champion"))
+    wh.merge("metrics", rows_to_table("metrics", [
+        {"cycle_id": cycle.cycle_id, "name": "stagnant", "value": float(diagnosis.stagnant), "recorded_at": now},
+        {"cycle_id": cycle.cycle_id, "name": "cycles_without_gain", "value": float(diagnosis.cycles_without_gain), "recorded_at": now},
+    ]))  # fmt: skip
+    if diagnosis.stagnant:
+        log.warning("%s: flywheel %s", cycle.cycle_id, diagnosis.describe())
+    return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()} | {
+        "metrics": metrics,
+        "stagnation": {"stagnant": diagnosis.stagnant, "cycles_without_gain": diagnosis.cycles_without_gain,
+                       "causes": diagnosis.causes, "summary": diagnosis.describe()},
+    }  # fmt: skip
+
+
+def _days_since_last_gain(cycle: CycleSpec, wh: Warehouse) -> float:
+    """Days from the previous promotion (or this DAG's first cycle) to this one's."""
+    rows = wh.query(
+        "SELECT MAX(logical_date) AS t FROM promotions WHERE promoted AND logical_date < $before AND cycle_id <> $boot",
+        {"before": cycle.logical_date, "boot": registry.BOOTSTRAP_CYCLE},
+    ).to_pylist()
+    since = rows[0]["t"] if rows and rows[0]["t"] else None
+    if since is None:
+        first = wh.query("SELECT MIN(logical_date) AS t FROM cycles WHERE dag_id = $d", {"d": cycle.dag_id}).to_pylist()
+        since = first[0]["t"] or cycle.logical_date
+    return (cycle.logical_date - since).total_seconds() / 86400
+
+
+def _diagnose(cycle: CycleSpec, wh: Warehouse, champion_eval: dict[str, Any] | None):  # -> StagnationDiagnosis
+    from flywheel.metrics import diagnose_stagnation
+
+    cycles = wh.query(
+        "SELECT cycle_id FROM cycles WHERE dag_id = $d AND logical_date <= $t ORDER BY logical_date",
+        {"d": cycle.dag_id, "t": cycle.logical_date},
+    ).column("cycle_id").to_pylist()
+    values: dict[str, dict[str, float]] = {}
+    for r in wh.query(
+        "SELECT m.cycle_id, m.name, m.value FROM metrics m JOIN cycles c ON c.cycle_id = m.cycle_id "
+        "WHERE c.dag_id = $d AND c.logical_date <= $t",
+        {"d": cycle.dag_id, "t": cycle.logical_date},
+    ).to_pylist():
+        values.setdefault(r["cycle_id"], {})[r["name"]] = r["value"]
+    history = []
+    for c in cycles:
+        v = values.get(c, {})
+        history.append({
+            "quality_delta": v.get("quality_delta"),
+            "examples_per_day": v.get("examples_per_day"),
+            "filter_pass_rate": v.get("filter_pass_rate"),
+            "task_mix": {k.split(".", 1)[1]: x for k, x in v.items() if k.startswith("mix.")},
+        })  # fmt: skip
+    if history and champion_eval:
+        per_task = json.loads(champion_eval.get("per_task_json") or "{}")
+        history[-1]["champion_per_task"] = {t: s["accuracy"] for t, s in per_task.items()}
+    return diagnose_stagnation(history, cycle.config.velocity)

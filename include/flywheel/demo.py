@@ -132,6 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     final_acc = next((r["challenger_accuracy"] for r in rows if r["challenger"] == final), base_acc)
     print(f"\nGolden-set accuracy: base {base_acc:.3f} -> champion {final} {final_acc:.3f}"
           if base_acc is not None and final_acc is not None else "")
+    last_metrics = {r["name"]: r["value"] for r in wh.select("metrics", {"cycle_id": last["cycle_id"]}).to_pylist()}
+    stalled = wh.query(
+        "SELECT message FROM alerts WHERE kind = 'stagnation' ORDER BY raised_at DESC LIMIT 1"
+    ).to_pylist()
+    print(
+        f"Velocity (last cycle): {last_metrics.get('examples_per_day', 0):.1f} examples/day, pass rate "
+        f"{last_metrics.get('filter_pass_rate', 0):.1%}, {int(last_metrics.get('cycles_without_gain', 0))} cycles "
+        "without a gain of at least velocity.stagnation_min_delta"
+        + (f"\nStagnation alert: {stalled[0]['message']}" if stalled and last_metrics.get("stagnant") else "")
+    )
     print("\nPer-rule pass rates (share kept of the rows each rule judged, and how many it judged):\n")
     print(format_rule_table(rule_pass_rates(wh, DAG_ID)))
     gates = wh.query(

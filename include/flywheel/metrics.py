@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from statistics import median
 from typing import Any
 
+from flywheel.config import VelocityConfig
 from flywheel.warehouse import Warehouse
 
 
@@ -81,3 +84,57 @@ def format_rule_table(rates: dict[str, dict[str, tuple[float, int]]]) -> str:
         cells = [f"{by_rule[r][0]:>6.1%} {by_rule[r][1]:>4}" if r in by_rule else f"{'-':>11}" for r in rules]
         lines.append(f"{cycle_id:<30} " + " ".join(cells))
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class StagnationDiagnosis:
+    stagnant: bool
+    cycles_without_gain: int
+    causes: list[str]
+
+    def describe(self) -> str:
+        if not self.stagnant:
+            return f"not stagnant ({self.cycles_without_gain} cycles without a gain)"
+        return f"stagnant for {self.cycles_without_gain} cycles; likely causes: " + "; ".join(self.causes)
+
+
+def _mix_shift(latest: dict[str, float], earlier: list[dict[str, float]]) -> float:
+    """Total variation distance between the latest task mix and the mean of the earlier ones."""
+    if not earlier:
+        return 0.0
+    types = set(latest) | {t for m in earlier for t in m}
+    mean = {t: sum(m.get(t, 0.0) for m in earlier) / len(earlier) for t in types}
+    return 0.5 * sum(abs(latest.get(t, 0.0) - mean[t]) for t in types)
+
+
+def diagnose_stagnation(history: list[dict[str, Any]], config: VelocityConfig) -> StagnationDiagnosis:
+    """Is the flywheel stuck, and why? ``history`` is one dict per cycle, oldest first, with
+    ``quality_delta`` (None when no challenger was trained), ``examples_per_day``,
+    ``filter_pass_rate``, ``task_mix`` ({task_type: share}) and ``champion_per_task``
+    ({task_type: golden accuracy})."""
+    without_gain = 0
+    for h in reversed(history):
+        delta = h.get("quality_delta")
+        if delta is not None and delta >= config.stagnation_min_delta:
+            break
+        without_gain += 1
+    if without_gain < config.stagnation_cycles:
+        return StagnationDiagnosis(False, without_gain, [])
+    recent = history[-config.stagnation_cycles :]
+    causes: list[str] = []
+    volume = median(h.get("examples_per_day") or 0.0 for h in recent)
+    if volume < config.min_examples_per_day:
+        causes.append(f"too little volume: {volume:.1f} examples/day < {config.min_examples_per_day:g}")
+    pass_rate = median(h.get("filter_pass_rate") or 0.0 for h in recent)
+    if pass_rate < config.min_pass_rate:
+        causes.append(f"low filter pass rate: {pass_rate:.1%} < {config.min_pass_rate:.0%}")
+    per_task = history[-1].get("champion_per_task") or {}
+    saturated = sorted(t for t, acc in per_task.items() if acc >= config.saturation_accuracy)
+    if saturated:
+        causes.append(f"saturated task types (champion >= {config.saturation_accuracy:.0%}): {', '.join(saturated)}")
+    shift = _mix_shift(history[-1].get("task_mix") or {}, [h.get("task_mix") or {} for h in history[:-1]])
+    if shift > config.max_mix_shift:
+        causes.append(f"drift in the traffic mix: total variation {shift:.2f} > {config.max_mix_shift:g} vs earlier cycles")
+    if not causes:
+        causes.append("no cause visible in the metrics: volume, pass rate and mix look healthy; check the model and recipe")
+    return StagnationDiagnosis(True, without_gain, causes)

@@ -48,8 +48,6 @@ class FlywheelAlertNotifier(BaseNotifier):
         self.config_path = config_path
 
     def notify(self, context: Any) -> None:
-        from flywheel.schema import rows_to_table
-        from flywheel_airflow.hooks import FlywheelWarehouseHook
         from flywheel_airflow.operators import config_for_run
 
         alert = alert_message(context)
@@ -63,16 +61,24 @@ class FlywheelAlertNotifier(BaseNotifier):
         except Exception:
             log.exception("no flywheel config: the alert is only in this log")
             return
-        try:
-            warehouse = FlywheelWarehouseHook(config).get_warehouse()
-            warehouse.ensure_schema()
-            warehouse.merge("alerts", rows_to_table("alerts", [{**alert, "alert_id": alert_id, "raised_at": raised}]))
-        except Exception:  # an alert that cannot be stored must still be seen in the log
-            log.exception("could not store the alert for %s.%s in the warehouse", ti.dag_id, ti.task_id)
-        subject, body = render_alert(alert, base_url=config.alerts.airflow_base_url)
-        if config.alerts.email_to:
-            send_email(config.alerts.smtp_conn_id, config.alerts.email_to, subject, body)
-        send_slack(config.alerts.slack_conn_id, f"*{subject}*\n{body}")
+        deliver_alert(config, alert, alert_id=alert_id, raised_at=raised)
+
+
+def deliver_alert(config: Any, alert: dict[str, Any], *, alert_id: str, raised_at: datetime) -> None:
+    """Store the alert in the warehouse, then e-mail it and post it to Slack where configured."""
+    from flywheel.schema import rows_to_table
+    from flywheel_airflow.hooks import FlywheelWarehouseHook
+
+    try:
+        warehouse = FlywheelWarehouseHook(config).get_warehouse()
+        warehouse.ensure_schema()
+        warehouse.merge("alerts", rows_to_table("alerts", [{**alert, "alert_id": alert_id, "raised_at": raised_at}]))
+    except Exception:  # an alert that cannot be stored must still be seen in the log
+        log.exception("could not store the alert for %s.%s in the warehouse", alert["dag_id"], alert["task_id"])
+    subject, body = render_alert(alert, base_url=config.alerts.airflow_base_url)
+    if config.alerts.email_to:
+        send_email(config.alerts.smtp_conn_id, config.alerts.email_to, subject, body)
+    send_slack(config.alerts.slack_conn_id, f"*{subject}*\n{body}")
 
 
 def run_url(base_url: str, dag_id: str, run_id: str) -> str:
@@ -83,7 +89,7 @@ def run_url(base_url: str, dag_id: str, run_id: str) -> str:
 
 def render_alert(alert: dict[str, Any], *, base_url: str) -> tuple[str, str]:
     """Subject and plain-text body of an alert."""
-    what = "gate failed" if alert["kind"] == "gate_failed" else "task failed"
+    what = {"gate_failed": "gate failed", "stagnation": "flywheel stagnant"}.get(alert["kind"], "task failed")
     subject = f"[flywheel] {alert['dag_id']}.{alert['task_id']}: {what}"
     lines = [
         f"DAG:   {alert['dag_id']}",

@@ -172,6 +172,30 @@ class PromoteIfBetterOperator(FlywheelStageOperator):
 
 
 class RecordCycleOperator(FlywheelStageOperator):
-    """The cycle's summary row and velocity metrics; runs even when training was skipped."""
+    """The cycle's summary row and velocity metrics; runs even when training was skipped.
+
+    When the flywheel is stagnant (no real gain for several cycles) it alerts operators with
+    the likely causes, through the same channels as a failed gate; the task itself succeeds."""
 
     stage_name = "record"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        result = super().execute(context)
+        stagnation = result.get("stagnation") or {}
+        if stagnation.get("stagnant"):
+            import hashlib
+            from datetime import UTC, datetime
+
+            from flywheel_airflow.notifiers import deliver_alert
+
+            ti = context["ti"]
+            alert = {
+                "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
+                "logical_date": context.get("logical_date"), "kind": "stagnation",
+                "message": f"[{ti.dag_id}] flywheel {stagnation['summary']}", "link": None,
+            }  # fmt: skip
+            alert_id = hashlib.sha256(f"stagnation|{ti.dag_id}|{ti.run_id}".encode()).hexdigest()[:24]
+            log.warning("FLYWHEEL ALERT %s", alert["message"])
+            deliver_alert(config_for_run(dict(context.get("params") or {}), self.config_path), alert,
+                          alert_id=alert_id, raised_at=datetime.now(UTC))  # fmt: skip
+        return result

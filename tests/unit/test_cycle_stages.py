@@ -503,3 +503,23 @@ def test_dataset_without_a_validation_split(tmp_path, make_log_row):
     ds = load_chat_dataset(tmp_path / "ds")
     assert (info.n_train, info.n_val, len(ds["validation"])) == (3, 0, 0)
     assert ds["validation"].column_names == ds["train"].column_names
+
+
+def test_record_diagnoses_a_stagnant_flywheel(world):
+    """Three cycles in a row with no challenger: stagnant, with the volume named as a cause."""
+    registry.ensure_bootstrap_champion(world.wh, BASE)
+    results = []
+    for week in range(3):
+        end = END + timedelta(days=7 * week)
+        cycle = fc.make_cycle(DAG, data_interval_end=end, logical_date=end, config=world.cycle.config)
+        fc.stage_extract(cycle, world.wh)
+        fc.stage_validate(cycle, world.wh)
+        fc.stage_filter(cycle, world.wh)
+        results.append(fc.stage_record(cycle, world.wh))
+    assert [r["stagnation"]["stagnant"] for r in results] == [False, False, True]
+    assert results[-1]["stagnation"]["cycles_without_gain"] == 3
+    assert any("too little volume" in c for c in results[-1]["stagnation"]["causes"])
+    last = {r["name"]: r["value"] for r in world.wh.select("metrics", {"cycle_id": results[-1]["cycle_id"]}).to_pylist()}
+    assert last["stagnant"] == 1.0 and last["cycles_without_gain"] == 3.0
+    first = {r["name"]: r["value"] for r in world.wh.select("metrics", {"cycle_id": results[0]["cycle_id"]}).to_pylist()}
+    assert abs(sum(v for k, v in first.items() if k.startswith("mix.")) - 1.0) < 1e-9  # the window's task mix
