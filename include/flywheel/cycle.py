@@ -154,7 +154,7 @@ def stage_gate_raw_window(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         {"dag_id": cycle.dag_id, "before": cycle.logical_date, "n": cycle.config.gates.volume_history_cycles},
     ).column("rows_in_window").to_pylist()
     volume_median = float(median(recent)) if recent else None
-    expectations = gates.raw_window_expectations(cycle.config, n_rows=table.num_rows, volume_median=volume_median)
+    expectations = gates.raw_window_expectations(cycle.config, volume_median=volume_median)
     return _gate(cycle, wh, "raw_window", gates.raw_window_profile(table), expectations)
 
 
@@ -162,7 +162,7 @@ def stage_gate_training_set(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Great Expectations on the built training set: no PII, no golden overlap, balance, length."""
     from flywheel import gates
     from flywheel.dataset import load_chat_dataset
-    from flywheel.dedup import DedupIndex, MinHasher
+    from flywheel.filters import golden_index
     from flywheel.pii import default_scanner
 
     if not cycle.config.gates.enabled:
@@ -170,12 +170,9 @@ def stage_gate_training_set(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     f = cycle.config.filters
     data = load_chat_dataset(cycle.dataset_dir)
     rows = [*data["train"], *data["validation"]]
-    hasher = MinHasher(num_perm=f.minhash_permutations, shingle_words=f.shingle_words)
-    golden = DedupIndex(hasher, f.decontamination_threshold)
-    inputs = golden_inputs(cycle.config)
-    golden.add(hasher.fingerprint(inputs), [f"golden item {i}" for i in range(len(inputs))])
+    golden = golden_index(f, golden_inputs(cycle.config))
     frame = gates.training_set_profile(
-        rows, pii_scanner=default_scanner(f.pii_entities, f.pii_min_score), golden_index=golden, hasher=hasher
+        rows, pii_scanner=default_scanner(f.pii_entities, f.pii_min_score), golden_index=golden, hasher=golden.hasher
     )
     return _gate(cycle, wh, "training_set", frame, gates.training_set_expectations(cycle.config))
 
@@ -273,7 +270,7 @@ def training_history(cycle: CycleSpec, wh: Warehouse):  # -> DedupIndex
     from flywheel.dedup import DedupIndex, Fingerprints, MinHasher
 
     cfg = cycle.config.filters
-    hasher = MinHasher(num_perm=cfg.minhash_permutations, shingle_words=cfg.shingle_words)
+    hasher = MinHasher.from_config(cfg)
     index = DedupIndex(hasher, cfg.near_dup_threshold)
     if not cfg.dedup_against_history:
         return index
@@ -393,7 +390,7 @@ def _record_training_fingerprints(cycle: CycleSpec, wh: Warehouse, kept: list[Tr
     from flywheel.filters import interaction_text
 
     cfg = cycle.config.filters
-    hasher = MinHasher(num_perm=cfg.minhash_permutations, shingle_words=cfg.shingle_words)
+    hasher = MinHasher.from_config(cfg)
     fp = hasher.fingerprint([interaction_text(c) for c in kept])
     rows = [
         {

@@ -21,6 +21,7 @@ from functools import cache
 
 import numpy as np
 
+from flywheel.config import FiltersConfig
 from flywheel.text import word_tokens
 
 _MASK64 = (1 << 64) - 1
@@ -85,6 +86,10 @@ class MinHasher:
         self.num_perm = num_perm
         self.shingle_words = shingle_words
         self.seed = seed
+
+    @classmethod
+    def from_config(cls, config: FiltersConfig) -> MinHasher:
+        return cls(num_perm=config.minhash_permutations, shingle_words=config.shingle_words)
 
     @property
     def spec(self) -> str:

@@ -181,6 +181,17 @@ def _redact_candidate(c: TrainingCandidate, scanner: Any) -> tuple[TrainingCandi
     return (replace(c, **changes) if changes else c), tuple(entities)
 
 
+def golden_index(config: FiltersConfig, golden_inputs: Sequence[str]) -> DedupIndex:
+    """The golden set's inputs, indexed for decontamination at its own threshold."""
+    from flywheel.dedup import DedupIndex, MinHasher
+
+    hasher = MinHasher.from_config(config)
+    index = DedupIndex(hasher, config.decontamination_threshold)
+    if golden_inputs:
+        index.add(hasher.fingerprint(list(golden_inputs)), [f"golden item {i}" for i in range(len(golden_inputs))])
+    return index
+
+
 class FilterChain:
     """Every rule of the method over batches of candidates, with a decision per row and rule.
 
@@ -205,13 +216,11 @@ class FilterChain:
 
         self.config = config
         self.cheap_rules: list[Rule] = basic_rules(config)
-        self.hasher = MinHasher(num_perm=config.minhash_permutations, shingle_words=config.shingle_words)
+        self.hasher = MinHasher.from_config(config)
         self.toxicity = toxicity or make_toxicity_scorer(config.toxicity_scorer)
         self.grounding = grounding or make_grounding_scorer(config.grounding_scorer)
         self.pii = pii or default_scanner(config.pii_entities, config.pii_min_score)
-        self.golden = DedupIndex(self.hasher, config.decontamination_threshold)
-        if golden_inputs:
-            self.golden.add(self.hasher.fingerprint(list(golden_inputs)), [f"golden item {i}" for i in range(len(golden_inputs))])
+        self.golden = golden_index(config, golden_inputs)
         if history is not None and history.hasher.spec != self.hasher.spec:
             raise ValueError(f"history fingerprints use {history.hasher.spec}, the chain {self.hasher.spec}")
         self.dedup = history if history is not None else DedupIndex(self.hasher, config.near_dup_threshold)

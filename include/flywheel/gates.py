@@ -88,7 +88,7 @@ def raw_window_profile(table: pa.Table) -> pd.DataFrame:
     return pd.DataFrame(frame)
 
 
-def raw_window_expectations(config: FlywheelConfig, *, n_rows: int, volume_median: float | None) -> list[Any]:
+def raw_window_expectations(config: FlywheelConfig, *, volume_median: float | None) -> list[Any]:
     import great_expectations.expectations as gxe
 
     g = config.gates

@@ -156,7 +156,7 @@ def test_merged_export_answers_like_the_adapter(setup, tmp_path):
     assert greedy_token_ids(model, AutoTokenizer.from_pretrained(merged), probes["prompts"]) == probes["greedy_token_ids"]
 
 
-def test_stratified_split_measures_every_task_type(make_log_row):
+def test_stratified_split_measures_every_task_type():
     from flywheel.dataset import stratified_split
 
     rows = [{"request_id": f"{t}-{i}", "task_type": t} for t, n in (("common", 100), ("rare", 5), ("single", 1)) for i in range(n)]
