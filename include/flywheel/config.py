@@ -37,6 +37,9 @@ class ArtefactsConfig(_Section):
 class ExtractConfig(_Section):
     lag_days: int = Field(14, ge=0)
     window_days: int = Field(7, gt=0)
+    # Add every gold example accepted before the cycle (manual labels, approved reviews) to its
+    # window: the monthly consolidation retrains on the accumulated gold set.
+    include_gold: bool = False
 
 
 PII_ENTITIES = (
@@ -136,6 +139,46 @@ class VelocityConfig(_Section):
     max_mix_shift: float = Field(0.2, gt=0.0, le=1.0)
 
 
+PHASES = ("cold_start", "growth", "maturity")
+
+
+class PhasesConfig(_Section):
+    """The method's phases, measured from the champion's golden-set accuracy and the volume of
+    examples collected so far (cold start reaches 60-70%, growth climbs, maturity holds 90%+).
+
+    ``policy`` is each phase's capture policy: config overrides (dotted keys) that the cycles
+    run under while the flywheel is in that phase. Cold start captures more of what little
+    traffic there is, and puts corrections and rare task types first."""
+
+    growth_min_accuracy: float = Field(0.6, ge=0.0, le=1.0)
+    maturity_min_accuracy: float = Field(0.9, ge=0.0, le=1.0)
+    growth_min_examples: int = Field(500, ge=0)
+    maturity_min_examples: int = Field(5000, ge=0)
+    policy: dict[str, dict[str, Any]] = Field(default_factory=lambda: {p: dict[str, Any]() for p in PHASES})
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PhasesConfig:
+        if self.maturity_min_accuracy < self.growth_min_accuracy:
+            raise ValueError("maturity_min_accuracy must be >= growth_min_accuracy")
+        if self.maturity_min_examples < self.growth_min_examples:
+            raise ValueError("maturity_min_examples must be >= growth_min_examples")
+        unknown = sorted(set(self.policy) - set(PHASES))
+        if unknown:
+            raise ValueError(f"policy names unknown phases {unknown}; phases: {PHASES}")
+        return self
+
+
+class BootstrapConfig(_Section):
+    """Cold start (`flywheel_bootstrap`): model v1 from synthetic examples, imported manual
+    labels and beta-user traffic."""
+
+    # CSV or JSONL file, or a folder of them; columns: prompt, response, task_type, and
+    # optionally context, labeler, quality_score. Empty: no manual labels.
+    labels_path: str = ""
+    synthetic_per_task_type: int = Field(40, ge=0)
+    synthetic_seed: int = 99
+
+
 class AlertsConfig(_Section):
     """Where failure alerts go besides the warehouse's `alerts` table and the task log. A channel
     is used when its Airflow connection exists; credentials live only in the connection."""
@@ -209,6 +252,8 @@ class FlywheelConfig(_Section):
     gates: GatesConfig = Field(default_factory=GatesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     velocity: VelocityConfig = Field(default_factory=VelocityConfig)
+    phases: PhasesConfig = Field(default_factory=PhasesConfig)
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
@@ -216,6 +261,16 @@ class FlywheelConfig(_Section):
 
     # Where relative paths resolve; not part of the YAML.
     home: Path = Field(default_factory=lambda: flywheel_home(), exclude=True)
+
+    @model_validator(mode="after")
+    def _policy_keys_exist(self) -> FlywheelConfig:
+        for phase, overrides in self.phases.policy.items():
+            for dotted in overrides:
+                section, _, key = dotted.partition(".")
+                model = getattr(self, section, None)
+                if not isinstance(model, _Section) or key not in type(model).model_fields:
+                    raise ValueError(f"phases.policy.{phase} overrides unknown config key {dotted!r}")
+        return self
 
     def resolve(self, path: str) -> Path:
         p = Path(path)

@@ -12,7 +12,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flywheel import registry
-from flywheel.config import FlywheelConfig
+from flywheel.bootstrap import MANUAL_MODEL_VERSION
+from flywheel.config import PHASES, FlywheelConfig
 from flywheel.dataset import build_chat_dataset
 from flywheel.errors import FlywheelError, WindowError
 from flywheel.extract import Window, as_utc, extract_window_snapshot, lagged_window
@@ -53,6 +54,10 @@ class CycleSpec:
     logical_date: datetime
     window: Window
     config: FlywheelConfig
+    # Run everything, but leave the champion where it is (the decision is recorded as such).
+    dry_run: bool = False
+    # The phase whose capture policy the config already carries (see `flywheel.phases`).
+    phase: str | None = None
 
     @property
     def cycle_id(self) -> str:
@@ -88,24 +93,40 @@ def make_cycle(
     data_interval_end: datetime | None,
     logical_date: datetime | None,
     config: FlywheelConfig,
+    window_start: datetime | None = None,
+    dry_run: bool = False,
 ) -> CycleSpec:
-    """The cycle a run stands for. Its window comes from ``data_interval_end`` (see `extract`)."""
+    """The cycle a run stands for. Its window comes from ``data_interval_end`` (see `extract`),
+    unless an operator overrides it with ``window_start`` (then ``[start, start + window_days)``,
+    with no lag)."""
     end = data_interval_end or logical_date
     if end is None:
         raise WindowError(
             f"{dag_id}: the run has neither a data interval nor a logical date; trigger it with a "
             "logical date (the week whose cycle should run)"
         )
-    window = lagged_window(end, lag_days=config.extract.lag_days, window_days=config.extract.window_days)
-    return CycleSpec(dag_id, as_utc(logical_date or end), window, config)
+    if window_start is not None:
+        start = as_utc(window_start)
+        window = Window(start=start, end=start + timedelta(days=config.extract.window_days))
+        if window.end > as_utc(end):
+            raise WindowError(
+                f"{dag_id}: the window override [{window.start}, {window.end}) ends after the run's date {as_utc(end)}: "
+                "its logs may not have settled yet"
+            )
+    else:
+        window = lagged_window(end, lag_days=config.extract.lag_days, window_days=config.extract.window_days)
+    return CycleSpec(dag_id, as_utc(logical_date or end), window, config, dry_run=dry_run)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def stage_extract(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+def stage_extract(cycle: CycleSpec, wh: Warehouse, extra_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Snapshot the window (plus the accumulated gold set when `extract.include_gold`)."""
     wh.ensure_schema()
+    extra = list(extra_rows or [])
+    gold = gold_rows_before(wh, cycle.logical_date) if cycle.config.extract.include_gold else []
     rows = extract_window_snapshot(
         wh,
         cycle.window,
@@ -113,15 +134,58 @@ def stage_extract(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         batch_rows=cycle.config.warehouse.read_batch_rows,
         max_skew=cycle.limits.max_clock_skew,
         pushdown=Pushdown(tuple(cycle.config.filters.allowed_actions), cycle.config.filters.min_quality_score),
+        extra_rows=extra + gold,
     )
-    log.info("%s: %d rows in window [%s, %s)", cycle.cycle_id, rows, cycle.window.start, cycle.window.end)
+    log.info("%s: %d rows in window [%s, %s) (%d gold, %d from other sources), phase policy %s",
+             cycle.cycle_id, rows, cycle.window.start, cycle.window.end, len(gold), len(extra), cycle.phase)  # fmt: skip
     return {
         "cycle_id": cycle.cycle_id,
         "rows_in_window": rows,
+        "gold_rows": len(gold),
+        "extra_rows": len(extra),
+        "phase_policy": cycle.phase,
         "window_start": cycle.window.start.isoformat(),
         "window_end": cycle.window.end.isoformat(),
         "snapshot": str(cycle.file("extract.parquet")),
     }
+
+
+def stage_extract_bootstrap(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """Cold start: the beta users' traffic in the window, plus manual labels and synthetic
+    examples (`flywheel.bootstrap`). Lines of a labels file that cannot be read as a row are
+    kept for `stage_validate` to quarantine with their reason."""
+    from flywheel import bootstrap
+
+    cfg = cycle.config.bootstrap
+    extra = bootstrap.synthetic_rows(cfg.synthetic_per_task_type, seed=cfg.synthetic_seed, created_at=cycle.window.start)
+    problems: list[bootstrap.LabelProblem] = []
+    if cfg.labels_path:
+        labels, problems = bootstrap.read_manual_labels(cycle.config.resolve(cfg.labels_path), labelled_at=cycle.window.start)
+        extra += labels
+    cycle.work_dir.mkdir(parents=True, exist_ok=True)
+    cycle.file("unreadable.json").write_text(json.dumps([p.__dict__ for p in problems]))
+    out = stage_extract(cycle, wh, extra)
+    n_manual = sum(r["model_version"] == bootstrap.MANUAL_MODEL_VERSION for r in extra)
+    return out | {"manual_labels": n_manual, "synthetic": len(extra) - n_manual, "unreadable_label_lines": len(problems)}
+
+
+def gold_rows_before(wh: Warehouse, logical_date: datetime) -> list[dict[str, Any]]:
+    """Every gold example accepted by a cycle before ``logical_date``, as log rows."""
+    rows = wh.query(
+        "SELECT * FROM gold_examples WHERE logical_date < $t ORDER BY request_id", {"t": logical_date}
+    ).to_pylist()
+    return [
+        {"request_id": g["request_id"], "timestamp": g["logical_date"], "user_id": g["labeler"] or g["source"],
+         "prompt": g["prompt"], "response": g["response"], "user_action": "accepted", "correction": None,
+         "task_type": g["task_type"], "quality_score": 1.0, "included_in_training": False,
+         "model_version": f"gold:{g['source']}", "context": g["context"], "ingested_at": g["logical_date"]}
+        for g in rows
+    ]  # fmt: skip
+
+
+def _unreadable(cycle: CycleSpec) -> list[dict[str, Any]]:
+    path = cycle.file("unreadable.json")
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _gate(cycle: CycleSpec, wh: Warehouse, gate: str, frame: Any, expectations: list[Any]) -> dict[str, Any]:
@@ -225,6 +289,12 @@ def stage_validate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
                     "quarantined_at": now,
                 }
             )
+    for k, problem in enumerate(_unreadable(cycle)):
+        quarantine.append(
+            {"cycle_id": cycle.cycle_id, "row_number": len(rows) + k, "request_id": None, "field": "line",
+             "rule": "unreadable", "reason": f"{problem['source']} line {problem['line']}: {problem['reason']}",
+             "raw_json": None, "quarantined_at": now}
+        )  # fmt: skip
     wh.replace_partition("quarantine", {"cycle_id": cycle.cycle_id}, rows_to_table("quarantine", quarantine))
     pq.write_table(pa.Table.from_pylist(valid, schema=WINDOW_SNAPSHOT), cycle.file("valid.parquet"))
     n_quarantined = len({q["row_number"] for q in quarantine})
@@ -363,11 +433,13 @@ def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
             f"{cycle.cycle_id}: {len(kept)} kept examples < training.min_examples={minimum}; no challenger this cycle"
         )
     training = cycle.config.training
+    gold = _gold_ids(cycle, wh, kept)
     info = build_chat_dataset(
-        kept, cycle.dataset_dir, val_fraction=training.val_fraction,
+        kept, cycle.dataset_dir, gold={rid: None for rid in gold}, val_fraction=training.val_fraction,
         gold_weight=training.gold_weight, curriculum=training.curriculum,
     )  # fmt: skip
     _record_training_fingerprints(cycle, wh, kept)
+    _record_gold_examples(cycle, wh, [c for c in kept if c.model_version == MANUAL_MODEL_VERSION])
     row = {
         "dataset_id": cycle.cycle_id,
         "cycle_id": cycle.cycle_id,
@@ -381,7 +453,26 @@ def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         "created_at": _now(),
     }
     wh.replace_partition("datasets", {"cycle_id": cycle.cycle_id}, rows_to_table("datasets", [row]))
-    return {k: (str(v) if isinstance(v, datetime | Path) else v) for k, v in row.items()}
+    return {k: (str(v) if isinstance(v, datetime | Path) else v) for k, v in row.items()} | {"n_gold": len(gold)}
+
+
+def _gold_ids(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> set[str]:
+    """Kept rows a person vouched for: manual labels, and gold examples already accepted."""
+    known = set(wh.query("SELECT request_id FROM gold_examples WHERE logical_date < $t", {"t": cycle.logical_date})
+                .column("request_id").to_pylist())  # fmt: skip
+    return {c.request_id for c in kept if c.model_version == MANUAL_MODEL_VERSION or c.request_id in known}
+
+
+def _record_gold_examples(cycle: CycleSpec, wh: Warehouse, manual: list[TrainingCandidate]) -> None:
+    """Manual labels that passed every filter (PII already redacted) join the gold set."""
+    now = _now()
+    rows = [
+        {"request_id": c.request_id, "source": "manual_labels", "cycle_id": cycle.cycle_id, "logical_date": cycle.logical_date,
+         "task_type": c.task_type, "prompt": c.prompt, "context": c.context, "response": c.target,
+         "labeler": c.user_id, "created_at": now}
+        for c in manual
+    ]  # fmt: skip
+    wh.replace_partition("gold_examples", {"cycle_id": cycle.cycle_id, "source": "manual_labels"}, rows_to_table("gold_examples", rows))
 
 
 def _record_training_fingerprints(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> None:
@@ -508,7 +599,21 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         out[f"{role}_version"] = mv.version
         out[f"{role}_accuracy"] = result.accuracy
     wh.replace_partition("evaluations", {"cycle_id": cycle.cycle_id}, rows_to_table("evaluations", rows))
+    record_golden_set(wh, golden, cycle.cycle_id)
     return out
+
+
+def record_golden_set(wh: Warehouse, golden: Any, cycle_id: str) -> bool:
+    """Register the golden set's version (its content hash) the first time a cycle uses it.
+    Returns True when this version is new."""
+    if wh.count("golden_sets", {"golden_hash": golden.content_hash}):
+        return False
+    types = Counter(t.task_type for t in golden.tasks)
+    wh.merge("golden_sets", rows_to_table("golden_sets", [{
+        "golden_hash": golden.content_hash, "path": str(golden.path), "n_items": len(golden.tasks),
+        "task_types_json": json.dumps(dict(sorted(types.items()))), "first_cycle_id": cycle_id, "created_at": _now(),
+    }]))  # fmt: skip
+    return True
 
 
 def stage_promote(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
@@ -520,6 +625,8 @@ def stage_promote(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         evals["challenger"]["accuracy"],
         min_improvement=cycle.config.evaluation.min_improvement,
     )
+    if cycle.dry_run:
+        decision = registry.PromotionDecision(False, f"dry run, champion kept; would have {'promoted' if decision.promoted else 'kept the champion'}: {decision.reason}")
     row = registry.record_decision(
         wh,
         cycle_id=cycle.cycle_id,
@@ -534,8 +641,12 @@ def stage_promote(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 
 
 def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
-    """Write the cycle's summary row and velocity metrics; check that the counts add up."""
-    rows_in_window = pq.read_metadata(cycle.file("extract.parquet")).num_rows
+    """Write the cycle's summary row, phase and velocity metrics; check that the counts add up.
+
+    Unreadable lines of a labels file count as rows in the window (each is quarantined)."""
+    from flywheel.phases import classify, examples_collected
+
+    rows_in_window = pq.read_metadata(cycle.file("extract.parquet")).num_rows + len(_unreadable(cycle))
     counts = wh.named_query("cycle_counts", {"cycle_id": cycle.cycle_id}).to_pylist()[0]
     quarantined, kept, rejected = (int(counts[k] or 0) for k in ("quarantined", "kept", "rejected"))
     if quarantined + kept + rejected != rows_in_window:
@@ -568,6 +679,11 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         "champion_after": promo[0]["champion_after"] if promo else champion_before,
         "finished_at": _now(),
     }
+    champion_after_acc = chall_acc if promoted else champ_acc
+    if champion_after_acc is None:  # no challenger this cycle: the champion's last measured accuracy
+        champion_after_acc = _last_accuracy(wh, row["champion_after"], cycle.logical_date)
+    collected = examples_collected(wh, cycle.logical_date)
+    row["phase"] = classify(champion_after_acc, collected, cycle.config.phases)
     wh.replace_partition("cycles", {"cycle_id": cycle.cycle_id}, rows_to_table("cycles", [row]))
     from flywheel.metrics import cycle_metrics
 
@@ -580,6 +696,8 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         metrics[f"mix.{task_type}"] = n / len(task_types)
     if promoted:
         metrics["time_to_improvement_days"] = _days_since_last_gain(cycle, wh)
+    metrics["examples_collected"] = float(collected)
+    metrics["phase_index"] = float(PHASES.index(row["phase"]))
     now = _now()
     wh.replace_partition(
         "metrics",
@@ -598,6 +716,26 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         "stagnation": {"stagnant": diagnosis.stagnant, "cycles_without_gain": diagnosis.cycles_without_gain,
                        "causes": diagnosis.causes, "summary": diagnosis.describe()},
     }  # fmt: skip
+
+
+def stage_report(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """The cycle's report (Markdown + PNG plots) in ``reports/<cycle_id>/``. Monthly cycles
+    (`extract.include_gold`) add the broader evaluation: every task type with intervals."""
+    from flywheel.report import write_cycle_report
+
+    out = cycle.config.artefacts_root / "reports" / cycle.cycle_id
+    path = write_cycle_report(wh, cycle.cycle_id, out, broad=cycle.config.extract.include_gold)
+    return {"report": str(path), "plots": sorted(p.name for p in out.glob("*.png"))}
+
+
+def _last_accuracy(wh: Warehouse, version: str, before: datetime) -> float | None:
+    """The latest golden-set accuracy measured for ``version`` up to ``before``."""
+    rows = wh.query(
+        "SELECT e.accuracy FROM evaluations e JOIN cycles c ON c.cycle_id = e.cycle_id "
+        "WHERE e.model_version = $v AND c.logical_date <= $t ORDER BY c.logical_date DESC LIMIT 1",
+        {"v": version, "t": before},
+    ).to_pylist()
+    return rows[0]["accuracy"] if rows else None
 
 
 def _days_since_last_gain(cycle: CycleSpec, wh: Warehouse) -> float:

@@ -217,6 +217,9 @@ CYCLES = pa.schema(
         ("promoted", pa.bool_()),
         ("champion_after", pa.string()),
         ("finished_at", TS),
+        # The method's phase measured at the end of the cycle (see `flywheel.phases`); the next
+        # cycle runs under that phase's capture policy.
+        ("phase", pa.string()),
     ]
 )
 
@@ -253,6 +256,37 @@ GATE_RESULTS = pa.schema(
         ("failed_json", pa.string()),
         ("docs_url", pa.string()),
         ("evaluated_at", TS),
+    ]
+)
+
+# Examples whose answer a person vouched for: imported manual labels (cold start) and approved
+# reviews. They train with `training.gold_weight`, and every later consolidation (monthly) cycle
+# retrains on all of them. Text is stored after the filters ran (PII redacted).
+GOLD_EXAMPLES = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("source", pa.string()),  # manual_labels | review
+        ("cycle_id", pa.string()),  # the cycle that accepted it
+        ("logical_date", TS),
+        ("task_type", pa.string()),
+        ("prompt", pa.string()),
+        ("context", pa.string()),
+        ("response", pa.string()),
+        ("labeler", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+# Every golden-set version a cycle evaluated on, by content hash: the set is immutable, a new
+# version is a new hash.
+GOLDEN_SETS = pa.schema(
+    [
+        ("golden_hash", pa.string()),
+        ("path", pa.string()),
+        ("n_items", pa.int64()),
+        ("task_types_json", pa.string()),
+        ("first_cycle_id", pa.string()),
+        ("created_at", TS),
     ]
 )
 
@@ -294,6 +328,8 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("training_fingerprints", TRAINING_FINGERPRINTS, ("cycle_id", "request_id")),
         TableSpec("gate_results", GATE_RESULTS, ("cycle_id", "gate")),
         TableSpec("alerts", ALERTS, ("alert_id",)),
+        TableSpec("gold_examples", GOLD_EXAMPLES, ("request_id",)),
+        TableSpec("golden_sets", GOLDEN_SETS, ("golden_hash",)),
     )
 }
 
