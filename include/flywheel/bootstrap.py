@@ -30,6 +30,7 @@ MANUAL_MODEL_VERSION = "manual-labels"
 SYNTHETIC_MODEL_VERSION = "synthetic"
 LABEL_COLUMNS = ("prompt", "response", "task_type")
 OPTIONAL_COLUMNS = ("context", "labeler", "quality_score")
+TEXT_COLUMNS = ("prompt", "response", "task_type", "context", "labeler")
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ def read_manual_labels(path: Path, *, labelled_at: datetime) -> tuple[list[dict[
     A row's request id is a hash of its file name and content, so importing the same file
     twice gives the same ids (the warehouse keeps one copy). Values are taken as given: a
     missing prompt or an out-of-range score is for validation to quarantine, with its reason,
-    not for the reader to drop silently.
+    not for the reader to drop silently. Only what cannot be a log row at all (not JSON, no
+    header, an object where text belongs, a score that is not a number) is a `LabelProblem`,
+    which the cycle quarantines too.
     """
     rows: list[dict[str, Any]] = []
     problems: list[LabelProblem] = []
@@ -91,12 +94,19 @@ def read_manual_labels(path: Path, *, labelled_at: datetime) -> tuple[list[dict[
             if rec is None:
                 problems.append(LabelProblem(file.name, n, problem))
                 continue
+            structured = sorted(k for k in TEXT_COLUMNS if isinstance(rec.get(k), dict | list))
+            if structured:
+                problems.append(LabelProblem(file.name, n, f"{', '.join(structured)}: a JSON object or list, not text"))
+                continue
+            # A number where text belongs ("response": 4) is that text; validation checks the rest.
+            rec = {k: (str(v) if k in TEXT_COLUMNS and isinstance(v, int | float | bool) else v) for k, v in rec.items()}
             digest = hashlib.sha256(json.dumps([file.name, rec], sort_keys=True, default=str).encode()).hexdigest()[:24]
             score = rec.get("quality_score", 1.0)
             try:
                 score = float(score) if score is not None else None
             except (TypeError, ValueError):
-                pass  # not a number: validation quarantines it with the value in the reason
+                problems.append(LabelProblem(file.name, n, f"quality_score {score!r} is not a number"))
+                continue
             rows.append(
                 {
                     "request_id": f"manual-{digest}",

@@ -103,7 +103,7 @@ def extract_window_snapshot(
 
             if writer is None:
                 writer = pq.ParquetWriter(tmp, WINDOW_SNAPSHOT)
-            extra = pa.Table.from_pylist([{**r, "pushdown_kept": True} for r in extra_rows], schema=writer.schema)
+            extra = pa.Table.from_pylist([_snapshot_row(r) for r in extra_rows], schema=writer.schema)
             writer.write_table(extra)
             rows += extra.num_rows
         if writer is None:
@@ -115,6 +115,19 @@ def extract_window_snapshot(
             writer.close()
     tmp.replace(path)
     return rows
+
+
+def _snapshot_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A log row from another source as a snapshot row: its text facts computed here, as the
+    window query computes them for the warehouse's rows (the raw gate profiles them)."""
+    from flywheel.schema import ELIDABLE_TEXT_FIELDS, text_facts
+
+    out = {**row, "pushdown_kept": True}
+    for name in ELIDABLE_TEXT_FIELDS:
+        facts = text_facts(row.get(name))
+        out |= {f"{name}_present": facts.present, f"{name}_chars": facts.chars, f"{name}_blank": facts.blank,
+                f"{name}_control_at": facts.control_at, f"{name}_control_char": facts.control_char}  # fmt: skip
+    return out
 
 
 def read_snapshot(path: Path) -> pa.Table:

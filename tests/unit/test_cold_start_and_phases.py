@@ -33,6 +33,8 @@ def _labels(tmp_path, oracle):
     path = bootstrap.write_labels_file(tmp_path / "labels" / "a.jsonl", rows)
     with path.open("a") as f:
         f.write('{"prompt": "broken\n')
+        f.write('{"prompt": "Add 2 and 2", "response": {"value": 4}, "task_type": "arithmetic"}\n')
+        f.write('{"prompt": "Add 2 and 3", "response": 5, "task_type": "arithmetic", "quality_score": "high"}\n')
     return path
 
 
@@ -42,8 +44,10 @@ def test_manual_labels_are_read_as_log_rows_and_bad_lines_are_reported(tmp_path,
     assert len(rows) == 6
     assert all(r["user_action"] == "accepted" and r["model_version"] == bootstrap.MANUAL_MODEL_VERSION for r in rows)
     assert rows[0]["user_id"] == "ann" and rows[-1]["prompt"] is None  # kept for validation to quarantine
-    (problem,) = problems
-    assert problem.source == "a.jsonl" and problem.line == 7 and "not valid JSON" in problem.reason
+    assert [(p.source, p.line) for p in problems] == [("a.jsonl", 7), ("a.jsonl", 8), ("a.jsonl", 9)]
+    assert "not valid JSON" in problems[0].reason
+    assert "response: a JSON object or list, not text" in problems[1].reason
+    assert "quality_score 'high' is not a number" in problems[2].reason
     # Stable ids: importing the same file again gives the same rows.
     again, _ = bootstrap.read_manual_labels(path, labelled_at=BOOT)
     assert [r["request_id"] for r in again] == [r["request_id"] for r in rows]
@@ -85,11 +89,13 @@ def test_bootstrap_cycle_joins_sources_quarantines_bad_labels_and_keeps_gold(tmp
     wh.merge("production_logs", beta)
     cycle = _bootstrap_cycle(tmp_path, _labels(tmp_path, oracle))
     out = fc.stage_extract_bootstrap(cycle, wh)
-    assert (out["manual_labels"], out["synthetic"], out["unreadable_label_lines"]) == (6, 4 * len(TASK_TYPES), 1)
+    assert (out["manual_labels"], out["synthetic"], out["unreadable_label_lines"]) == (6, 4 * len(TASK_TYPES), 3)
     assert out["rows_in_window"] == 40 + 6 + 4 * len(TASK_TYPES)
+    # Rows from other sources carry the text facts the raw gate profiles, as warehouse rows do.
+    assert fc.stage_gate_raw_window(cycle, wh)["success"] is True
     v = fc.stage_validate(cycle, wh)
-    # the label without a prompt, and the line that is not a row, each with their reason
-    assert v["quarantined"] == 2 and v["quarantine_reasons"] == {"prompt.required": 1, "line.unreadable": 1}
+    # the label without a prompt, and the lines that are not rows, each with their reason
+    assert v["quarantined"] == 4 and v["quarantine_reasons"] == {"prompt.required": 1, "line.unreadable": 3}
     reasons = [q["reason"] for q in wh.select("quarantine", {"cycle_id": cycle.cycle_id}).to_pylist()]
     assert any("a.jsonl line 7: not valid JSON" in r for r in reasons)
     fc.stage_filter(cycle, wh)
@@ -100,8 +106,8 @@ def test_bootstrap_cycle_joins_sources_quarantines_bad_labels_and_keeps_gold(tmp
     assert not any("dana.9@example.com" in g["prompt"] for g in gold), "gold text is stored after PII redaction"
     registry.ensure_bootstrap_champion(wh, BASE)
     rec = fc.stage_record(cycle, wh)
-    # The unreadable line counts as a row of the window, quarantined: counts still add up.
-    assert rec["rows_in_window"] == out["rows_in_window"] + 1
+    # The unreadable lines count as rows of the window, quarantined: counts still add up.
+    assert rec["rows_in_window"] == out["rows_in_window"] + 3
     assert rec["quarantined"] + rec["kept"] + rec["rejected"] == rec["rows_in_window"]
     assert rec["phase"] == "cold_start" and rec["metrics"]["examples_collected"] == ds["n_train"] + ds["n_val"]
 
