@@ -34,6 +34,7 @@ BOOTSTRAP_OVERRIDES = {
     "extract.lag_days": 0,
     "extract.window_days": 14,  # beta traffic: the two weeks before the run
     "filters.keep_fraction": 1.0,  # every example that passes the filters: data is scarce
+    "review.enabled": False,  # manual labels are reviewed already; there is no champion to prioritise for
 }
 
 

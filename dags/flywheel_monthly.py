@@ -15,8 +15,10 @@ What differs from the weekly cycle (`config_overrides` below):
 - `write_report` adds the broader evaluation: champion and challenger on every task type of the
   golden set with 95% intervals, next to the velocity plots over every cycle so far.
 
-Filter thresholds are recalibrated from human reviews once the review store exists (issue 6);
-until then the thresholds stay as configured (see the README).
+`calibrate_filters` refits the threshold filters (quality score, toxicity, grounding) to the
+human verdicts on the random review slices of the month (`calibration.lookback_days: 28`); an
+adopted fit is the config version later cycles run under. The monthly window itself is not
+sampled for review again (`review.enabled: false`): its weeks were.
 
 The monthly challenger must beat the champion like any other; the decision updates the
 `flywheel://registry/model-decision` asset. Params are the weekly DAG's (see its docs).
@@ -34,6 +36,7 @@ MONTHLY_OVERRIDES = {
     "extract.window_days": 28,
     "extract.include_gold": True,
     "filters.dedup_against_history": False,
+    "review.enabled": False,  # the weeks' samples were reviewed; the month is calibrated on them
 }
 
 

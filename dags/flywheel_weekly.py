@@ -14,7 +14,12 @@ query: rejected rows' text stays there) → `gate_raw_window` (Great Expectation
 ranges, unique ids, volume against recent cycles) → `validate_and_quarantine` (malformed rows go
 to the `quarantine` table with their reason) → `filter_candidates` (user action, length, quality
 score, PII, toxicity, grounding, golden-set decontamination, dedup, top-share selection per task
-type; a decision per row and rule) → `build_dataset` (chat format; corrections become the
+type; a decision per row and rule) → `sample_for_review` (8% of the candidates: a prioritised,
+stratified slice of the kept ones and a uniform random slice for calibration) →
+`wait_for_review` (deferred to the triggerer until 90% are reviewed or the deadline passes; no
+worker slot held) → `calibrate_filters` (thresholds refitted to the reviews; adopted for later
+cycles when agreement improves) → `build_dataset` (reviewer-rejected rows left out, approved
+ones gold, with the reviewer's edit; chat format; corrections become the
 target; skipped with a reason when too few examples survive) → `gate_training_set` (no PII, no
 golden overlap, class balance, lengths) → `train_lora` (continues from the champion's adapter)
 → `evaluate_golden_set` → `promote_if_better` (updates the `flywheel://registry/model-decision`

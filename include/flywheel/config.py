@@ -139,6 +139,50 @@ class VelocityConfig(_Section):
     max_mix_shift: float = Field(0.2, gt=0.0, le=1.0)
 
 
+class ReviewConfig(_Section):
+    """Human review of a 5-10% sample of each window's candidates (`flywheel.review`)."""
+
+    enabled: bool = True
+    sample_rate: float = Field(0.08, gt=0.0, le=0.5)  # of the window's valid candidates
+    # Of the sample: a uniform random slice over every candidate (kept or not), kept apart
+    # from the prioritised one so that calibration measures the filters without bias.
+    random_share: float = Field(0.3, ge=0.0, le=1.0)
+    min_items: int = Field(10, ge=0)
+    reviewers_per_item: int = Field(1, ge=1)
+    # The sensor lets the cycle go on once this share of the items has its reviews.
+    required_share: float = Field(0.9, gt=0.0, le=1.0)
+    deadline_hours: float = Field(72.0, gt=0.0)
+    on_deadline: Literal["proceed", "fail"] = "proceed"  # with what is reviewed, or fail + alert
+    poll_seconds: float = Field(300.0, gt=0.0)
+    # An assignment is a lease: an item handed to a reviewer goes to nobody else for this long.
+    lease_minutes: float = Field(30.0, gt=0.0)
+    priority_weights: dict[str, float] = Field(
+        default_factory=lambda: {"uncertainty": 1.0, "disagreement": 1.0, "behaviour_change": 1.0,
+                                 "rare_task": 1.0, "correction": 1.0}
+    )  # fmt: skip
+    model_signals: bool = True  # uncertainty and behaviour change need the champion loaded
+
+    @model_validator(mode="after")
+    def _known_signals(self) -> ReviewConfig:
+        known = {"uncertainty", "disagreement", "behaviour_change", "rare_task", "correction"}
+        if set(self.priority_weights) - known or any(w < 0 for w in self.priority_weights.values()):
+            raise ValueError(f"priority_weights takes non-negative weights for {sorted(known)}")
+        return self
+
+
+class CalibrationConfig(_Section):
+    """Filter thresholds fitted to human verdicts on the random review slice (`flywheel.calibrate`)."""
+
+    enabled: bool = True
+    lookback_days: int = Field(28, gt=0)  # random-slice reviews of the cycles this far back
+    min_reviews: int = Field(30, ge=1)
+    min_gain: float = Field(0.01, ge=0.0)  # adopt new thresholds only when agreement gains this much
+    # Thresholds stay within these bounds whatever the reviews say.
+    bounds: dict[str, list[float]] = Field(
+        default_factory=lambda: {"min_quality_score": [0.3, 0.9], "max_toxicity": [0.05, 0.9], "min_grounding": [0.2, 0.9]}
+    )
+
+
 PHASES = ("cold_start", "growth", "maturity")
 
 
@@ -253,6 +297,8 @@ class FlywheelConfig(_Section):
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     velocity: VelocityConfig = Field(default_factory=VelocityConfig)
     phases: PhasesConfig = Field(default_factory=PhasesConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)

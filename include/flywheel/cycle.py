@@ -426,20 +426,25 @@ def _decisions_table(cycle: CycleSpec, decisions: list[Any], now: datetime) -> p
 
 
 def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """Kept candidates → the chat dataset, after the human review: rejected items are left out
+    (a `review` decision records it), approved ones train as gold, with the reviewer's edit."""
     kept = _candidates(cycle.file("kept.parquet"))
+    reviewed = _apply_reviews(cycle, wh, kept)
+    kept = [c for c in kept if reviewed.get(c.request_id, True) is not False]
     minimum = cycle.config.training.min_examples
     if len(kept) < minimum:
         raise InsufficientDataError(
             f"{cycle.cycle_id}: {len(kept)} kept examples < training.min_examples={minimum}; no challenger this cycle"
         )
     training = cycle.config.training
-    gold = _gold_ids(cycle, wh, kept)
+    gold = _gold(cycle, wh, kept)
     info = build_chat_dataset(
-        kept, cycle.dataset_dir, gold={rid: None for rid in gold}, val_fraction=training.val_fraction,
+        kept, cycle.dataset_dir, gold=gold, val_fraction=training.val_fraction,
         gold_weight=training.gold_weight, curriculum=training.curriculum,
     )  # fmt: skip
     _record_training_fingerprints(cycle, wh, kept)
-    _record_gold_examples(cycle, wh, [c for c in kept if c.model_version == MANUAL_MODEL_VERSION])
+    _record_gold_examples(cycle, wh, [c for c in kept if c.model_version == MANUAL_MODEL_VERSION], "manual_labels")
+    _record_gold_examples(cycle, wh, [c for c in kept if reviewed.get(c.request_id)], "review", gold)
     row = {
         "dataset_id": cycle.cycle_id,
         "cycle_id": cycle.cycle_id,
@@ -453,26 +458,163 @@ def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         "created_at": _now(),
     }
     wh.replace_partition("datasets", {"cycle_id": cycle.cycle_id}, rows_to_table("datasets", [row]))
-    return {k: (str(v) if isinstance(v, datetime | Path) else v) for k, v in row.items()} | {"n_gold": len(gold)}
+    return {k: (str(v) if isinstance(v, datetime | Path) else v) for k, v in row.items()} | {
+        "n_gold": len(gold), "review_rejected": sum(v is False for v in reviewed.values()),
+        "review_approved": sum(v is True for v in reviewed.values()),
+    }  # fmt: skip
 
 
-def _gold_ids(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> set[str]:
-    """Kept rows a person vouched for: manual labels, and gold examples already accepted."""
-    known = set(wh.query("SELECT request_id FROM gold_examples WHERE logical_date < $t", {"t": cycle.logical_date})
-                .column("request_id").to_pylist())  # fmt: skip
-    return {c.request_id for c in kept if c.model_version == MANUAL_MODEL_VERSION or c.request_id in known}
+def _apply_reviews(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> dict[str, bool]:
+    """{request_id: approved} for the kept candidates humans reviewed; each gets a `review`
+    decision (so the cycle's counts stay true: a rejected one is no longer kept)."""
+    from flywheel.review import verdicts
 
-
-def _record_gold_examples(cycle: CycleSpec, wh: Warehouse, manual: list[TrainingCandidate]) -> None:
-    """Manual labels that passed every filter (PII already redacted) join the gold set."""
+    if not cycle.config.review.enabled:
+        return {}
+    found = verdicts(wh, cycle.cycle_id)
+    kept_ids = {c.request_id for c in kept}
     now = _now()
     rows = [
-        {"request_id": c.request_id, "source": "manual_labels", "cycle_id": cycle.cycle_id, "logical_date": cycle.logical_date,
-         "task_type": c.task_type, "prompt": c.prompt, "context": c.context, "response": c.target,
-         "labeler": c.user_id, "created_at": now}
-        for c in manual
+        {"cycle_id": cycle.cycle_id, "request_id": rid, "rule": "review", "kept": v.approved, "score": float(v.n_reviews),
+         "threshold": None, "reason": (f"approved by {v.n_reviews} reviewer(s)" + (" with an edited answer" if v.edited_response else ""))
+         if v.approved else f"rejected by human review ({v.n_reviews} reviewer(s))", "decided_at": now}
+        for rid, v in sorted(found.items()) if rid in kept_ids
     ]  # fmt: skip
-    wh.replace_partition("gold_examples", {"cycle_id": cycle.cycle_id, "source": "manual_labels"}, rows_to_table("gold_examples", rows))
+    wh.execute("DELETE FROM decisions WHERE cycle_id = $c AND rule = 'review'", {"c": cycle.cycle_id})
+    if rows:
+        wh.merge("decisions", rows_to_table("decisions", rows))
+    return {rid: v.approved for rid, v in found.items() if rid in kept_ids}
+
+
+def _gold(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> dict[str, str | None]:
+    """Kept rows a person vouched for, with the answer to train on when a reviewer edited it
+    (None: the row's own answer): manual labels, gold examples accepted before, approved reviews."""
+    from flywheel.review import verdicts
+
+    known = set(wh.query("SELECT request_id FROM gold_examples WHERE logical_date < $t", {"t": cycle.logical_date})
+                .column("request_id").to_pylist())  # fmt: skip
+    approved = {rid: v.edited_response for rid, v in verdicts(wh, cycle.cycle_id).items() if v.approved} if cycle.config.review.enabled else {}
+    out: dict[str, str | None] = {}
+    for c in kept:
+        if c.request_id in approved:
+            out[c.request_id] = approved[c.request_id]
+        elif c.model_version == MANUAL_MODEL_VERSION or c.request_id in known:
+            out[c.request_id] = None
+    return out
+
+
+def _record_gold_examples(
+    cycle: CycleSpec, wh: Warehouse, accepted: list[TrainingCandidate], source: str, edits: dict[str, str | None] | None = None
+) -> None:
+    """Manual labels and approved reviews that passed every filter (PII already redacted) join
+    the gold set, with the reviewer's edit as the answer where there is one."""
+    now = _now()
+    edits = edits or {}
+    rows = [
+        {"request_id": c.request_id, "source": source, "cycle_id": cycle.cycle_id, "logical_date": cycle.logical_date,
+         "task_type": c.task_type, "prompt": c.prompt, "context": c.context, "response": edits.get(c.request_id) or c.target,
+         "labeler": c.user_id, "created_at": now}
+        for c in accepted
+    ]  # fmt: skip
+    wh.replace_partition("gold_examples", {"cycle_id": cycle.cycle_id, "source": source}, rows_to_table("gold_examples", rows))
+
+
+def stage_sample_for_review(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """Send `review.sample_rate` of the window's candidates to human review (`flywheel.review`):
+    a uniform random slice for calibration and a prioritised, stratified slice of the kept ones.
+    Reviewers only ever see PII-redacted text."""
+    from flywheel import prioritize, review
+    from flywheel.calibrate import RULES, current_thresholds
+
+    cfg = cycle.config.review
+    if not cfg.enabled:
+        wh.replace_partition("review_items", {"cycle_id": cycle.cycle_id}, rows_to_table("review_items", []))
+        return {"skipped": "review.enabled is false", "items": 0}
+    valid = pq.read_table(cycle.file("valid.parquet")).to_pylist()
+    candidates = [candidate_from_row(r) for r in valid]
+    kept = _candidates(cycle.file("kept.parquet"))
+    decisions = wh.select("decisions", {"cycle_id": cycle.cycle_id}).to_pylist()
+    scores: dict[str, dict[str, float | None]] = {}
+    rejected = set()
+    for d in decisions:
+        if d["rule"] in RULES:
+            scores.setdefault(d["request_id"], {})[d["rule"]] = d["score"]
+        if not d["kept"]:
+            rejected.add(d["request_id"])
+    budget = min(len(candidates), max(cfg.min_items, round(cfg.sample_rate * len(candidates))))
+    uncertainty, change = _model_signals(cycle, wh, kept) if cfg.model_signals and kept else (None, None)
+    priorities = prioritize.prioritise(
+        kept, weights=cfg.priority_weights, filter_scores=scores, thresholds=current_thresholds(cycle.config.filters),
+        window_mix=Counter(c.task_type for c in candidates), uncertainty=uncertainty, behaviour_change=change,
+    )  # fmt: skip
+    sample = review.draw_sample(candidates, kept, {p.request_id: p for p in priorities}, budget=budget,
+                                random_share=cfg.random_share, seed=cycle.cycle_id)  # fmt: skip
+    redacted = {c.request_id: c for c in kept}
+    sample = review.Sample(_redacted_texts(cycle, wh, sample.random, redacted), sample.priority)
+    kept_ids = {c.request_id for c in kept if c.request_id not in rejected}
+    rows = review.item_rows(cycle.cycle_id, cycle.logical_date, sample, kept_ids=kept_ids, filter_scores=scores, now=_now())
+    wh.replace_partition("review_items", {"cycle_id": cycle.cycle_id}, rows_to_table("review_items", rows))
+    strata = Counter(f"{r['task_type']}/{r['user_action']}" for r in rows if r["slice"] == "priority")
+    return {"items": len(rows), "random": len(sample.random), "priority": len(sample.priority), "candidates": len(candidates),
+            "model_signals": uncertainty is not None, "priority_strata": dict(strata)}  # fmt: skip
+
+
+def _model_signals(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]):
+    """The champion's uncertainty on each kept answer, and how far it moved from its parent."""
+    from flywheel.inference import load_model
+    from flywheel.prioritize import answer_token_stats
+
+    ensure_base_model(cycle.config, wh)
+    champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
+    loaded = load_model(champion.base_model, champion.adapter_path, version=champion.version)
+    parent = None
+    if champion.parent_version:
+        p = registry.get_model(wh, champion.parent_version)
+        parent = load_model(p.base_model, p.adapter_path, version=p.version)
+    return answer_token_stats(loaded, kept, reference=parent)
+
+
+def _redacted_texts(
+    cycle: CycleSpec, wh: Warehouse, picked: list[TrainingCandidate], already: dict[str, TrainingCandidate]
+) -> list[TrainingCandidate]:
+    """The random slice with its text, PII-redacted: rows whose text the window query withheld
+    (the pushed-down rules rejected them) are read back from the warehouse by id."""
+    from dataclasses import replace
+
+    from flywheel.filters import redact_candidate
+    from flywheel.pii import default_scanner
+
+    missing = {c.request_id for c in picked if c.request_id not in already and not c.prompt}
+    texts: dict[str, dict[str, Any]] = {}
+    if missing:
+        for batch in wh.read_window("production_logs", cycle.window.start, cycle.window.end,
+                                    batch_rows=cycle.config.warehouse.read_batch_rows, max_skew=cycle.limits.max_clock_skew):  # fmt: skip
+            for r in batch.to_pylist():
+                if r["request_id"] in missing:
+                    texts[r["request_id"]] = r
+    f = cycle.config.filters
+    scanner = default_scanner(f.pii_entities, f.pii_min_score)
+    out = []
+    for c in picked:
+        if c.request_id in already:
+            out.append(already[c.request_id])
+            continue
+        src = texts.get(c.request_id)
+        if src is not None:
+            c = replace(c, prompt=src["prompt"], response=src["response"], correction=src["correction"], context=src["context"])
+        out.append(redact_candidate(c, scanner)[0])
+    return out
+
+
+def stage_calibrate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """Refit the threshold filters to the random slice's verdicts (`flywheel.calibrate`); an
+    adopted fit is the config version the next cycles run under."""
+    from flywheel.calibrate import calibrate
+
+    if not (cycle.config.calibration.enabled and cycle.config.review.enabled):
+        return {"skipped": "calibration or review disabled"}
+    return calibrate(wh, cycle_id=cycle.cycle_id, logical_date=cycle.logical_date, filters=cycle.config.filters,
+                     config=cycle.config.calibration)  # fmt: skip
 
 
 def _record_training_fingerprints(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> None:

@@ -290,6 +290,69 @@ GOLDEN_SETS = pa.schema(
     ]
 )
 
+# Human review (`flywheel.review`): the sampled items (text already PII-redacted), who was handed
+# which item, and the reviews.
+REVIEW_ITEMS = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("cycle_id", pa.string()),
+        ("logical_date", TS),
+        ("request_id", pa.string()),
+        ("slice", pa.string()),  # priority | random
+        ("priority", pa.float64()),
+        ("reasons_json", pa.string()),
+        ("task_type", pa.string()),
+        ("user_action", pa.string()),
+        ("prompt", pa.string()),
+        ("context", pa.string()),
+        ("response", pa.string()),
+        ("correction", pa.string()),
+        ("filter_kept", pa.bool_()),
+        ("filter_scores_json", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+REVIEW_ASSIGNMENTS = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("reviewer", pa.string()),
+        ("assigned_at", TS),
+    ]
+)
+
+REVIEWS = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("reviewer", pa.string()),
+        ("cycle_id", pa.string()),
+        ("accuracy", pa.int64()),  # 1-5
+        ("helpfulness", pa.int64()),
+        ("safety", pa.int64()),
+        ("verdict", pa.string()),  # approve | reject
+        ("edited_response", pa.string()),
+        ("seconds_spent", pa.float64()),
+        ("reviewed_at", TS),
+    ]
+)
+
+# Filter thresholds fitted to reviews: each version holds config overrides that cycles after
+# its logical date run under.
+CONFIG_VERSIONS = pa.schema(
+    [
+        ("version_id", pa.string()),
+        ("cycle_id", pa.string()),
+        ("logical_date", TS),
+        ("overrides_json", pa.string()),
+        ("n_reviews", pa.int64()),
+        ("agreement_before", pa.float64()),
+        ("agreement_after", pa.float64()),
+        ("per_rule_json", pa.string()),
+        ("adopted", pa.bool_()),
+        ("created_at", TS),
+    ]
+)
+
 ALERTS = pa.schema(
     [
         ("alert_id", pa.string()),
@@ -330,6 +393,10 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("alerts", ALERTS, ("alert_id",)),
         TableSpec("gold_examples", GOLD_EXAMPLES, ("request_id",)),
         TableSpec("golden_sets", GOLDEN_SETS, ("golden_hash",)),
+        TableSpec("review_items", REVIEW_ITEMS, ("item_id",)),
+        TableSpec("review_assignments", REVIEW_ASSIGNMENTS, ("item_id", "reviewer")),
+        TableSpec("reviews", REVIEWS, ("item_id", "reviewer")),
+        TableSpec("config_versions", CONFIG_VERSIONS, ("version_id",)),
     )
 }
 

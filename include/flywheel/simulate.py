@@ -230,6 +230,7 @@ def simulate_traffic(
     pii_rate: float = 0.0,
     toxic_rate: float = 0.0,
     days: int = 7,
+    truth: dict[str, str] | None = None,
 ) -> pa.Table:
     """A week of production logs served by ``answer_fn``, as rows of the logs' schema.
 
@@ -237,6 +238,8 @@ def simulate_traffic(
     produces the same request ids, and the warehouse's MERGE keeps one copy. ``pii_rate`` of
     users paste their contact details into the request, and ``toxic_rate`` are abusive; both
     are drawn from their own random stream, so they change nothing else about the week.
+    ``truth``, when given, receives each request's right answer (the oracle a simulated
+    reviewer consults; it never reaches the logs).
     """
     if week_start.tzinfo is None:
         raise ValueError("week_start must be timezone-aware")
@@ -286,6 +289,8 @@ def simulate_traffic(
             row["prompt"] = f"{row['prompt']} And get it right this time, you useless idiot."
         if rng.random() < malformed_rate:
             _malform(row, rng.choice(_MALFORMATIONS))
+        if truth is not None:
+            truth[row["request_id"]] = task.answer
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=PRODUCTION_LOGS)
 

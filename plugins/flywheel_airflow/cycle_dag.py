@@ -16,6 +16,7 @@ from flywheel_airflow.assets import MODEL_DECISION
 from flywheel_airflow.notifiers import FlywheelAlertNotifier
 from flywheel_airflow.operators import (
     BuildDatasetOperator,
+    CalibrateFiltersOperator,
     EvaluateGoldenSetOperator,
     ExtractWindowOperator,
     FilterCandidatesOperator,
@@ -23,10 +24,12 @@ from flywheel_airflow.operators import (
     GateTrainingSetOperator,
     PromoteIfBetterOperator,
     RecordCycleOperator,
+    SampleForReviewOperator,
     TrainLoraOperator,
     ValidateRowsOperator,
     WriteReportOperator,
 )
+from flywheel_airflow.review_sensor import WaitForReviewSensor
 
 
 def default_args(config_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -65,14 +68,19 @@ def cycle_params(*, lag_days: int = 14) -> dict[str, Param]:
 
 
 def cycle_chain(extract: BaseOperator | None = None) -> list[BaseOperator]:
-    """extract → raw gate → validate → filter → dataset → training-set gate → train → evaluate
-    → promote → record → report. Record and report run whenever nothing upstream failed, so a
+    """extract → raw gate → validate → filter → sample for review → wait for review (deferred)
+    → calibrate filters → dataset → training-set gate → train → evaluate → promote → record →
+    report. Record and report run whenever nothing upstream failed, so a
     skipped training (too little data, or ``skip_training``) still leaves its cycle recorded."""
     tasks: list[BaseOperator] = [
         extract or ExtractWindowOperator(task_id="extract_window"),
         GateRawWindowOperator(task_id="gate_raw_window"),
         ValidateRowsOperator(task_id="validate_and_quarantine"),
         FilterCandidatesOperator(task_id="filter_candidates"),
+        SampleForReviewOperator(task_id="sample_for_review"),
+        # Deferred while people review: no worker slot is held (hours or days).
+        WaitForReviewSensor(task_id="wait_for_review"),
+        CalibrateFiltersOperator(task_id="calibrate_filters"),
         BuildDatasetOperator(task_id="build_dataset"),
         GateTrainingSetOperator(task_id="gate_training_set"),
         TrainLoraOperator(

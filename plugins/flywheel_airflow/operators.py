@@ -60,8 +60,10 @@ def cycle_from_context(
     warehouse_conn_id: str = "flywheel_warehouse",
 ):
     """The run's cycle and its warehouse. Config precedence, lowest first: the YAML, the capture
-    policy of the phase the flywheel was in before this logical date, the DAG's fixed overrides
-    (the monthly window, ...), and this run's params."""
+    policy of the phase the flywheel was in before this logical date, the filter thresholds
+    calibrated on reviews before it, the DAG's fixed overrides (the monthly window, ...), and
+    this run's params."""
+    from flywheel.calibrate import overrides_before
     from flywheel.config import load_config
     from flywheel.cycle import make_cycle
     from flywheel.extract import as_utc
@@ -76,7 +78,7 @@ def cycle_from_context(
     if logical is not None:
         warehouse.ensure_schema()
         phase = phase_before(warehouse, as_utc(logical))
-        config = apply_policy(config, phase)
+        config = apply_policy(config, phase).with_overrides(overrides_before(warehouse, as_utc(logical)))
     config = config.with_overrides(dag_overrides).with_overrides(param_overrides(params))
     window_start = params.get("window_start")
     cycle = make_cycle(
@@ -182,6 +184,20 @@ class FilterCandidatesOperator(FlywheelStageOperator):
     decontamination, dedup, selection); a decision per row and rule."""
 
     stage_name = "filter"
+
+
+class SampleForReviewOperator(FlywheelStageOperator):
+    """Send a prioritised, stratified 5-10% sample (and a random calibration slice) to review."""
+
+    stage_name = "sample_for_review"
+    ui_color = "#fdf3e1"
+
+
+class CalibrateFiltersOperator(FlywheelStageOperator):
+    """Refit the threshold filters to the reviews' verdicts; adopted fits apply to later cycles."""
+
+    stage_name = "calibrate"
+    ui_color = "#fdf3e1"
 
 
 class BuildDatasetOperator(FlywheelStageOperator):

@@ -59,6 +59,9 @@ CYCLE_ORDER = [
     "gate_raw_window",
     "validate_and_quarantine",
     "filter_candidates",
+    "sample_for_review",
+    "wait_for_review",
+    "calibrate_filters",
     "build_dataset",
     "gate_training_set",
     "train_lora",
@@ -81,6 +84,9 @@ def test_cycle_graphs_read_as_the_cycle(dagbag, dag_id, extract):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
     assert dag.get_task("record_cycle_metrics").trigger_rule == "none_failed"
     assert dag.get_task("write_report").trigger_rule == "none_failed"
+    from flywheel_airflow.review_sensor import WaitForReviewSensor
+
+    assert isinstance(dag.get_task("wait_for_review"), WaitForReviewSensor)
     # Every decision on a challenger updates the asset the A/B monitor follows.
     assert [a.uri for a in dag.get_task("promote_if_better").outlets] == ["flywheel://registry/model-decision"]
 
