@@ -39,8 +39,11 @@ FIRST_WEEK = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday: the bootstrap runs on
 BETA_WEEKS = 2
 
 
-def serve_week(config: FlywheelConfig, wh: Warehouse, week_start: datetime) -> dict[str, object]:
-    """The product's week: the champion in force answers, simulated users react, logs land."""
+def serve_week(
+    config: FlywheelConfig, wh: Warehouse, week_start: datetime, truth: dict[str, str] | None = None
+) -> dict[str, object]:
+    """The product's week: the champion in force answers, simulated users react, logs land.
+    ``truth`` collects each request's right answer, for the simulated reviewers."""
     from flywheel import registry
     from flywheel.inference import answer_fn, load_model
     from flywheel.simulate import simulate_traffic
@@ -57,6 +60,7 @@ def serve_week(config: FlywheelConfig, wh: Warehouse, week_start: datetime) -> d
         adversarial_rate=config.simulate.adversarial_rate,
         pii_rate=config.simulate.pii_rate,
         toxic_rate=config.simulate.toxic_rate,
+        truth=truth,
     )
     wh.merge("production_logs", logs)
     return {"week": f"{week_start:%Y-%m-%d}", "requests": logs.num_rows, "served_by": champion.version}

@@ -57,8 +57,10 @@ def answer_token_stats(loaded: Any, items: Sequence[TrainingCandidate], *, refer
             prompts, fulls = [], []
             for c in batch:
                 user = [{"role": "user", "content": user_message(c.prompt, c.context)}]
-                prompts.append(tok.apply_chat_template(user, tokenize=True, add_generation_prompt=True))
-                fulls.append(tok.apply_chat_template([*user, {"role": "assistant", "content": c.target}], tokenize=True))
+                prompt = tok.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+                full = tok.apply_chat_template([*user, {"role": "assistant", "content": c.target}], tokenize=False)
+                prompts.append(tok(prompt, add_special_tokens=False)["input_ids"])
+                fulls.append(tok(full, add_special_tokens=False)["input_ids"])
             width = max(len(f) for f in fulls)
             ids = torch.full((len(batch), width), tok.pad_token_id)
             mask = torch.zeros((len(batch), width), dtype=torch.long)

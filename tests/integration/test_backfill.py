@@ -46,6 +46,7 @@ def env(tmp_path_factory):
     data = yaml.safe_load((Path(__file__).resolve().parents[2] / "include/config/flywheel.yaml").read_text())
     data["simulate"]["requests_per_week"] = 200
     data["evaluation"]["golden_set_size"] = 60
+    data["review"]["enabled"] = False  # the review stage has its own test (test_review_cycle)
     config_path = root / "flywheel.yaml"
     config_path.write_text(yaml.safe_dump(data))
     run_env = airflow_env(root / "airflow", root / "flywheel", config_path=config_path)

@@ -216,3 +216,19 @@ def test_calibration_is_recorded_and_adopted_only_when_it_helps(reviewed_world, 
     expected = json.loads(stored["overrides_json"]) if stored["adopted"] else {}
     assert calibrate.overrides_before(wh, later) == expected
     assert calibrate.overrides_before(wh, cycle.logical_date) == {}  # only later cycles run under it
+
+
+def test_model_signals_are_measured_on_the_tiny_model(tmp_path):
+    from flywheel.inference import load_model
+    from flywheel.prioritize import answer_token_stats
+    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+
+    config = FlywheelConfig(home=tmp_path).with_overrides({"tiny_model.pretrain_examples": 200, "tiny_model.pretrain_epochs": 1})
+    build_tiny_model(config)
+    model = load_model(resolve_base_model(config))
+    items = [cand("a"), cand("b", task="arithmetic"), TrainingCandidate("c", T, "u", "add 2 and 3", "5", "accepted", None, "arithmetic", 0.9)]
+    entropy, change = answer_token_stats(model, items, reference=model, batch_size=2)
+    assert len(entropy) == len(change) == 3
+    assert all(0.0 < e <= 1.0 for e in entropy)
+    assert change == pytest.approx([0.0, 0.0, 0.0], abs=1e-5)  # a model does not differ from itself
+    assert answer_token_stats(model, items)[0] == pytest.approx(entropy)  # batching does not change it
