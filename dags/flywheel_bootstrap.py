@@ -34,6 +34,7 @@ BOOTSTRAP_OVERRIDES = {
     "extract.lag_days": 0,
     "extract.window_days": 14,  # beta traffic: the two weeks before the run
     "filters.keep_fraction": 1.0,  # every example that passes the filters: data is scarce
+    "experiment.enabled": False,  # model v1 replaces the bare base model on the offline gate alone
 }
 
 
