@@ -26,10 +26,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from flywheel.config import PROJECT_ROOT, FlywheelConfig, flywheel_home, load_config
+from flywheel.simulate import AnswerFn
 from flywheel.warehouse import Warehouse, warehouse_from_config
 
 log = logging.getLogger("flywheel.demo")
@@ -39,27 +41,62 @@ FIRST_WEEK = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday: the bootstrap runs on
 BETA_WEEKS = 2
 
 
-def serve_week(config: FlywheelConfig, wh: Warehouse, week_start: datetime) -> dict[str, object]:
-    """The product's week: the champion in force answers, simulated users react, logs land."""
-    from flywheel import registry
-    from flywheel.inference import answer_fn, load_model
-    from flywheel.simulate import simulate_traffic
+def serve_week(
+    config: FlywheelConfig,
+    wh: Warehouse,
+    week_start: datetime,
+    *,
+    days: float = 7,
+    answer_for: Callable[[str], AnswerFn] | None = None,
+    poison_rate: float | None = None,
+) -> dict[str, object]:
+    """The product's week (or ``days`` of it): the champion in force answers, simulated users
+    react, logs land. While an A/B experiment runs, the users its hash buckets put in the
+    challenger's arm are served by the challenger, and each row names the version that answered.
+    ``answer_for`` maps a version to its answer function (default: load the model)."""
+    from flywheel import experiment, registry
+    from flywheel.simulate import Arm, simulate_traffic
 
-    champion = registry.get_model(wh, registry.champion_as_of(wh, week_start + timedelta(microseconds=1)))
-    loaded = load_model(champion.base_model, champion.adapter_path, version=champion.version)
+    answer_for = answer_for or _model_answers(config, wh)
+    champion = registry.champion_as_of(wh, week_start + timedelta(microseconds=1))
+    routing = experiment.route(wh, week_start, config.experiment.bucket_salt)
+    arm = Arm(routing[0].challenger, answer_for(routing[0].challenger), routing[1]) if routing else None
     logs = simulate_traffic(
         week_start,
-        answer_fn(loaded, max_new_tokens=config.evaluation.max_new_tokens),
-        model_version=champion.version,
-        n_requests=config.simulate.requests_per_week,
+        answer_for(champion),
+        model_version=champion,
+        n_requests=round(config.simulate.requests_per_week * days / 7),
         seed=config.simulate.seed,
         malformed_rate=config.simulate.malformed_rate,
         adversarial_rate=config.simulate.adversarial_rate,
         pii_rate=config.simulate.pii_rate,
         toxic_rate=config.simulate.toxic_rate,
+        poison_rate=config.simulate.poison_rate if poison_rate is None else poison_rate,
+        days=days,
+        challenger=arm,
     )
     wh.merge("production_logs", logs)
-    return {"week": f"{week_start:%Y-%m-%d}", "requests": logs.num_rows, "served_by": champion.version}
+    served = {"week": f"{week_start:%Y-%m-%d %H:%M}", "requests": logs.num_rows, "served_by": champion}
+    if routing:
+        served["ab"] = f"{routing[0].experiment_id}: {routing[0].challenger} on {routing[0].traffic_share:.0%} of users"
+    return served
+
+
+def _model_answers(config: FlywheelConfig, wh: Warehouse) -> Callable[[str], AnswerFn]:
+    """Answer functions of registered versions, each model loaded once."""
+    from flywheel import registry
+    from flywheel.inference import answer_fn, load_model
+
+    loaded: dict[str, AnswerFn] = {}
+
+    def answers(version: str) -> AnswerFn:
+        if version not in loaded:
+            mv = registry.get_model(wh, version)
+            model = load_model(mv.base_model, mv.adapter_path, version=mv.version)
+            loaded[version] = answer_fn(model, max_new_tokens=config.evaluation.max_new_tokens)
+        return loaded[version]
+
+    return answers
 
 
 def run_airflow_cycle(
