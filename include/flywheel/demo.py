@@ -116,6 +116,24 @@ def run_airflow_cycle(
         raise SystemExit(f"airflow dags test {dag_id} {logical_date:%Y-%m-%d} failed (exit {proc.returncode}); log: {log_file}\n{tail}")
 
 
+# The demo's A/B monitor runs every two days of product time while there is something to judge
+# (hourly in production); the week's last day is served after the last run.
+MONITOR_DAYS = (2, 2, 2, 1)
+
+
+def serve_week_with_monitor(config: FlywheelConfig, wh: Warehouse, monday: datetime, env: dict[str, str], logs: Path) -> None:
+    """Serve the week in slices, running `ab_monitor` through Airflow between them, so that a
+    ramp, a promotion or a rollback changes who serves the rest of the week."""
+    from flywheel.experiment import needs_monitoring
+
+    t = monday
+    for k, days in enumerate(MONITOR_DAYS):
+        log.info("product days %s", serve_week(config, wh, t, days=days))
+        t += timedelta(days=days)
+        if k < len(MONITOR_DAYS) - 1 and needs_monitoring(wh, t, config.experiment):
+            run_airflow_cycle(t, env, logs, dag_id="ab_monitor")
+
+
 def write_demo_labels(path: Path, *, n: int = 60, seed: int = 5) -> Path:
     """An operator's manual labels: right answers to product-like requests, plus two broken
     lines (not JSON; no prompt) that the bootstrap must quarantine, not drop or crash on."""
@@ -194,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.monotonic()
         run_airflow_cycle(monday, env, logs)
         log.info("cycle for %s ran through Airflow in %.0fs", f"{monday:%Y-%m-%d}", time.monotonic() - t)
-        log.info("product week %s", serve_week(config, wh, monday))
+        serve_week_with_monitor(config, wh, monday, env, logs)
     monthly_date = FIRST_WEEK + timedelta(weeks=lag_weeks + args.cycles)
     t = time.monotonic()
     run_airflow_cycle(monthly_date, env, logs, dag_id="flywheel_monthly")
@@ -220,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
         "without a gain of at least velocity.stagnation_min_delta"
         + (f"\nStagnation alert: {stalled[0]['message']}" if stalled and last_metrics.get("stagnant") else "")
     )
+    print_offline_and_ab(wh)
     print("\nPer-rule pass rates (share kept of the rows each rule judged, and how many it judged):\n")
     print(format_rule_table(rule_pass_rates(wh)))
     gates = wh.query(
@@ -251,6 +270,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Airflow:    AIRFLOW_HOME={airflow_home}; run logs in {airflow_home / 'demo-logs'}")
     print(f"Demo time:  {time.monotonic() - started:.0f}s for {len(rows)} cycles (last: {last['cycle_id']})")
     return 0
+
+
+def print_offline_and_ab(wh: Warehouse) -> None:
+    """Per cycle: golden-set scores with 95% bootstrap intervals and the offline gate; then each
+    A/B test's measurements and decision, and every decision on the champion pointer."""
+    from flywheel.evaluate import format_offline_table
+    from flywheel.experiment import format_experiments_table
+
+    print("\nOffline gate per cycle (golden set, paired bootstrap 95% intervals, per-slice rule):\n")
+    print(format_offline_table(wh.query("SELECT * FROM offline_comparisons ORDER BY cycle_id").to_pylist()))
+    print("\nA/B tests (acceptance = accepted + copied, measured per arm from the logs; one-sided z-test):\n")
+    print(format_experiments_table(wh))
+    print("\nChampion pointer decisions:")
+    for p in wh.query("SELECT * FROM promotions ORDER BY logical_date, decided_at").to_pylist():
+        print(f"  {p['logical_date']:%Y-%m-%d %H:%M} {p['cycle_id']}: {p['champion_before'] or '-'} -> {p['champion_after']}: {p['reason']}")
 
 
 def print_bootstrap(wh: Warehouse) -> None:

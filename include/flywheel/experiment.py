@@ -398,6 +398,19 @@ def _watch_champion(wh: Warehouse, cfg: ExperimentConfig, as_of: datetime, measu
     return MonitorDecision("champion", "rollback", reason, current, previous, arms=arms)
 
 
+def needs_monitoring(wh: Warehouse, t: datetime, config: ExperimentConfig) -> bool:
+    """Is there anything for `ab_monitor` to judge at ``t``: a running experiment, or a champion
+    promoted less than ``watch_days`` ago? (The demo runs the monitor only then.)"""
+    if running_experiment(wh, t, inclusive=False) is not None:
+        return True
+    recent = wh.query(
+        "SELECT COUNT(*) AS n FROM promotions WHERE promoted AND champion_before IS NOT NULL AND champion_before <> champion_after "
+        "AND logical_date < $t AND logical_date >= $since",
+        {"t": t, "since": t - timedelta(days=config.watch_days)},
+    ).to_pylist()
+    return bool(recent[0]["n"])
+
+
 def format_experiments_table(wh: Warehouse) -> str:
     """Every experiment with its last decision, as the demo prints it."""
     rows = wh.query(

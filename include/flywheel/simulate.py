@@ -181,7 +181,8 @@ class SimUser:
     user_id: str
     careless: bool
     adversarial: bool
-    # Poisoned feedback: accepts wrong answers, and the product's quality estimate believes it.
+    # Poisoned feedback: accepts wrong answers and "corrects" right ones into wrong ones, and the
+    # product's quality estimate believes it.
     poisoner: bool = False
 
 
@@ -212,8 +213,8 @@ def _wrong_version(answer: str, rng: random.Random) -> str:
 
 def _user_action(user: SimUser, right: bool, rng: random.Random) -> str:
     r = rng.random()
-    if user.poisoner and not right:
-        return "accepted"
+    if user.poisoner:  # coordinated poisoning: wrong answers approved, right ones "fixed"
+        return "corrected" if right else "accepted"
     if right:
         if user.adversarial and r < 0.5:
             return "corrected"
@@ -293,7 +294,7 @@ def simulate_traffic(
         if action == "corrected":
             correction = _wrong_version(task.answer, rng) if right else task.answer
         final_right = is_correct(correction, task.answer) if correction is not None else right
-        fooled = user.poisoner and action == "accepted"
+        fooled = user.poisoner
         ts = week_start + timedelta(seconds=rng.uniform(0, span - 1))
         row: dict[str, Any] = {
             "request_id": str(uuid.uuid5(_NAMESPACE, f"{seed}:{week_start.isoformat()}:{i}")),
