@@ -22,7 +22,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-pytestmark = pytest.mark.integration
+# About 5 minutes on 2 cores (the default tiny model is built and trained for 3 epochs): left out
+# of `make test`; `make test-all` runs it. `make test` covers the rollback within one monitor run
+# (test_ab_monitor) and the offline gate on worse challengers (unit tests of `flywheel.evaluate`).
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 T = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
 CYCLE_ID = "flywheel_weekly-20260302T0000"
@@ -76,33 +79,45 @@ def _dags_test(env, dag_id: str, when: datetime, conf: dict | None = None) -> No
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
 
 
-def _golden_accuracy(env, version: str) -> float:
-    from flywheel import registry
-    from flywheel.evaluate import evaluate_answer_fn, load_golden_set
-    from flywheel.inference import answer_fn, load_model
+def _poisoners(config) -> set[str]:
+    from flywheel.simulate import _users
 
-    ev = env["config"].evaluation
-    golden = load_golden_set(env["config"].artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
-    mv = registry.get_model(env["wh"], version)
-    return evaluate_answer_fn(answer_fn(load_model(mv.base_model, mv.adapter_path), max_new_tokens=ev.max_new_tokens), golden).accuracy
+    return {u.user_id for u in _users(config.simulate.seed, poison_rate=POISON_RATE) if u.poisoner}
 
 
 def test_a_poisoned_cycle_never_leaves_a_worse_champion(env):
-    from flywheel import registry
+    from flywheel import experiment, registry
+    from flywheel.demo import serve_week
 
-    wh = env["wh"]
-    poisoned = wh.query(
-        "SELECT COUNT(*) AS n FROM production_logs WHERE \"timestamp\" >= $s AND \"timestamp\" < $e AND quality_score >= 0.6 "
-        "AND ((user_action = 'accepted' AND response <> '' ) OR user_action = 'corrected')", {"s": WINDOW_START, "e": WINDOW_START + timedelta(days=7)}
-    ).to_pylist()[0]["n"]
+    wh, base = env["wh"], env["base"]
+    poisoners = _poisoners(env["config"])
+    window = {"s": WINDOW_START, "e": WINDOW_START + timedelta(days=7)}
+    in_window = wh.query('SELECT user_id FROM production_logs WHERE "timestamp" >= $s AND "timestamp" < $e', window).column(
+        "user_id").to_pylist()  # fmt: skip
+    assert sum(u in poisoners for u in in_window) > 0.1 * len(in_window)
     # Learn hard from the week, so that what it teaches shows on the golden set.
     _dags_test(env, "flywheel_weekly", T, {"epochs": 3, "learning_rate": 0.003})
-    (cmp,) = wh.select("offline_comparisons", {"cycle_id": CYCLE_ID}).to_pylist()
-    print("OFFLINE", json.dumps(cmp, default=str))
-    print("PROMO", wh.select("promotions", {"cycle_id": CYCLE_ID}).to_pylist())
-    print("EXPS", wh.select("experiments").to_pylist())
-    print("poisoned-looking rows in window", poisoned)
-    before = _golden_accuracy(env, env["base"])
-    after = _golden_accuracy(env, registry.current_champion(wh))
-    print("ACC", before, after)
-    assert after >= before
+    kept = wh.query("SELECT DISTINCT d.request_id, l.user_id FROM decisions d JOIN production_logs l USING (request_id) "
+                    "WHERE d.cycle_id = $c AND d.rule = 'selection' AND d.kept", {"c": CYCLE_ID}).to_pylist()  # fmt: skip
+    print(f"poisoned rows kept for training: {sum(r['user_id'] in poisoners for r in kept)} of {len(kept)}")
+    (gate,) = wh.select("offline_comparisons", {"cycle_id": CYCLE_ID}).to_pylist()
+    assert gate["champion_low"] <= gate["champion_accuracy"] <= gate["champion_high"]
+    assert gate["delta_low"] <= gate["delta"] <= gate["delta_high"]
+    if not gate["passed"]:
+        # Caught offline: nothing goes live.
+        assert registry.current_champion(wh) == base and wh.count("experiments") == 0
+        return
+    # Better on the golden set despite the poison (the filters and honest corrections won): it
+    # must now also win live. The product serves both arms with the real models, and ab_monitor
+    # judges through Airflow; whatever it decides, no worse model becomes champion.
+    assert gate["challenger_accuracy"] > gate["champion_accuracy"]
+    assert registry.current_champion(wh) == base and experiment.running_experiment(wh, T, inclusive=True)
+    t = T
+    for _ in range(3):
+        serve_week(env["config"], wh, t, days=2)
+        t += timedelta(days=2)
+        _dags_test(env, "ab_monitor", t)
+    champion = registry.current_champion(wh)
+    assert champion in (base, CYCLE_ID)
+    accuracy = {base: gate["champion_accuracy"], CYCLE_ID: gate["challenger_accuracy"]}
+    assert accuracy[champion] >= accuracy[base]
