@@ -279,7 +279,7 @@ def print_offline_and_ab(wh: Warehouse) -> None:
     from flywheel.experiment import format_experiments_table
 
     print("\nOffline gate per cycle (golden set, paired bootstrap 95% intervals, per-slice rule):\n")
-    print(format_offline_table(wh.query("SELECT * FROM offline_comparisons ORDER BY cycle_id").to_pylist()))
+    print(format_offline_table(wh.query("SELECT * FROM offline_comparisons ORDER BY compared_at").to_pylist()))
     print("\nA/B tests (acceptance = accepted + copied, measured per arm from the logs; one-sided z-test):\n")
     print(format_experiments_table(wh))
     print("\nChampion pointer decisions:")
