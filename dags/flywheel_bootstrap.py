@@ -35,6 +35,7 @@ BOOTSTRAP_OVERRIDES = {
     "extract.window_days": 14,  # beta traffic: the two weeks before the run
     "filters.keep_fraction": 1.0,  # every example that passes the filters: data is scarce
     "review.enabled": False,  # manual labels are reviewed already; there is no champion to prioritise for
+    "experiment.enabled": False,  # model v1 replaces the bare base model on the offline gate alone
 }
 
 

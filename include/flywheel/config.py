@@ -262,6 +262,45 @@ class EvaluationConfig(_Section):
     golden_seed: int = 20260101
     max_new_tokens: int = Field(16, gt=0)
     min_improvement: float = Field(0.0, ge=0.0)
+    # The offline gate's intervals (paired bootstrap over golden items) and slice rule.
+    bootstrap_samples: int = Field(1000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    bootstrap_seed: int = 17
+    max_slice_regression: float = Field(0.05, ge=0.0, le=1.0)
+    require_significant: bool = False
+
+
+class ExperimentConfig(_Section):
+    """Online A/B test (`flywheel.experiment`) and the guardrails `ab_monitor` enforces."""
+
+    # False: a challenger that passes the offline gate is promoted at once (no A/B).
+    enabled: bool = True
+    ramp: list[float] = Field(default_factory=lambda: [0.05, 0.2, 0.5])
+    # Challenger rows needed at a ramp step (with no guardrail breach) before the next step.
+    min_rows_per_step: int = Field(50, gt=0)
+    # Power calculation for the acceptance rate (accepted + copied): the smallest absolute lift
+    # worth detecting, the test's one-sided alpha and its power.
+    min_detectable_effect: float = Field(0.05, gt=0.0, lt=1.0)
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    power: float = Field(0.8, gt=0.5, lt=1.0)
+    # No significant difference after this many times the planned sample: stop, keep the champion.
+    max_sample_factor: float = Field(3.0, ge=1.0)
+    # Guardrails, judged on at least guardrail_min_rows rows per arm: the challenger's (or a
+    # newly promoted champion's) acceptance rate below the baseline's by more than this, and
+    # significantly so; a toxic-answer share or an error (empty answer) share above these.
+    guardrail_min_rows: int = Field(30, gt=0)
+    max_acceptance_drop: float = Field(0.1, gt=0.0, lt=1.0)
+    max_toxic_share: float = Field(0.02, ge=0.0, le=1.0)
+    max_error_share: float = Field(0.05, ge=0.0, le=1.0)
+    # A promoted champion stays watched this long against its predecessor's last days.
+    watch_days: float = Field(7, gt=0)
+    bucket_salt: str = "flywheel-ab"
+
+    @model_validator(mode="after")
+    def _ramp_increases(self) -> ExperimentConfig:
+        if not self.ramp or any(not 0 < s <= 1 for s in self.ramp) or self.ramp != sorted(set(self.ramp)):
+            raise ValueError(f"experiment.ramp must be increasing traffic shares in (0, 1], got {self.ramp}")
+        return self
 
 
 class SimulateConfig(_Section):
@@ -271,6 +310,9 @@ class SimulateConfig(_Section):
     adversarial_rate: float = Field(0.02, ge=0.0, le=1.0)
     pii_rate: float = Field(0.0, ge=0.0, le=1.0)
     toxic_rate: float = Field(0.0, ge=0.0, le=1.0)
+    # Poisoned feedback: users who accept wrong answers, in a way that fools the product's
+    # automatic quality estimate (the negative-flywheel scenario).
+    poison_rate: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class TinyModelConfig(_Section):
@@ -302,6 +344,7 @@ class FlywheelConfig(_Section):
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
     tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
 

@@ -713,11 +713,23 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 
 
 def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
-    from flywheel.evaluate import evaluate_answer_fn, load_golden_set
+    """Champion and challenger on the golden set, each with its bootstrap interval and its score
+    per item (kept for the paired comparison of the offline gate). First, the golden set must be
+    the registered version, and the challenger's training set must hold none of its inputs."""
+    from flywheel.evaluate import (
+        bootstrap_interval,
+        check_golden_unchanged,
+        evaluate_answer_fn,
+        load_golden_set,
+    )
     from flywheel.inference import answer_fn, load_model
 
     ev = cycle.config.evaluation
     golden = load_golden_set(cycle.config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
+    registered = wh.query("SELECT golden_hash FROM golden_sets WHERE path = $p ORDER BY created_at LIMIT 1",
+                          {"p": str(golden.path)}).to_pylist()  # fmt: skip
+    check_golden_unchanged(golden, registered[0]["golden_hash"] if registered else None)
+    _check_training_set_decontaminated(cycle)
     champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
     challenger = registry.get_model(wh, cycle.challenger_version)
     now = _now()
@@ -725,6 +737,8 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     for role, mv in (("champion", champion), ("challenger", challenger)):
         loaded = load_model(mv.base_model, mv.adapter_path, version=mv.version)
         result = evaluate_answer_fn(answer_fn(loaded, max_new_tokens=ev.max_new_tokens), golden)
+        low, high = bootstrap_interval(result.item_scores, samples=ev.bootstrap_samples, confidence=ev.confidence,
+                                       seed=ev.bootstrap_seed)  # fmt: skip
         rows.append(
             {
                 "cycle_id": cycle.cycle_id,
@@ -736,13 +750,33 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
                 "per_task_json": json.dumps(result.per_task, sort_keys=True),
                 "golden_hash": golden.content_hash,
                 "evaluated_at": now,
+                "accuracy_low": low,
+                "accuracy_high": high,
+                "scorer": result.scorer,
+                "item_scores_json": json.dumps(result.item_scores),
             }
         )
         out[f"{role}_version"] = mv.version
         out[f"{role}_accuracy"] = result.accuracy
+        out[f"{role}_interval"] = [round(low, 4), round(high, 4)]
     wh.replace_partition("evaluations", {"cycle_id": cycle.cycle_id}, rows_to_table("evaluations", rows))
     record_golden_set(wh, golden, cycle.cycle_id)
     return out
+
+
+def _check_training_set_decontaminated(cycle: CycleSpec) -> None:
+    """The set the challenger trained on holds no golden input (exact or near): verified on
+    every cycle, whatever the filters and gates upstream did."""
+    from flywheel.dataset import load_chat_dataset
+    from flywheel.evaluate import check_decontaminated
+    from flywheel.filters import golden_index
+
+    if not cycle.dataset_dir.exists():
+        return  # no dataset: the challenger was registered by other means (nothing to check)
+    data = load_chat_dataset(cycle.dataset_dir)
+    rows = [*data["train"], *data["validation"]]
+    check_decontaminated([r["messages"][0]["content"] for r in rows], [r["request_id"] for r in rows],
+                         golden_index(cycle.config.filters, golden_inputs(cycle.config)))  # fmt: skip
 
 
 def record_golden_set(wh: Warehouse, golden: Any, cycle_id: str) -> bool:
@@ -759,27 +793,59 @@ def record_golden_set(wh: Warehouse, golden: Any, cycle_id: str) -> bool:
 
 
 def stage_promote(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """The offline gate (overall gain, no slice regression, paired bootstrap intervals), stored
+    per cycle in `offline_comparisons`. A challenger that passes goes to an online A/B test
+    (`experiment.enabled`): the pointer moves later, when `ab_monitor` sees a significant win.
+    With experiments off, passing the gate promotes at once."""
+    from flywheel import experiment
+    from flywheel.evaluate import EvalResult, compare_offline, load_golden_set
+
     evals = {r["role"]: r for r in wh.select("evaluations", {"cycle_id": cycle.cycle_id}).to_pylist()}
     if set(evals) != {"champion", "challenger"}:
         raise FlywheelError(f"{cycle.cycle_id}: evaluations missing ({sorted(evals)}); run evaluate first")
-    decision = registry.decide_promotion(
-        evals["champion"]["accuracy"],
-        evals["challenger"]["accuracy"],
-        min_improvement=cycle.config.evaluation.min_improvement,
-    )
+    ev = cycle.config.evaluation
+    golden = load_golden_set(cycle.config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
+    results = {}
+    for role, e in evals.items():
+        if e["golden_hash"] != golden.content_hash or not e.get("item_scores_json"):
+            raise FlywheelError(f"{cycle.cycle_id}: the {role}'s evaluation is not on golden set {golden.content_hash[:12]} "
+                                "item by item; rerun evaluate_golden_set")  # fmt: skip
+        results[role] = EvalResult(e["accuracy"], e["n_items"], e["n_correct"], json.loads(e["per_task_json"] or "{}"),
+                                   tuple(json.loads(e["item_scores_json"])), e.get("scorer") or "exact_match")  # fmt: skip
+    champion, challenger = evals["champion"]["model_version"], evals["challenger"]["model_version"]
+    gate = compare_offline(golden.tasks, results["champion"], results["challenger"], champion_version=champion,
+                           challenger_version=challenger, config=ev)  # fmt: skip
+    wh.replace_partition("offline_comparisons", {"cycle_id": cycle.cycle_id}, rows_to_table("offline_comparisons", [{
+        "cycle_id": cycle.cycle_id, "champion": champion, "challenger": challenger, "golden_hash": golden.content_hash,
+        "champion_accuracy": gate.champion_accuracy, "champion_low": gate.champion_interval[0],
+        "champion_high": gate.champion_interval[1], "challenger_accuracy": gate.challenger_accuracy,
+        "challenger_low": gate.challenger_interval[0], "challenger_high": gate.challenger_interval[1],
+        "delta": gate.delta, "delta_low": gate.delta_interval[0], "delta_high": gate.delta_interval[1],
+        "slices_json": gate.slices_json(), "passed": gate.passed, "reason": gate.reason, "compared_at": _now()}]))  # fmt: skip
+    promoted, reason, experiment_id = gate.passed, gate.reason, None
+    ab = cycle.config.experiment.enabled
     if cycle.dry_run:
-        decision = registry.PromotionDecision(False, f"dry run, champion kept; would have {'promoted' if decision.promoted else 'kept the champion'}: {decision.reason}")
+        promoted, reason = False, f"dry run, champion kept; would have {'promoted' if gate.passed else 'kept the champion'}: {gate.reason}"
+    elif gate.passed and ab:
+        exp = experiment.start_experiment(wh, cycle_id=cycle.cycle_id, logical_date=cycle.logical_date, champion=champion,
+                                          challenger=challenger, config=cycle.config.experiment)  # fmt: skip
+        promoted, experiment_id = False, exp.experiment_id
+        reason = f"{gate.reason}; A/B test {exp.experiment_id} started at {exp.traffic_share:.0%} of traffic (champion kept until it wins)"
+    if not (gate.passed and ab) or cycle.dry_run:
+        experiment.cancel_experiment(wh, cycle.cycle_id)  # a rerun leaves what a first run would
     row = registry.record_decision(
         wh,
         cycle_id=cycle.cycle_id,
         logical_date=cycle.logical_date,
-        champion_before=evals["champion"]["model_version"],
-        challenger=evals["challenger"]["model_version"],
-        promoted=decision.promoted,
-        reason=decision.reason,
+        champion_before=champion,
+        challenger=challenger,
+        promoted=promoted,
+        reason=reason,
     )
-    log.info("%s: %s", cycle.cycle_id, decision.reason)
-    return {"promoted": decision.promoted, "champion_after": row["champion_after"], "reason": decision.reason}
+    log.info("%s: %s", cycle.cycle_id, reason)
+    return {"promoted": promoted, "champion_after": row["champion_after"], "reason": reason, "gate_passed": gate.passed,
+            "delta": round(gate.delta, 4), "delta_interval": [round(x, 4) for x in gate.delta_interval],
+            "experiment_id": experiment_id}  # fmt: skip
 
 
 def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:

@@ -26,10 +26,12 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from flywheel.config import PROJECT_ROOT, FlywheelConfig, flywheel_home, load_config
+from flywheel.simulate import AnswerFn
 from flywheel.warehouse import Warehouse, warehouse_from_config
 
 log = logging.getLogger("flywheel.demo")
@@ -40,30 +42,64 @@ BETA_WEEKS = 2
 
 
 def serve_week(
-    config: FlywheelConfig, wh: Warehouse, week_start: datetime, truth: dict[str, str] | None = None
+    config: FlywheelConfig,
+    wh: Warehouse,
+    week_start: datetime,
+    *,
+    days: float = 7,
+    answer_for: Callable[[str], AnswerFn] | None = None,
+    poison_rate: float | None = None,
+    truth: dict[str, str] | None = None,
 ) -> dict[str, object]:
-    """The product's week: the champion in force answers, simulated users react, logs land.
-    ``truth`` collects each request's right answer, for the simulated reviewers."""
-    from flywheel import registry
-    from flywheel.inference import answer_fn, load_model
-    from flywheel.simulate import simulate_traffic
+    """The product's week (or ``days`` of it): the champion in force answers, simulated users
+    react, logs land. While an A/B experiment runs, the users its hash buckets put in the
+    challenger's arm are served by the challenger, and each row names the version that answered.
+    ``answer_for`` maps a version to its answer function (default: load the model); ``truth``
+    collects each request's right answer, for the simulated reviewers."""
+    from flywheel import experiment, registry
+    from flywheel.simulate import Arm, simulate_traffic
 
-    champion = registry.get_model(wh, registry.champion_as_of(wh, week_start + timedelta(microseconds=1)))
-    loaded = load_model(champion.base_model, champion.adapter_path, version=champion.version)
+    answer_for = answer_for or _model_answers(config, wh)
+    champion = registry.champion_as_of(wh, week_start + timedelta(microseconds=1))
+    routing = experiment.route(wh, week_start, config.experiment.bucket_salt)
+    arm = Arm(routing[0].challenger, answer_for(routing[0].challenger), routing[1]) if routing else None
     logs = simulate_traffic(
         week_start,
-        answer_fn(loaded, max_new_tokens=config.evaluation.max_new_tokens),
-        model_version=champion.version,
-        n_requests=config.simulate.requests_per_week,
+        answer_for(champion),
+        model_version=champion,
+        n_requests=round(config.simulate.requests_per_week * days / 7),
         seed=config.simulate.seed,
         malformed_rate=config.simulate.malformed_rate,
         adversarial_rate=config.simulate.adversarial_rate,
         pii_rate=config.simulate.pii_rate,
         toxic_rate=config.simulate.toxic_rate,
         truth=truth,
+        poison_rate=config.simulate.poison_rate if poison_rate is None else poison_rate,
+        days=days,
+        challenger=arm,
     )
     wh.merge("production_logs", logs)
-    return {"week": f"{week_start:%Y-%m-%d}", "requests": logs.num_rows, "served_by": champion.version}
+    served = {"week": f"{week_start:%Y-%m-%d %H:%M}", "requests": logs.num_rows, "served_by": champion}
+    if routing:
+        served["ab"] = f"{routing[0].experiment_id}: {routing[0].challenger} on {routing[0].traffic_share:.0%} of users"
+    return served
+
+
+def _model_answers(config: FlywheelConfig, wh: Warehouse) -> Callable[[str], AnswerFn]:
+    """Answer functions of registered versions, each model loaded once."""
+    from flywheel import registry
+    from flywheel.inference import answer_fn, load_model
+
+    loaded: dict[str, AnswerFn] = {}
+
+    def answers(version: str) -> AnswerFn:
+        if version not in loaded:
+            mv = registry.get_model(wh, version)
+            model = load_model(mv.base_model, mv.adapter_path, version=mv.version)
+            loaded[version] = answer_fn(model, max_new_tokens=config.evaluation.max_new_tokens)
+        return loaded[version]
+
+    return answers
 
 
 def run_airflow_cycle(
@@ -81,6 +117,24 @@ def run_airflow_cycle(
     if proc.returncode != 0:
         tail = "\n".join(log_file.read_text().splitlines()[-40:])
         raise SystemExit(f"airflow dags test {dag_id} {logical_date:%Y-%m-%d} failed (exit {proc.returncode}); log: {log_file}\n{tail}")
+
+
+# The demo's A/B monitor runs every two days of product time while there is something to judge
+# (hourly in production); the week's last day is served after the last run.
+MONITOR_DAYS = (2, 2, 2, 1)
+
+
+def serve_week_with_monitor(config: FlywheelConfig, wh: Warehouse, monday: datetime, env: dict[str, str], logs: Path) -> None:
+    """Serve the week in slices, running `ab_monitor` through Airflow between them, so that a
+    ramp, a promotion or a rollback changes who serves the rest of the week."""
+    from flywheel.experiment import needs_monitoring
+
+    t = monday
+    for k, days in enumerate(MONITOR_DAYS):
+        log.info("product days %s", serve_week(config, wh, t, days=days))
+        t += timedelta(days=days)
+        if k < len(MONITOR_DAYS) - 1 and needs_monitoring(wh, t, config.experiment):
+            run_airflow_cycle(t, env, logs, dag_id="ab_monitor")
 
 
 def write_demo_labels(path: Path, *, n: int = 60, seed: int = 5) -> Path:
@@ -161,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.monotonic()
         run_airflow_cycle(monday, env, logs)
         log.info("cycle for %s ran through Airflow in %.0fs", f"{monday:%Y-%m-%d}", time.monotonic() - t)
-        log.info("product week %s", serve_week(config, wh, monday))
+        serve_week_with_monitor(config, wh, monday, env, logs)
     monthly_date = FIRST_WEEK + timedelta(weeks=lag_weeks + args.cycles)
     t = time.monotonic()
     run_airflow_cycle(monthly_date, env, logs, dag_id="flywheel_monthly")
@@ -187,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "without a gain of at least velocity.stagnation_min_delta"
         + (f"\nStagnation alert: {stalled[0]['message']}" if stalled and last_metrics.get("stagnant") else "")
     )
+    print_offline_and_ab(wh)
     print("\nPer-rule pass rates (share kept of the rows each rule judged, and how many it judged):\n")
     print(format_rule_table(rule_pass_rates(wh)))
     gates = wh.query(
@@ -218,6 +273,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Airflow:    AIRFLOW_HOME={airflow_home}; run logs in {airflow_home / 'demo-logs'}")
     print(f"Demo time:  {time.monotonic() - started:.0f}s for {len(rows)} cycles (last: {last['cycle_id']})")
     return 0
+
+
+def print_offline_and_ab(wh: Warehouse) -> None:
+    """Per cycle: golden-set scores with 95% bootstrap intervals and the offline gate; then each
+    A/B test's measurements and decision, and every decision on the champion pointer."""
+    from flywheel.evaluate import format_offline_table
+    from flywheel.experiment import format_experiments_table
+
+    print("\nOffline gate per cycle (golden set, paired bootstrap 95% intervals, per-slice rule):\n")
+    print(format_offline_table(wh.query("SELECT * FROM offline_comparisons ORDER BY compared_at").to_pylist()))
+    print("\nA/B tests (acceptance = accepted + copied, measured per arm from the logs; one-sided z-test):\n")
+    print(format_experiments_table(wh))
+    print("\nChampion pointer decisions:")
+    for p in wh.query("SELECT * FROM promotions ORDER BY logical_date, decided_at").to_pylist():
+        print(f"  {p['logical_date']:%Y-%m-%d %H:%M} {p['cycle_id']}: {p['champion_before'] or '-'} -> {p['champion_after']}: {p['reason']}")
 
 
 def print_bootstrap(wh: Warehouse) -> None:

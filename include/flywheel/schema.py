@@ -182,6 +182,11 @@ EVALUATIONS = pa.schema(
         ("per_task_json", pa.string()),
         ("golden_hash", pa.string()),
         ("evaluated_at", TS),
+        # Issue 8: the accuracy's bootstrap interval, the scorer, and one score per golden item.
+        ("accuracy_low", pa.float64()),
+        ("accuracy_high", pa.float64()),
+        ("scorer", pa.string()),
+        ("item_scores_json", pa.string()),
     ]
 )
 
@@ -368,6 +373,67 @@ ALERTS = pa.schema(
 )
 
 
+# --- Issue 8: offline gate and online A/B (flywheel.evaluate, flywheel.experiment) -----------
+
+OFFLINE_COMPARISONS = pa.schema(
+    [
+        ("cycle_id", pa.string()),
+        ("champion", pa.string()),
+        ("challenger", pa.string()),
+        ("golden_hash", pa.string()),
+        ("champion_accuracy", pa.float64()),
+        ("champion_low", pa.float64()),
+        ("champion_high", pa.float64()),
+        ("challenger_accuracy", pa.float64()),
+        ("challenger_low", pa.float64()),
+        ("challenger_high", pa.float64()),
+        ("delta", pa.float64()),
+        ("delta_low", pa.float64()),
+        ("delta_high", pa.float64()),
+        ("slices_json", pa.string()),
+        ("passed", pa.bool_()),
+        ("reason", pa.string()),
+        ("compared_at", TS),
+    ]
+)
+
+# The dashboard reads experiment_id, challenger, champion, traffic_share, started_at, status.
+EXPERIMENTS = pa.schema(
+    [
+        ("experiment_id", pa.string()),
+        ("cycle_id", pa.string()),
+        ("champion", pa.string()),
+        ("challenger", pa.string()),
+        ("traffic_share", pa.float64()),
+        ("ramp_json", pa.string()),
+        ("status", pa.string()),  # running | promoted | rolled_back | stopped
+        ("started_at", TS),
+        ("updated_at", TS),
+        ("reason", pa.string()),
+    ]
+)
+
+# Every monitor decision on an experiment (the experiment's state as of a date derives from it).
+EXPERIMENT_DECISIONS = pa.schema(
+    [
+        ("experiment_id", pa.string()),
+        ("as_of", TS),
+        ("action", pa.string()),  # keep_running | ramp | promote | rollback | stop
+        ("traffic_share", pa.float64()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("n_champion", pa.int64()),
+        ("n_challenger", pa.int64()),
+        ("rate_champion", pa.float64()),
+        ("rate_challenger", pa.float64()),
+        ("p_value", pa.float64()),
+        ("required_per_arm", pa.int64()),
+        ("metrics_json", pa.string()),
+        ("decided_at", TS),
+    ]
+)
+
+
 @dataclass(frozen=True)
 class TableSpec:
     name: str
@@ -397,6 +463,9 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("review_assignments", REVIEW_ASSIGNMENTS, ("item_id", "reviewer")),
         TableSpec("reviews", REVIEWS, ("item_id", "reviewer")),
         TableSpec("config_versions", CONFIG_VERSIONS, ("version_id",)),
+        TableSpec("offline_comparisons", OFFLINE_COMPARISONS, ("cycle_id",)),
+        TableSpec("experiments", EXPERIMENTS, ("experiment_id",)),
+        TableSpec("experiment_decisions", EXPERIMENT_DECISIONS, ("experiment_id", "as_of")),
     )
 }
 

@@ -74,7 +74,7 @@ def airflow(tmp_path_factory):
     wh.ensure_schema()
     registry.ensure_bootstrap_champion(wh, resolve_base_model(config))
     truth: dict[str, str] = {}
-    serve_week(config, wh, LOGICAL_DATE - timedelta(days=21), truth)
+    serve_week(config, wh, LOGICAL_DATE - timedelta(days=21), truth=truth)
 
     port = _free_port()
     env = airflow_env(root / "airflow", root / "flywheel", config_path=config_path) | {

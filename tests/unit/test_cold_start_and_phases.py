@@ -174,11 +174,19 @@ def test_dry_run_records_the_decision_but_keeps_the_champion(tmp_path, wh):
     t = datetime(2026, 3, 2, tzinfo=UTC)
     cycle = fc.make_cycle("flywheel_weekly", data_interval_end=t, logical_date=t, config=FlywheelConfig(home=tmp_path),
                           dry_run=True)  # fmt: skip
-    wh.merge("evaluations", rows_to_table("evaluations", [
-        {"cycle_id": cycle.cycle_id, "model_version": v, "role": role, "accuracy": acc, "n_items": 10, "n_correct": int(acc * 10),
-         "per_task_json": json.dumps({}), "golden_hash": "h", "evaluated_at": t}
-        for v, role, acc in ((base, "champion", 0.2), (cycle.cycle_id, "challenger", 0.9))
-    ]))  # fmt: skip
+    # The offline gate compares item by item on the golden set: a champion right on every fifth
+    # item, a challenger right on all of them.
+    from flywheel.evaluate import load_golden_set, score_answers
+
+    ev = cycle.config.evaluation
+    golden = load_golden_set(cycle.config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
+    for v, role, every in ((base, "champion", 5), (cycle.cycle_id, "challenger", 1)):
+        r = score_answers(golden.tasks, [task.answer if i % every == 0 else "?" for i, task in enumerate(golden.tasks)])
+        wh.merge("evaluations", rows_to_table("evaluations", [
+            {"cycle_id": cycle.cycle_id, "model_version": v, "role": role, "accuracy": r.accuracy, "n_items": r.n_items,
+             "n_correct": r.n_correct, "per_task_json": json.dumps(r.per_task), "golden_hash": golden.content_hash,
+             "evaluated_at": t, "item_scores_json": json.dumps(r.item_scores)}
+        ]))  # fmt: skip
     out = fc.stage_promote(cycle, wh)
     assert out["promoted"] is False and out["champion_after"] == base
     assert out["reason"].startswith("dry run") and "would have promoted" in out["reason"]
