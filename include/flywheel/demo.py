@@ -124,17 +124,94 @@ def run_airflow_cycle(
 MONITOR_DAYS = (2, 2, 2, 1)
 
 
-def serve_week_with_monitor(config: FlywheelConfig, wh: Warehouse, monday: datetime, env: dict[str, str], logs: Path) -> None:
+def serve_week_with_monitor(
+    config: FlywheelConfig, wh: Warehouse, monday: datetime, env: dict[str, str], logs: Path, truth: dict[str, str]
+) -> None:
     """Serve the week in slices, running `ab_monitor` through Airflow between them, so that a
     ramp, a promotion or a rollback changes who serves the rest of the week."""
     from flywheel.experiment import needs_monitoring
 
     t = monday
     for k, days in enumerate(MONITOR_DAYS):
-        log.info("product days %s", serve_week(config, wh, t, days=days))
+        log.info("product days %s", serve_week(config, wh, t, days=days, truth=truth))
         t += timedelta(days=days)
         if k < len(MONITOR_DAYS) - 1 and needs_monitoring(wh, t, config.experiment):
             run_airflow_cycle(t, env, logs, dag_id="ab_monitor")
+
+
+class SimulatedReviewers:
+    """Two simulated reviewers (the simulator's oracle, 10% noise) working in the background, as
+    people would: whenever a cycle's review sample is waiting, they review it, while the cycle's
+    `wait_for_review` task waits deferred."""
+
+    REVIEWERS = ("sim-reviewer-1", "sim-reviewer-2")
+
+    def __init__(self, wh: Warehouse, truth: dict[str, str], reviewers_per_item: int) -> None:
+        import threading
+
+        self.wh, self.truth, self.per_item = wh, truth, reviewers_per_item
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="simulated-reviewers", daemon=True)
+        self.written = 0
+
+    def _run(self) -> None:
+        from flywheel.review import run_simulated_reviewers
+
+        while not self.stop.wait(2.0):
+            try:
+                self.written += run_simulated_reviewers(self.wh, self.truth, reviewers=self.REVIEWERS,
+                                                        reviewers_per_item=self.per_item, noise=0.1)  # fmt: skip
+            except Exception as exc:  # a locked warehouse, say: people come back later too
+                log.warning("simulated reviewers: %s; retrying", exc)
+
+    def __enter__(self) -> SimulatedReviewers:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+def demo_config(home: Path) -> Path:
+    """The project's config with the demo's review pace: the review wait polls every 2 seconds
+    (5 minutes in production) and every item gets two reviewers, so agreement is measured."""
+    import yaml
+
+    from flywheel.config import DEFAULT_CONFIG_PATH
+
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    data["review"].update({"poll_seconds": 2, "reviewers_per_item": 2})
+    path = home / "demo-flywheel.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def print_reviews(wh: Warehouse) -> None:
+    """Per cycle: the review sample, how much was reviewed, agreement, and the calibration."""
+    import json
+
+    from flywheel.review import agreement
+
+    cycles = wh.query("SELECT DISTINCT cycle_id FROM review_items ORDER BY cycle_id").column("cycle_id").to_pylist()
+    print("\nHuman review (simulated reviewers: the simulator's oracle with 10% noise, two per item):\n")
+    for c in cycles:
+        items = wh.query("SELECT slice, COUNT(*) AS n FROM review_items WHERE cycle_id = $c GROUP BY slice", {"c": c}).to_pylist()
+        n = {r["slice"]: r["n"] for r in items}
+        verdicts = wh.query("SELECT verdict, COUNT(*) AS n FROM reviews WHERE cycle_id = $c GROUP BY verdict", {"c": c}).to_pylist()
+        v = {r["verdict"]: r["n"] for r in verdicts}
+        a = agreement(wh, [c])
+        kappa = f", kappa {a['kappa']:.2f}" if a["kappa"] is not None else ""
+        pairwise = f"{a['pairwise']:.1%}" if a["pairwise"] is not None else "-"
+        print(f"  {c}: sample {sum(n.values())} ({n.get('priority', 0)} prioritised, {n.get('random', 0)} random); "
+              f"{v.get('approve', 0)} approvals, {v.get('reject', 0)} rejections; reviewer agreement {pairwise}{kappa}")  # fmt: skip
+    for r in wh.query("SELECT * FROM config_versions ORDER BY logical_date").to_pylist():
+        per_rule = json.loads(r["per_rule_json"])
+        moved = ", ".join(f"{rule} {p['threshold_before']:g} -> {p['threshold_after']:g}" for rule, p in per_rule.items())
+        print(f"  calibration {r['cycle_id']}: {r['n_reviews']} random-slice reviews, filter/human agreement "
+              f"{r['agreement_before']:.1%} -> {r['agreement_after']:.1%}; {moved}; "
+              f"{'ADOPTED for later cycles' if r['adopted'] else 'not adopted'}")  # fmt: skip
 
 
 def write_demo_labels(path: Path, *, n: int = 60, seed: int = 5) -> Path:
@@ -177,7 +254,8 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.monotonic()
     home = flywheel_home()
-    config = load_config()
+    config_path = demo_config(home)
+    config = load_config(config_path)
     if not args.keep:
         # A fresh run each time; the tiny model's cached build is kept (it is rebuilt only
         # when its config changes).
@@ -188,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             elif stale.exists():
                 stale.unlink()
     airflow_home = PROJECT_ROOT / ".airflow"
-    env = airflow_env(airflow_home, home)
+    env = airflow_env(airflow_home, home, config_path=config_path)
 
     info = build_tiny_model(config)
     log.info("tiny model: %s (%d parameters, %s)", info.path, info.parameters,
@@ -200,28 +278,31 @@ def main(argv: list[str] | None = None) -> int:
     subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     logs = airflow_home / "demo-logs"
+    truth: dict[str, str] = {}
     # Cold start: beta weeks served by the base model, then the bootstrap cycle.
     for w in range(BETA_WEEKS, 0, -1):
-        log.info("beta week %s", serve_week(config, wh, FIRST_WEEK - timedelta(weeks=w)))
+        log.info("beta week %s", serve_week(config, wh, FIRST_WEEK - timedelta(weeks=w), truth=truth))
     labels = write_demo_labels(home / "labels" / "manual_labels.jsonl")
     t = time.monotonic()
     run_airflow_cycle(FIRST_WEEK, env, logs, dag_id="flywheel_bootstrap", conf={"labels_path": str(labels)})
     log.info("bootstrap cycle ran through Airflow in %.0fs", time.monotonic() - t)
     lag_weeks = (config.extract.lag_days + config.extract.window_days) // 7
     for w in range(lag_weeks):
-        log.info("product week %s", serve_week(config, wh, FIRST_WEEK + timedelta(weeks=w)))
-    for k in range(args.cycles):
-        monday = FIRST_WEEK + timedelta(weeks=lag_weeks + k)
-        t = time.monotonic()
-        run_airflow_cycle(monday, env, logs)
-        log.info("cycle for %s ran through Airflow in %.0fs", f"{monday:%Y-%m-%d}", time.monotonic() - t)
-        serve_week_with_monitor(config, wh, monday, env, logs)
+        log.info("product week %s", serve_week(config, wh, FIRST_WEEK + timedelta(weeks=w), truth=truth))
+    with SimulatedReviewers(wh, truth, config.review.reviewers_per_item):
+        for k in range(args.cycles):
+            monday = FIRST_WEEK + timedelta(weeks=lag_weeks + k)
+            t = time.monotonic()
+            run_airflow_cycle(monday, env, logs)
+            log.info("cycle for %s ran through Airflow in %.0fs", f"{monday:%Y-%m-%d}", time.monotonic() - t)
+            serve_week_with_monitor(config, wh, monday, env, logs, truth)
     monthly_date = FIRST_WEEK + timedelta(weeks=lag_weeks + args.cycles)
     t = time.monotonic()
     run_airflow_cycle(monthly_date, env, logs, dag_id="flywheel_monthly")
     log.info("monthly cycle ran through Airflow in %.0fs", time.monotonic() - t)
 
     print_bootstrap(wh)
+    print_reviews(wh)
     rows = cycles_report(wh)
     print("\nFlywheel cycles (each run by `airflow dags test <dag> <monday>`: bootstrap, weekly, monthly):\n")
     print(format_cycles_table(rows))
