@@ -120,7 +120,10 @@ def render_dashboard(wh: Any) -> str:
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(title="Flywheel dashboard", dependencies=[_authenticated()])
+    from flywheel_airflow.review_ui import create_router
+
+    app = FastAPI(title="Flywheel dashboard and review", dependencies=[_authenticated()])
+    app.include_router(create_router())
 
     @app.get("/", response_class=HTMLResponse)
     def dashboard() -> str:

@@ -75,4 +75,4 @@ def test_dashboard_needs_an_airflow_login(server):
     # The link in the UI's navigation.
     plugins = httpx.get(f"{base}/api/v2/plugins", headers={"Authorization": f"Bearer {token}"}).json()["plugins"]
     (flywheel,) = [p for p in plugins if p["name"] == "flywheel"]
-    assert flywheel["external_views"][0]["href"] == "flywheel/"
+    assert [v["href"] for v in flywheel["external_views"]] == ["flywheel/", "flywheel/review/"]

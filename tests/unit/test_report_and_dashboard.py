@@ -146,6 +146,5 @@ def test_plugin_registers_the_dashboard_app_and_its_link():
 
     (app,) = FlywheelPlugin.fastapi_apps
     assert app["url_prefix"] == "/flywheel"
-    (view,) = FlywheelPlugin.external_views
-    assert view["href"] == "flywheel/" and view["destination"] == "nav"
-    assert {r.path for r in app["app"].routes} >= {"/", "/api/summary"}
+    assert [v["href"] for v in FlywheelPlugin.external_views] == ["flywheel/", "flywheel/review/"]
+    assert {r.path for r in app["app"].routes} >= {"/", "/api/summary", "/review/", "/review/items/{item_id}"}

@@ -1,0 +1,153 @@
+"""The review UI in a real browser: headless Debian Chromium, driven through ChromeDriver, against
+a real `airflow api-server` serving the plugin.
+
+The test logs in through Airflow's own login page, opens the review page, scores an item with
+the keyboard, approves it, edits and approves a second one, and finds both reviews in the
+warehouse. Without a login, every review endpoint refuses.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+T = datetime(2026, 3, 2, tzinfo=UTC)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _answers(pairs):
+    return ["I am not sure." for _ in pairs]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import httpx
+
+    from flywheel import cycle as fc
+    from flywheel import registry
+    from flywheel.config import load_config
+    from flywheel.localenv import airflow_env
+    from flywheel.simulate import simulate_traffic
+    from flywheel.warehouse import warehouse_from_config
+
+    subprocess.run([str(ROOT / "scripts" / "install_chromium.sh")], check=True)
+    root = tmp_path_factory.mktemp("review-ui")
+    data = yaml.safe_load((ROOT / "include/config/flywheel.yaml").read_text())
+    data["review"].update({"model_signals": False, "min_items": 5})
+    config_path = root / "flywheel.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    config = load_config(config_path).model_copy(update={"home": root / "flywheel"})
+    wh = warehouse_from_config(config)
+    wh.ensure_schema()
+    registry.ensure_bootstrap_champion(wh, "stand-in")
+    cycle = fc.make_cycle("flywheel_weekly", data_interval_end=T, logical_date=T, config=config)
+    wh.merge("production_logs", simulate_traffic(cycle.window.start, _answers, model_version="stand-in", n_requests=80,
+                                                 seed=2, malformed_rate=0.0, pii_rate=0.2))  # fmt: skip
+    for stage in (fc.stage_extract, fc.stage_validate, fc.stage_filter, fc.stage_sample_for_review):
+        stage(cycle, wh)
+    assert wh.count("review_items") >= 5
+
+    port = _free_port()
+    env = airflow_env(root / "airflow", root / "flywheel", config_path=config_path) | {
+        "AIRFLOW__API__PORT": str(port),
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "ann:viewer",
+        "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
+        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+    }
+    af = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([af, "db", "migrate"], env=env, check=True, capture_output=True)
+    log = (root / "api-server.log").open("w")
+    proc = subprocess.Popen([af, "api-server", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{base}/api/v2/monitor/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, (root / "api-server.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "api-server did not start"
+            time.sleep(1)
+        password = json.loads((root / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())["ann"]
+        yield {"base": base, "password": password, "wh": wh, "root": root, "cycle_id": cycle.cycle_id}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def test_every_review_endpoint_refuses_without_a_login(server):
+    import httpx
+
+    from flywheel_airflow.review_ui import create_router
+
+    base = server["base"] + "/flywheel"
+    routes = [(m, r.path) for r in create_router().routes for m in r.methods]  # type: ignore[attr-defined]
+    assert len(routes) == 4
+    for method, path in routes:
+        url = base + path.replace("{item_id}", "any")
+        assert httpx.request(method, url, params={"cycle_id": "x"}).status_code == 401, (method, path)
+        forged = httpx.request(method, url, params={"cycle_id": "x"}, cookies={"_token": "not.a.token"})
+        assert forged.status_code in (401, 403), (method, path)
+
+
+def test_a_reviewer_logs_in_scores_with_the_keyboard_and_the_review_is_stored(server, tmp_path):
+    from chromedriver_client import ESCAPE, Browser
+
+    wh, base = server["wh"], server["base"]
+    browser = Browser(_free_port(), str(tmp_path / "chromium"))
+    try:
+        browser.get(f"{base}/auth/login/?next={base}/flywheel/review/")
+        browser.type("input[name=username]", "ann")
+        browser.type("input[name=password]", server["password"])
+        browser.click("button[type=submit]")
+        deadline = time.monotonic() + 30
+        while "/auth/login" in browser.url and time.monotonic() < deadline:
+            time.sleep(0.3)
+        browser.get(f"{base}/flywheel/review/")
+        assert "Reviewer ann" in browser.text("body")
+        first_prompt = browser.text("#prompt")
+        assert "@example.com" not in browser.text("body"), "reviewers never see PII"
+        browser.keys("5", "4", "5", "a")  # accuracy, helpfulness, safety, approve
+
+        # The next item comes up; this one gets an edited answer.
+        deadline = time.monotonic() + 20
+        while browser.text("#prompt") == first_prompt and time.monotonic() < deadline:
+            time.sleep(0.3)
+        second_prompt = browser.text("#prompt")
+        assert second_prompt != first_prompt
+        browser.keys("e")
+        browser.keys(*"THE RIGHT ANSWER", ESCAPE)
+        browser.keys("3", "3", "5", "a")
+        deadline = time.monotonic() + 20
+        while wh.count("reviews") < 2 and time.monotonic() < deadline:
+            time.sleep(0.3)
+    finally:
+        browser.quit()
+
+    reviews = {r["item_id"]: r for r in wh.select("reviews").to_pylist()}
+    items = {i["item_id"]: i for i in wh.select("review_items").to_pylist()}
+    assert len(reviews) == 2
+    by_prompt = {items[k]["prompt"].strip(): r for k, r in reviews.items()}
+    first, second = by_prompt[first_prompt.strip()], by_prompt[second_prompt.strip()]
+    assert (first["reviewer"], first["accuracy"], first["helpfulness"], first["safety"], first["verdict"]) == ("ann", 5, 4, 5, "approve")
+    assert first["edited_response"] is None and first["seconds_spent"] > 0
+    assert (second["accuracy"], second["helpfulness"], second["verdict"], second["edited_response"]) == (3, 3, "approve", "THE RIGHT ANSWER")
