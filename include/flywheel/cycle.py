@@ -905,6 +905,7 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     if promoted:
         metrics["time_to_improvement_days"] = _days_since_last_gain(cycle, wh)
     metrics["examples_collected"] = float(collected)
+    metrics |= _review_throughput(cycle, wh)
     metrics["phase_index"] = float(PHASES.index(row["phase"]))
     now = _now()
     wh.replace_partition(
@@ -924,6 +925,25 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         "stagnation": {"stagnant": diagnosis.stagnant, "cycles_without_gain": diagnosis.cycles_without_gain,
                        "causes": diagnosis.causes, "summary": diagnosis.describe()},
     }  # fmt: skip
+
+
+def _review_throughput(cycle: CycleSpec, wh: Warehouse) -> dict[str, float]:
+    """How fast people got through the cycle's review sample: items, reviews, the median time a
+    review took, and the hours from the sample to its last review (none when nothing was sampled)."""
+    from statistics import median
+
+    items = wh.count("review_items", {"cycle_id": cycle.cycle_id})
+    if not items:
+        return {}
+    reviews = wh.select("reviews", {"cycle_id": cycle.cycle_id}).to_pylist()
+    out = {"review_items": float(items), "reviews": float(len(reviews))}
+    seconds = [r["seconds_spent"] for r in reviews if r["seconds_spent"] is not None]
+    if seconds:
+        out["review_seconds_median"] = float(median(seconds))
+    if reviews:
+        first = wh.query("SELECT MIN(created_at) AS t FROM review_items WHERE cycle_id = $c", {"c": cycle.cycle_id}).to_pylist()[0]["t"]
+        out["review_turnaround_hours"] = (max(r["reviewed_at"] for r in reviews) - first).total_seconds() / 3600
+    return out
 
 
 def stage_report(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:

@@ -158,6 +158,8 @@ def test_reviews_change_the_dataset_and_feed_the_gold_set(reviewed_world, wh):
     assert gold["request_id"] == edited["request_id"] and gold["response"] == "THE RIGHT ANSWER"
     rec = fc.stage_record(cycle, wh)  # the review decision keeps the counts true
     assert rec["kept"] == out["n_train"] + out["n_val"]
+    items = wh.count("review_items", {"cycle_id": cycle.cycle_id})
+    assert (rec["metrics"]["review_items"], rec["metrics"]["reviews"]) == (items, 2)  # review throughput
     assert rec["quarantined"] + rec["kept"] + rec["rejected"] == rec["rows_in_window"]
 
 
