@@ -52,6 +52,8 @@ def cycle_params(*, lag_days: int = 14) -> dict[str, Param]:
                               description="Override the window: read [window_start, window_start + window_days) instead of the lagged window."),
         "dry_run": Param(False, type="boolean", description="Run every stage, but never move the champion (the decision is recorded as a dry run)."),
         "skip_training": Param(False, type="boolean", description="Stop after the training-set gate: no challenger, no evaluation; the cycle is still recorded."),
+        "force_review": Param(None, type=["null", "boolean"],
+                              description="true: send this run's sample to human review even where the DAG skips it (monthly, bootstrap); false: no review this run."),
         "min_quality_score": Param(None, type=["null", "number"], minimum=0, maximum=1, description="Quality filter threshold (config: 0.6)."),
         "epochs": Param(None, type=["null", "number"], exclusiveMinimum=0, description="LoRA epochs (config: 1)."),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description="LoRA learning rate."),

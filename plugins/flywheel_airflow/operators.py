@@ -35,6 +35,7 @@ PARAM_OVERRIDES: dict[str, str] = {
     "max_length": "training.max_length",
     "seed": "training.seed",
     "min_improvement": "evaluation.min_improvement",
+    "force_review": "review.enabled",
     "labels_path": "bootstrap.labels_path",
     "synthetic_per_task_type": "bootstrap.synthetic_per_task_type",
 }

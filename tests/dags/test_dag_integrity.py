@@ -127,6 +127,7 @@ def test_weekly_schedule_and_params(dagbag):
                  "base_model", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "batch_size", "max_length", "seed"):
         assert name in dag.params and dag.params[name] is None
     assert dag.params["dry_run"] is False and dag.params["skip_training"] is False
+    assert dag.params["force_review"] is None
 
 
 def test_params_map_onto_config_keys():
@@ -138,6 +139,9 @@ def test_params_map_onto_config_keys():
     assert cfg.extract.lag_days == 7
     assert cfg.filters.min_quality_score == 0.75
     assert cfg.training.lora_r == 4 and cfg.training.target_modules == ["q_proj", "v_proj"]
+    # A run's params beat the DAG's fixed overrides: force_review samples a monthly run.
+    monthly = config_for_run({"force_review": True}, dag_overrides={"review.enabled": False, "extract.window_days": 28})
+    assert monthly.review.enabled is True and monthly.extract.window_days == 28
     for dotted in PARAM_OVERRIDES.values():
         section, key = dotted.split(".")
         assert hasattr(getattr(cfg, section), key), dotted
