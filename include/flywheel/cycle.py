@@ -135,6 +135,7 @@ def stage_extract(cycle: CycleSpec, wh: Warehouse, extra_rows: list[dict[str, An
         max_skew=cycle.limits.max_clock_skew,
         pushdown=Pushdown(tuple(cycle.config.filters.allowed_actions), cycle.config.filters.min_quality_score),
         extra_rows=extra + gold,
+        superseded_ids={g["request_id"] for g in gold},
     )
     log.info("%s: %d rows in window [%s, %s) (%d gold, %d from other sources), phase policy %s",
              cycle.cycle_id, rows, cycle.window.start, cycle.window.end, len(gold), len(extra), cycle.phase)  # fmt: skip

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flywheel.errors import WindowError
@@ -74,6 +75,7 @@ def extract_window_snapshot(
     max_skew: timedelta | None = None,
     pushdown: Pushdown | None = None,
     extra_rows: list[dict[str, Any]] | None = None,
+    superseded_ids: set[str] | None = None,
 ) -> int:
     """Stream the window's production logs into a Parquet snapshot; return the row count.
 
@@ -82,6 +84,8 @@ def extract_window_snapshot(
     the rows its rules reject hold no text (see `flywheel.warehouse.Pushdown`). ``extra_rows``
     (log-shaped rows from other sources: gold examples, manual labels, synthetic examples) are
     appended with their text; every rule, the pushed-down ones included, judges them in Python.
+    Window rows whose request id is in ``superseded_ids`` are left out: an extra row stands for
+    them (a reviewed row's gold version, say), so no request is read twice.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".parquet.tmp")
@@ -93,7 +97,10 @@ def extract_window_snapshot(
             options["max_skew"] = max_skew
         if pushdown is not None:
             options["pushdown"] = pushdown
+        drop = pa.array(sorted(superseded_ids or ()), pa.string())
         for batch in warehouse.read_window("production_logs", window.start, window.end, **options):
+            if len(drop):
+                batch = batch.filter(pc.invert(pc.fill_null(pc.is_in(batch.column("request_id"), value_set=drop), False)))
             if writer is None:
                 writer = pq.ParquetWriter(tmp, batch.schema)
             writer.write_batch(batch)

@@ -121,13 +121,17 @@ def test_monthly_window_adds_the_gold_set_accepted_before_it(tmp_path, wh, make_
         for i in range(2)
     ]))  # fmt: skip
     t = datetime(2026, 3, 2, tzinfo=UTC)
+    # The gold example's own log row is in the window too (it was reviewed in a weekly cycle).
+    wh.merge("production_logs", rows_to_table("production_logs", [
+        make_log_row("manual-0", t - timedelta(days=20), response="GARDN", user_action="corrected", correction="GARDEN")]))  # fmt: skip
     config = FlywheelConfig(home=tmp_path).with_overrides({"extract.window_days": 28, "extract.include_gold": True})
     cycle = fc.make_cycle("flywheel_monthly", data_interval_end=t, logical_date=t, config=config)
     assert (cycle.window.start, cycle.window.end) == (t - timedelta(days=42), t - timedelta(days=14))
     out = fc.stage_extract(cycle, wh)
     assert out["gold_rows"] == 1  # the one accepted before the run; the later one is not yet gold
-    (row,) = pq.read_table(cycle.file("extract.parquet")).to_pylist()
+    (row,) = pq.read_table(cycle.file("extract.parquet")).to_pylist()  # read once: the gold version stands for it
     assert row["request_id"] == "manual-0" and row["pushdown_kept"] and row["model_version"] == "gold:manual_labels"
+    assert out["rows_in_window"] == 1
 
 
 def test_window_override_reads_the_chosen_days(tmp_path):
