@@ -608,12 +608,14 @@ def _redacted_texts(
 
 
 def stage_calibrate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
-    """Refit the threshold filters to the random slice's verdicts (`flywheel.calibrate`); an
-    adopted fit is the config version the next cycles run under."""
+    """Refit the threshold filters to the random slices' verdicts of the last
+    `calibration.lookback_days` (`flywheel.calibrate`); an adopted fit is the config version the
+    next cycles run under. It runs where the cycle itself sends nothing to review too: the
+    monthly cycle recalibrates on its month's weekly reviews."""
     from flywheel.calibrate import calibrate
 
-    if not (cycle.config.calibration.enabled and cycle.config.review.enabled):
-        return {"skipped": "calibration or review disabled"}
+    if not cycle.config.calibration.enabled:
+        return {"skipped": "calibration.enabled is false"}
     return calibrate(wh, cycle_id=cycle.cycle_id, logical_date=cycle.logical_date, filters=cycle.config.filters,
                      config=cycle.config.calibration)  # fmt: skip
 
