@@ -57,7 +57,7 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # engine reads a bracket of plain characters the same way, where escapes such as \x{85} differ.
 # Python's whitespace (what str.strip and str.split use) and the control/bidi set of validation.
 SPACE_CLASS = "[" + "".join(c for c in map(chr, range(0x3001)) if c.isspace()) + "]"
-CONTROL_CLASS = _CONTROL.pattern
+CONTROL_FREE_PREFIX = "^[^" + _CONTROL.pattern.removeprefix("[")[:-1] + "]*"
 
 _ARROW_TO_SQL = {
     "duckdb": {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN",
@@ -107,8 +107,8 @@ def prepare(sql: str, params: dict[str, Any] | None, dialect: str) -> tuple[str,
 
     DuckDB and BigQuery bind by name (``$x``, ``@x``). Snowflake's connector binds by position
     (``?``, server-side, so a NaN or a quote in a value stays a value), and cannot bind a list:
-    a list parameter becomes an ARRAY_CONSTRUCT of one placeholder per element. Every
-    placeholder must have a value, and every value a placeholder."""
+    ``list_contains($list, x)`` becomes ``x IN (?, ?, ...)``. Every placeholder must have a
+    value, and every value a placeholder."""
     params = dict(params or {})
     if dialect == CANONICAL_DIALECT:
         return sql, params
@@ -121,12 +121,15 @@ def prepare(sql: str, params: dict[str, Any] | None, dialect: str) -> tuple[str,
     positional: list[Any] = []
 
     def to_position(node: exp.Expression) -> exp.Expression:
-        if not isinstance(node, exp.Placeholder):
+        if isinstance(node, exp.ArrayContains) and isinstance(node.this, exp.Placeholder):
+            values = list(params[node.this.name])
+            positional.extend(values)
+            return exp.In(this=node.expression, expressions=[exp.Placeholder() for _ in values])
+        if not isinstance(node, exp.Placeholder) or not node.name:
             return node
         value = params[node.name]
         if isinstance(value, list | tuple):
-            positional.extend(value)
-            return exp.Anonymous(this="ARRAY_CONSTRUCT", expressions=[exp.Placeholder() for _ in value])
+            raise WarehouseError(f"list parameter {node.name!r} is only bound inside list_contains")
         positional.append(value)
         return exp.Placeholder()
 
@@ -163,7 +166,7 @@ def window_params(start: datetime, end: datetime, max_skew: timedelta, pushdown:
         "window_end": end,
         "max_skew_us": int(max_skew / timedelta(microseconds=1)),
         "space_class": SPACE_CLASS,
-        "control_class": CONTROL_CLASS,
+        "control_free_prefix": CONTROL_FREE_PREFIX,
         **pushdown.params(),
     }
 
@@ -244,6 +247,7 @@ class Warehouse(ABC):
     def cancel(self) -> None:
         """Cancel what this warehouse is running on the task's behalf (the task was killed).
         An embedded warehouse runs nothing of its own: its work dies with the process."""
+        return None
 
     # Convenience built on the primitives above ------------------------------------------
     def read_window(

@@ -12,16 +12,26 @@
 --
 -- Written once in DuckDB's dialect and transpiled for BigQuery and Snowflake, so it keeps to
 -- functions all three share: the character classes come as bound parameters made of literal
--- characters (space_class, control_class), not as regex escapes that each engine spells
--- differently; a position is the strpos of the first match, not a lazy quantifier.
-WITH w AS (
+-- characters (space_class, control_free_prefix), not as regex escapes that each engine spells
+-- differently; the first control character is where the longest prefix free of them ends,
+-- found with regexp_replace alone (no lazy quantifier, no regexp_extract, whose pattern the
+-- Snowflake emulator cannot take as a parameter).
+WITH p AS (
+    -- Each bound value once, typed: the rest of the query refers to it by name.
     SELECT
-        *,
-        CASE WHEN "timestamp" IS NULL OR date_diff('microsecond', ingested_at, "timestamp") > $max_skew_us
+        CAST($window_start AS TIMESTAMPTZ) AS window_start, CAST($window_end AS TIMESTAMPTZ) AS window_end,
+        CAST($max_skew_us AS BIGINT) AS max_skew_us,
+        CAST($min_quality_score AS DOUBLE) AS min_quality_score,
+        $space_class AS space_class, $control_free_prefix AS control_free_prefix
+),
+w AS (
+    SELECT
+        production_logs.*, p.*,
+        CASE WHEN "timestamp" IS NULL OR date_diff('microsecond', ingested_at, "timestamp") > p.max_skew_us
              THEN ingested_at ELSE "timestamp" END AS window_time
-    FROM production_logs
+    FROM production_logs CROSS JOIN p
     -- Implied by the window below, and lets the warehouse prune partitions on "timestamp".
-    WHERE ("timestamp" IS NULL OR "timestamp" >= $window_start)
+    WHERE ("timestamp" IS NULL OR "timestamp" >= p.window_start)
 ),
 k AS (
     SELECT
@@ -29,11 +39,11 @@ k AS (
         COALESCE(
             list_contains($allowed_actions, user_action)
             AND NOT isnan(quality_score)
-            AND quality_score >= $min_quality_score,
+            AND quality_score >= min_quality_score,
             FALSE
         ) AS pushdown_kept
     FROM w
-    WHERE window_time >= $window_start AND window_time < $window_end
+    WHERE window_time >= window_start AND window_time < window_end
 )
 SELECT
     request_id, "timestamp", user_id,
@@ -53,23 +63,31 @@ SELECT
     )) AS text_digest,
     prompt IS NOT NULL AS prompt_present,
     length(prompt) AS prompt_chars,
-    length(regexp_replace(prompt, $space_class, '', 'g')) = 0 AS prompt_blank,
-    strpos(prompt, NULLIF(regexp_extract(prompt, $control_class), '')) - 1 AS prompt_control_at,
-    unicode(NULLIF(regexp_extract(prompt, $control_class), '')) AS prompt_control_char,
+    length(regexp_replace(prompt, space_class, '', 'g')) = 0 AS prompt_blank,
+    CASE WHEN length(regexp_replace(prompt, control_free_prefix, '', 'g')) > 0
+         THEN length(prompt) - length(regexp_replace(prompt, control_free_prefix, '', 'g')) END AS prompt_control_at,
+    CASE WHEN length(regexp_replace(prompt, control_free_prefix, '', 'g')) > 0
+         THEN unicode(regexp_replace(prompt, control_free_prefix, '', 'g')) END AS prompt_control_char,
     response IS NOT NULL AS response_present,
     length(response) AS response_chars,
-    length(regexp_replace(response, $space_class, '', 'g')) = 0 AS response_blank,
-    strpos(response, NULLIF(regexp_extract(response, $control_class), '')) - 1 AS response_control_at,
-    unicode(NULLIF(regexp_extract(response, $control_class), '')) AS response_control_char,
+    length(regexp_replace(response, space_class, '', 'g')) = 0 AS response_blank,
+    CASE WHEN length(regexp_replace(response, control_free_prefix, '', 'g')) > 0
+         THEN length(response) - length(regexp_replace(response, control_free_prefix, '', 'g')) END AS response_control_at,
+    CASE WHEN length(regexp_replace(response, control_free_prefix, '', 'g')) > 0
+         THEN unicode(regexp_replace(response, control_free_prefix, '', 'g')) END AS response_control_char,
     correction IS NOT NULL AS correction_present,
     length(correction) AS correction_chars,
-    length(regexp_replace(correction, $space_class, '', 'g')) = 0 AS correction_blank,
-    strpos(correction, NULLIF(regexp_extract(correction, $control_class), '')) - 1 AS correction_control_at,
-    unicode(NULLIF(regexp_extract(correction, $control_class), '')) AS correction_control_char,
+    length(regexp_replace(correction, space_class, '', 'g')) = 0 AS correction_blank,
+    CASE WHEN length(regexp_replace(correction, control_free_prefix, '', 'g')) > 0
+         THEN length(correction) - length(regexp_replace(correction, control_free_prefix, '', 'g')) END AS correction_control_at,
+    CASE WHEN length(regexp_replace(correction, control_free_prefix, '', 'g')) > 0
+         THEN unicode(regexp_replace(correction, control_free_prefix, '', 'g')) END AS correction_control_char,
     context IS NOT NULL AS context_present,
     length(context) AS context_chars,
-    length(regexp_replace(context, $space_class, '', 'g')) = 0 AS context_blank,
-    strpos(context, NULLIF(regexp_extract(context, $control_class), '')) - 1 AS context_control_at,
-    unicode(NULLIF(regexp_extract(context, $control_class), '')) AS context_control_char
+    length(regexp_replace(context, space_class, '', 'g')) = 0 AS context_blank,
+    CASE WHEN length(regexp_replace(context, control_free_prefix, '', 'g')) > 0
+         THEN length(context) - length(regexp_replace(context, control_free_prefix, '', 'g')) END AS context_control_at,
+    CASE WHEN length(regexp_replace(context, control_free_prefix, '', 'g')) > 0
+         THEN unicode(regexp_replace(context, control_free_prefix, '', 'g')) END AS context_control_char
 FROM k
 ORDER BY COALESCE("timestamp", ingested_at), request_id
