@@ -17,6 +17,7 @@ running it twice. Reads get fresh ids: re-running one is harmless and must see c
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
 import logging
@@ -130,14 +131,20 @@ class BigQueryWarehouse(Warehouse):
         table has (a migration)."""
         from google.cloud import bigquery
 
-        self.client.create_dataset(bigquery.Dataset(f"{self.client.project}.{self.dataset}"), exists_ok=True)
+        dataset = f"{self.client.project}.{self.dataset}"
+        self.client.create_dataset(bigquery.Dataset(dataset), exists_ok=True)
+        existing = {t.table_id for t in self.client.list_tables(dataset)}
         for table, spec in TABLES.items():
-            cols = ", ".join(f"`{check_identifier(f.name)}` {sql_type(f.type, self.dialect)}" for f in spec.schema)
-            if table == "production_logs":
-                layout = " PARTITION BY DATE(`timestamp`) CLUSTER BY `timestamp`, request_id"
-            else:
-                layout = " CLUSTER BY " + ", ".join(f"`{k}`" for k in spec.keys[:4])
-            self._query_job(f"CREATE TABLE IF NOT EXISTS `{self._table(table)}` ({cols}){layout}", None)
+            fields = [bigquery.SchemaField(f.name, sql_type(f.type, self.dialect)) for f in spec.schema]
+            if table not in existing:
+                definition = bigquery.Table(self._table(table), schema=fields)
+                if table == "production_logs":
+                    definition.time_partitioning = bigquery.TimePartitioning(field="timestamp")
+                    definition.clustering_fields = ["timestamp", "request_id"]
+                else:
+                    definition.clustering_fields = list(spec.keys[:4])
+                self.client.create_table(definition, exists_ok=True)
+                continue
             have = {f.name for f in self.client.get_table(self._table(table)).schema}
             for f in spec.schema:
                 if f.name not in have:
@@ -163,8 +170,8 @@ class BigQueryWarehouse(Warehouse):
         same = " AND ".join(f"s.`{c}` IS NOT DISTINCT FROM t.`{c}`" for c in spec.schema.names)
         # What DuckDB's two deletes remove: rows with the same keys, and a keyless row's exact copy.
         replaced = (
-            f"EXISTS (SELECT 1 FROM `{{stage}}` s WHERE {keys}) "
-            f"OR (({t_null}) AND EXISTS (SELECT 1 FROM `{{stage}}` s WHERE ({s_null}) AND {same}))"
+            f"EXISTS (SELECT 1 FROM {{stage}} s WHERE {keys}) "
+            f"OR (({t_null}) AND EXISTS (SELECT 1 FROM {{stage}} s WHERE ({s_null}) AND {same}))"
         )
         self._stage_and_merge(table, incoming, replaced, {})
         return incoming.num_rows
@@ -179,16 +186,19 @@ class BigQueryWarehouse(Warehouse):
 
     def _stage_and_merge(self, table: str, incoming: pa.Table, replaced: str, params: dict[str, Any]) -> None:
         """Load ``incoming`` into a staging table, then MERGE it in: delete the target rows that
-        match ``replaced`` (SQL over ``t``, with ``{stage}`` for the staging table), insert all."""
+        match ``replaced`` (SQL over ``t``, with ``{stage}`` for the staged rows), insert all."""
         from google.cloud import bigquery
 
         buffer = io.BytesIO()
-        pq.write_table(incoming, buffer)
+        pq.write_table(_base64_binary(incoming), buffer)
         payload = buffer.getvalue()
         content = hashlib.sha256(payload).hexdigest()[:16]
         stage = self._table(f"_stage_{table}_{content}_{uuid.uuid4().hex[:8]}" if self.job_prefix is None else f"_stage_{table}_{content}")
         load_id = self._job_id("load", table, payload)
-        schema = [bigquery.SchemaField(f.name, sql_type(f.type, self.dialect)) for f in TABLES[table].schema]
+        schema = [
+            bigquery.SchemaField(f.name, "STRING" if pa.types.is_binary(f.type) else sql_type(f.type, self.dialect))
+            for f in TABLES[table].schema
+        ]
         load_config = bigquery.LoadJobConfig(
             source_format=bigquery.SourceFormat.PARQUET,
             schema=schema,
@@ -206,9 +216,13 @@ class BigQueryWarehouse(Warehouse):
         except Exception:  # noqa: BLE001 - a re-attached retry may find it already dropped
             log.debug("staging table %s already gone", stage)
         cols = ", ".join(f"`{c}`" for c in TABLES[table].schema.names)
+        decoded = ", ".join(
+            f"FROM_BASE64(`{f.name}`) AS `{f.name}`" if pa.types.is_binary(f.type) else f"`{f.name}`"
+            for f in TABLES[table].schema
+        )
         statement = (
-            f"MERGE `{self._table(table)}` t USING `{stage}` s ON FALSE "
-            f"WHEN NOT MATCHED BY SOURCE AND ({replaced.format(stage=stage)}) THEN DELETE "
+            f"MERGE `{self._table(table)}` t USING (SELECT {decoded} FROM `{stage}`) s ON FALSE "
+            f"WHEN NOT MATCHED BY SOURCE AND ({replaced.format(stage=f'(SELECT {decoded} FROM `{stage}`)')}) THEN DELETE "
             f"WHEN NOT MATCHED THEN INSERT ({cols}) VALUES ({cols})"
         )
         # Written in BigQuery's dialect already (MERGE ... BY SOURCE has no DuckDB spelling).
@@ -237,6 +251,16 @@ class BigQueryWarehouse(Warehouse):
         batches = rows.to_arrow_iterable(bqstorage_client=self.storage_client)
         for batch in rebatch(iter(batches), batch_rows):
             yield conform_window_batch(batch)
+
+
+def _base64_binary(table: pa.Table) -> pa.Table:
+    """Binary columns as base64 text, decoded by the MERGE: the emulator cannot load a Parquet
+    BYTES column (it applies FROM_BASE64 to the raw bytes); base64 loads the same everywhere."""
+    for i, f in enumerate(table.schema):
+        if pa.types.is_binary(f.type):
+            text = [None if v is None else base64.b64encode(v).decode() for v in table.column(i).to_pylist()]
+            table = table.set_column(i, f.name, pa.array(text, pa.string()))
+    return table
 
 
 def _parameter(name: str, value: Any) -> Any:
