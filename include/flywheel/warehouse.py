@@ -85,7 +85,7 @@ def transpile(sql: str, dialect: str) -> str:
     return _dialect_tree(sql, dialect).sql(dialect)
 
 
-def _dialect_tree(sql: str, dialect: str) -> exp.Expression:
+def _dialect_tree(sql: str, dialect: str) -> exp.Expr:
     statements = [s for s in sqlglot.parse(sql, read=CANONICAL_DIALECT) if s is not None]
     if len(statements) != 1:
         raise WarehouseError(f"expected one SQL statement, got {len(statements)}")
@@ -120,7 +120,7 @@ def prepare(sql: str, params: dict[str, Any] | None, dialect: str) -> tuple[str,
         return tree.sql(dialect), params
     positional: list[Any] = []
 
-    def to_position(node: exp.Expression) -> exp.Expression:
+    def to_position(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.ArrayContains) and isinstance(node.this, exp.Placeholder):
             values = list(params[node.this.name])
             positional.extend(values)

@@ -91,7 +91,7 @@ class FlywheelStageOperator(BaseOperator):
             cycle = cycle_from_context(context, self.config_path)
         except (ConfigError, WindowError) as exc:
             raise AirflowFailException(f"{self.task_id} [{type(exc).__name__}]: {exc}") from exc
-        warehouse = FlywheelWarehouseHook(cycle.config, self.warehouse_conn_id).get_warehouse()
+        warehouse = self._warehouse = FlywheelWarehouseHook(cycle.config, self.warehouse_conn_id).get_warehouse()
         log.info("cycle %s, window [%s, %s)", cycle.cycle_id, cycle.window.start, cycle.window.end)
         try:
             result = self.stage()(cycle, warehouse)
@@ -101,6 +101,13 @@ class FlywheelStageOperator(BaseOperator):
             raise AirflowFailException(self.failure_reason) from exc
         log.info("%s: %s", self.stage_name, result)
         return result
+
+    def on_kill(self) -> None:
+        """Cancel the warehouse jobs the killed task had in flight (BigQuery jobs, a Snowflake
+        statement): a kill must not leave them running, or let them commit after it."""
+        warehouse = getattr(self, "_warehouse", None)
+        if warehouse is not None:
+            warehouse.cancel()
 
 
 class ExtractWindowOperator(FlywheelStageOperator):
