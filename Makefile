@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all airflow lint bench clean
+.PHONY: install emulators demo test test-all airflow lint bench clean
 
 # Idempotent: reinstalls only when requirements.txt or pyproject.toml changed.
 $(STAMP): requirements.txt pyproject.toml
@@ -18,15 +18,20 @@ $(STAMP): requirements.txt pyproject.toml
 
 install: $(STAMP)
 
+## The warehouse emulators the contract tests run against (BigQuery's in its own venv); idempotent.
+emulators: install
+	$(BIN)/python scripts/emulators.py install
+
 ## Build the tiny model, simulate the product and run weekly cycles through Airflow.
 demo: install
 	$(BIN)/python -m flywheel.demo
 
-## The test suite (unit, DAG integrity, one full cycle through `airflow dags test`).
-test: install
+## The test suite (unit, DAG integrity, the warehouse contract on DuckDB and both emulators,
+## one full cycle through `airflow dags test`).
+test: install emulators
 	$(BIN)/python -m pytest -m "not slow"
 
-test-all: install
+test-all: install emulators
 	$(BIN)/python -m pytest
 
 ## The Airflow UI on http://localhost:8080 over the demo's warehouse (airflow standalone).

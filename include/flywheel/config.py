@@ -25,9 +25,24 @@ class _Section(BaseModel):
 
 
 class WarehouseConfig(_Section):
+    """Which warehouse holds the flywheel's tables. Credentials never live here: the cloud
+    backends connect through the Airflow connection ``conn_id`` (see `flywheel_airflow.hooks`);
+    these fields only name where the tables are, and are validated because they are spliced
+    into SQL as identifiers."""
+
     backend: Literal["duckdb", "bigquery", "snowflake"] = "duckdb"
     duckdb_path: str = "warehouse.duckdb"
     read_batch_rows: int = Field(5000, gt=0)
+    # Rows per bulk write (a BigQuery load job, a Snowflake array insert).
+    write_batch_rows: int = Field(50000, gt=0)
+    conn_id: str = "flywheel_warehouse"
+    # BigQuery: the project (empty: the connection's) and dataset holding the tables.
+    bigquery_project: str | None = Field(None, pattern=r"^[a-z][a-z0-9-]{4,28}[a-z0-9]$")
+    bigquery_dataset: str = Field("flywheel", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,1023}$")
+    bigquery_location: str | None = Field(None, pattern=r"^[A-Za-z0-9-]+$")
+    # Snowflake: the database (empty: the connection's) and schema holding the tables.
+    snowflake_database: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")
+    snowflake_schema: str = Field("FLYWHEEL", pattern=r"^[A-Za-z_][A-Za-z0-9_$]{0,254}$")
 
 
 class ArtefactsConfig(_Section):

@@ -1,9 +1,14 @@
 """The warehouse: the flywheel's system of record, behind one interface.
 
 SQL is written once, in DuckDB's dialect with ``$name`` parameters (``include/sql``), and
-transpiled with sqlglot for each backend. Writes are idempotent: `merge` replaces rows by the
-table's keys and `replace_partition` deletes a cycle's rows before inserting them again, so a
-rerun or backfill of a logical date never duplicates anything.
+transpiled with sqlglot for each backend (`prepare`); values are always bound, never spliced.
+Writes are idempotent: `merge` replaces rows by the table's keys and `replace_partition` deletes
+a cycle's rows before inserting them again, so a rerun or backfill of a logical date never
+duplicates anything.
+
+Three backends: DuckDB here (the embedded default), `flywheel.bigquery_warehouse` and
+`flywheel.snowflake_warehouse`. The cloud ones are opened through their Airflow connection by
+`flywheel_airflow.hooks.FlywheelWarehouseHook`, so that credentials never pass through config.
 """
 
 from __future__ import annotations
@@ -21,10 +26,11 @@ from typing import Any
 
 import pyarrow as pa
 import sqlglot
+from sqlglot import exp
 
 from flywheel.config import PROJECT_ROOT, USER_ACTIONS, FlywheelConfig
 from flywheel.errors import WarehouseError
-from flywheel.schema import TABLES, WINDOW_SNAPSHOT
+from flywheel.schema import _CONTROL, TABLES, WINDOW_SNAPSHOT
 
 SQL_DIR = PROJECT_ROOT / "include" / "sql"
 CANONICAL_DIALECT = "duckdb"
@@ -47,13 +53,20 @@ class Pushdown:
 NO_PUSHDOWN = Pushdown()
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# Regex character classes of literal characters, bound as parameters of the window query: every
+# engine reads a bracket of plain characters the same way, where escapes such as \x{85} differ.
+# Python's whitespace (what str.strip and str.split use) and the control/bidi set of validation.
+SPACE_CLASS = "[" + "".join(c for c in map(chr, range(0x3001)) if c.isspace()) + "]"
+CONTROL_FREE_PREFIX = "^[^" + _CONTROL.pattern.removeprefix("[")[:-1] + "]*"
+
 _ARROW_TO_SQL = {
-    pa.string(): "VARCHAR",
-    pa.float64(): "DOUBLE",
-    pa.int64(): "BIGINT",
-    pa.bool_(): "BOOLEAN",
-    pa.binary(): "BLOB",
-}
+    "duckdb": {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN",
+               pa.binary(): "BLOB", "timestamp": "TIMESTAMPTZ"},
+    "bigquery": {pa.string(): "STRING", pa.float64(): "FLOAT64", pa.int64(): "INT64", pa.bool_(): "BOOL",
+                 pa.binary(): "BYTES", "timestamp": "TIMESTAMP"},
+    "snowflake": {pa.string(): "VARCHAR", pa.float64(): "DOUBLE", pa.int64(): "BIGINT", pa.bool_(): "BOOLEAN",
+                  pa.binary(): "BINARY", "timestamp": "TIMESTAMP_TZ"},
+}  # fmt: skip
 
 
 @cache
@@ -66,12 +79,61 @@ def canonical_sql(name: str) -> str:
 
 
 def transpile(sql: str, dialect: str) -> str:
+    """Canonical SQL in another dialect, with the fixes sqlglot's generic rewrite misses."""
     if dialect == CANONICAL_DIALECT:
         return sql
-    statements = sqlglot.transpile(sql, read=CANONICAL_DIALECT, write=dialect)
+    return _dialect_tree(sql, dialect).sql(dialect)
+
+
+def _dialect_tree(sql: str, dialect: str) -> exp.Expr:
+    statements = [s for s in sqlglot.parse(sql, read=CANONICAL_DIALECT) if s is not None]
     if len(statements) != 1:
         raise WarehouseError(f"expected one SQL statement, got {len(statements)}")
-    return statements[0]
+    tree = statements[0]
+    for node in tree.find_all(exp.RegexpReplace):
+        # DuckDB's 'g' flag (replace every match) is what BigQuery and Snowflake always do;
+        # passed through, it would land in Snowflake's `position` argument.
+        node.set("modifiers", None)
+    if dialect == "snowflake":
+        for ident in tree.find_all(exp.Identifier):
+            # Unquoted names resolve upper-case in Snowflake; a quoted one must be spelled so.
+            if ident.quoted:
+                ident.set("this", ident.name.upper())
+    return tree
+
+
+def prepare(sql: str, params: dict[str, Any] | None, dialect: str) -> tuple[str, Any]:
+    """Canonical SQL and its named parameters, ready for a backend's client.
+
+    DuckDB and BigQuery bind by name (``$x``, ``@x``). Snowflake's connector binds by position
+    (``?``, server-side, so a NaN or a quote in a value stays a value), and cannot bind a list:
+    ``list_contains($list, x)`` becomes ``x IN (?, ?, ...)``. Every placeholder must have a
+    value, and every value a placeholder."""
+    params = dict(params or {})
+    if dialect == CANONICAL_DIALECT:
+        return sql, params
+    tree = _dialect_tree(sql, dialect)
+    names = {p.name for p in tree.find_all(exp.Placeholder)}
+    if names != set(params):
+        raise WarehouseError(f"SQL parameters {sorted(names)} do not match the values given {sorted(params)}")
+    if dialect != "snowflake":
+        return tree.sql(dialect), params
+    positional: list[Any] = []
+
+    def to_position(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.ArrayContains) and isinstance(node.this, exp.Placeholder):
+            values = list(params[node.this.name])
+            positional.extend(values)
+            return exp.In(this=node.expression, expressions=[exp.Placeholder() for _ in values])
+        if not isinstance(node, exp.Placeholder) or not node.name:
+            return node
+        value = params[node.name]
+        if isinstance(value, list | tuple):
+            raise WarehouseError(f"list parameter {node.name!r} is only bound inside list_contains")
+        positional.append(value)
+        return exp.Placeholder()
+
+    return tree.transform(to_position).sql(dialect), positional
 
 
 def check_identifier(name: str) -> str:
@@ -81,11 +143,12 @@ def check_identifier(name: str) -> str:
     return name
 
 
-def sql_type(arrow_type: pa.DataType) -> str:
+def sql_type(arrow_type: pa.DataType, dialect: str = CANONICAL_DIALECT) -> str:
+    types = _ARROW_TO_SQL[dialect]
     if pa.types.is_timestamp(arrow_type):
-        return "TIMESTAMPTZ"
+        return types["timestamp"]
     try:
-        return _ARROW_TO_SQL[arrow_type]
+        return types[arrow_type]
     except KeyError as exc:
         raise WarehouseError(f"no SQL type for Arrow type {arrow_type}") from exc
 
@@ -94,6 +157,50 @@ def create_table_sql(table: str) -> str:
     spec = TABLES[table]
     cols = ", ".join(f'"{check_identifier(f.name)}" {sql_type(f.type)}' for f in spec.schema)
     return f"CREATE TABLE IF NOT EXISTS {check_identifier(table)} ({cols})"
+
+
+def window_params(start: datetime, end: datetime, max_skew: timedelta, pushdown: Pushdown) -> dict[str, Any]:
+    """The bound values of ``read_logs_window.sql``, the same for every backend."""
+    return {
+        "window_start": start,
+        "window_end": end,
+        "max_skew_us": int(max_skew / timedelta(microseconds=1)),
+        "space_class": SPACE_CLASS,
+        "control_free_prefix": CONTROL_FREE_PREFIX,
+        **pushdown.params(),
+    }
+
+
+def conform_window_batch(batch: pa.RecordBatch | pa.Table) -> pa.RecordBatch:
+    """A window batch as `WINDOW_SNAPSHOT`, whatever a backend's client made of its types (an
+    upper-cased name, a decimal count, nanosecond timestamps)."""
+    schema = WINDOW_SNAPSHOT
+    by_name = {name.lower(): i for i, name in enumerate(batch.schema.names)}
+    return pa.RecordBatch.from_arrays(
+        [_column(batch, by_name[f.name]).cast(f.type) for f in schema], schema=schema
+    )
+
+
+def _column(batch: pa.RecordBatch | pa.Table, i: int) -> pa.Array:
+    col = batch.column(i)
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def rebatch(batches: Iterator[pa.RecordBatch], rows: int) -> Iterator[pa.RecordBatch]:
+    """Batches of exactly ``rows`` rows (the last may be shorter), from whatever sizes a client
+    streams, holding at most one client batch plus one output batch in memory."""
+    pending: list[pa.RecordBatch] = []
+    have = 0
+    for batch in batches:
+        pending.append(batch)
+        have += batch.num_rows
+        while have >= rows:
+            table = pa.Table.from_batches(pending)
+            yield table.slice(0, rows).combine_chunks().to_batches()[0]
+            rest = table.slice(rows)
+            pending, have = rest.to_batches(), rest.num_rows
+    if have:
+        yield pa.Table.from_batches(pending).combine_chunks().to_batches()[0]
 
 
 class Warehouse(ABC):
@@ -136,6 +243,11 @@ class Warehouse(ABC):
         Rows are windowed by event time, except rows with no usable event time (missing, or
         later than their ingestion plus ``max_skew``), which are windowed by ingestion time.
         Rows the ``pushdown`` rules reject come without their text, with its facts instead."""
+
+    def cancel(self) -> None:
+        """Cancel what this warehouse is running on the task's behalf (the task was killed).
+        An embedded warehouse runs nothing of its own: its work dies with the process."""
+        return None
 
     # Convenience built on the primitives above ------------------------------------------
     def read_window(
@@ -311,22 +423,20 @@ class DuckDBWarehouse(Warehouse):
         max_skew: timedelta = DEFAULT_SKEW,
         pushdown: Pushdown = NO_PUSHDOWN,
     ) -> Iterator[pa.RecordBatch]:
-        schema = WINDOW_SNAPSHOT
-        params = {"window_start": start, "window_end": end, "max_skew_s": max_skew.total_seconds(), **pushdown.params()}
+        params = window_params(start, end, max_skew, pushdown)
         with self._connect() as con:
             reader = con.sql(canonical_sql("read_logs_window"), params=params).to_arrow_reader(batch_rows)
             for batch in reader:
-                yield pa.RecordBatch.from_arrays(
-                    [batch.column(i).cast(schema.field(i).type) for i in range(len(schema))], schema=schema
-                )
+                yield conform_window_batch(batch)
 
 
 def warehouse_from_config(config: FlywheelConfig) -> Warehouse:
-    """The backend the config names. BigQuery and Snowflake arrive with their own issue."""
+    """The embedded default. The cloud backends need their Airflow connection's credentials:
+    `flywheel_airflow.hooks.FlywheelWarehouseHook` opens them (and the embedded one too)."""
     backend = config.warehouse.backend
     if backend == "duckdb":
         return DuckDBWarehouse(config.duckdb_path)
     raise WarehouseError(
-        f"warehouse backend {backend!r} is not available in this build; use 'duckdb' "
-        "(BigQuery and Snowflake backends are built through their Airflow connections)"
+        f"warehouse backend {backend!r} is opened through its Airflow connection "
+        f"{config.warehouse.conn_id!r}: use flywheel_airflow.hooks.FlywheelWarehouseHook"
     )

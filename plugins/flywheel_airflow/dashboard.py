@@ -26,9 +26,9 @@ def _authenticated() -> Any:
 
 def _warehouse():
     from flywheel.config import load_config
-    from flywheel.warehouse import warehouse_from_config
+    from flywheel_airflow.hooks import FlywheelWarehouseHook
 
-    wh = warehouse_from_config(load_config())
+    wh = FlywheelWarehouseHook(load_config()).get_warehouse()
     wh.ensure_schema()
     return wh
 

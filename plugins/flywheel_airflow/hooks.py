@@ -1,34 +1,167 @@
-"""The warehouse hook: where an Airflow run gets its `flywheel.warehouse.Warehouse`."""
+"""The warehouse hook: where an Airflow run gets its `flywheel.warehouse.Warehouse`.
+
+Which warehouse is a config and connection change only: ``warehouse.backend`` picks DuckDB,
+BigQuery or Snowflake, and the Airflow connection ``warehouse.conn_id`` (a ``google_cloud_platform``
+or a ``snowflake`` connection) holds the credentials, through the providers' own hooks.
+"""
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
+from airflow.providers.google.cloud.hooks.bigquery import BigQueryHook
+from airflow.providers.snowflake.hooks.snowflake import SnowflakeHook
 from airflow.sdk import BaseHook
 
 from flywheel.config import FlywheelConfig
 from flywheel.warehouse import Warehouse, warehouse_from_config
 
 
+class FlywheelBigQueryHook(BigQueryHook):
+    """`BigQueryHook`, plus an ``api_endpoint`` extra for a local emulator.
+
+    With ``api_endpoint`` (and ``storage_endpoint``, the emulator's gRPC Storage Read API) in
+    the connection's extras, the client talks to that endpoint with anonymous credentials;
+    without them, this is the provider's hook unchanged (service account, ADC, impersonation).
+    """
+
+    def _emulator(self) -> str | None:
+        return self._get_field("api_endpoint", None)
+
+    def get_client(self, project_id: str | None = None, location: str | None = None) -> Any:  # type: ignore[override]
+        if not self._emulator():
+            return super().get_client(project_id=project_id or self.project_id, location=location)
+        from google.auth.credentials import AnonymousCredentials
+        from google.cloud import bigquery
+
+        return bigquery.Client(
+            project=project_id or self._get_field("project", None),
+            location=location,
+            credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+            client_options={"api_endpoint": self._emulator()},
+        )
+
+    def get_storage_client(self) -> Any:
+        """A Storage Read API client: windowed reads stream Arrow through it instead of pages of
+        JSON rows. None where the emulator has no Storage API endpoint."""
+        from google.cloud import bigquery_storage_v1
+
+        if not self._emulator():
+            return bigquery_storage_v1.BigQueryReadClient(credentials=self.get_credentials())
+        endpoint = self._get_field("storage_endpoint", None)
+        if not endpoint:
+            return None
+        import grpc
+        from google.cloud.bigquery_storage_v1.services.big_query_read.transports import (
+            BigQueryReadGrpcTransport,
+        )
+
+        return bigquery_storage_v1.BigQueryReadClient(
+            transport=BigQueryReadGrpcTransport(channel=grpc.insecure_channel(endpoint))
+        )
+
+
+class FlywheelSnowflakeHook(SnowflakeHook):
+    """`SnowflakeHook`, plus ``protocol`` from the connection's extras (the provider already
+    reads ``host`` and ``port`` there): ``http`` reaches a local fakesnow server."""
+
+    def _get_conn_params(self) -> dict[str, Any]:  # type: ignore[override]
+        params: dict[str, Any] = dict(super()._get_conn_params())
+        protocol = self._get_field(self.get_connection(self.snowflake_conn_id).extra_dejson, "protocol")
+        if protocol:
+            params["protocol"] = protocol
+        params["paramstyle"] = "qmark"
+        return params
+
+
 class FlywheelWarehouseHook(BaseHook):
     """Opens the warehouse the flywheel config names.
 
     The embedded default (DuckDB) needs no credentials: its file lives under FLYWHEEL_HOME.
-    Cloud warehouses take their credentials from the Airflow connection ``warehouse_conn_id``
-    (never from code or config files).
+    Cloud warehouses take their credentials from the Airflow connection ``warehouse.conn_id``
+    (never from code or config files). Inside a task, the run names what the warehouse does:
+    BigQuery jobs get ids derived from the DAG, task and run (a retry re-attaches to a job its
+    earlier try submitted instead of running it twice), Snowflake sessions a query tag.
     """
 
     conn_name_attr = "warehouse_conn_id"
     default_conn_name = "flywheel_warehouse"
     hook_name = "Flywheel warehouse"
 
-    def __init__(self, config: FlywheelConfig, warehouse_conn_id: str = default_conn_name, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: FlywheelConfig,
+        warehouse_conn_id: str | None = None,
+        *,
+        run: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.config = config
-        self.warehouse_conn_id = warehouse_conn_id
+        # The config names the connection; an operator's own conn id wins when it differs from
+        # the default (a DAG may point one task elsewhere).
+        chosen = warehouse_conn_id if warehouse_conn_id not in (None, self.default_conn_name) else None
+        self.warehouse_conn_id = chosen or config.warehouse.conn_id
+        self.run = run if run is not None else _current_run()
 
     def get_warehouse(self) -> Warehouse:
+        cfg = self.config.warehouse
+        if cfg.backend == "bigquery":
+            from flywheel.bigquery_warehouse import BigQueryWarehouse
+
+            hook = FlywheelBigQueryHook(gcp_conn_id=self.warehouse_conn_id, use_legacy_sql=False, location=cfg.bigquery_location)
+            client = hook.get_client(project_id=cfg.bigquery_project, location=cfg.bigquery_location)
+            return BigQueryWarehouse(
+                client,
+                cfg.bigquery_dataset,
+                storage_client=hook.get_storage_client(),
+                job_prefix=_job_prefix(self.run),
+                labels=_labels(self.run),
+                write_batch_rows=cfg.write_batch_rows,
+            )
+        if cfg.backend == "snowflake":
+            from flywheel.snowflake_warehouse import SnowflakeWarehouse
+
+            session = {"QUERY_TAG": json.dumps({"app": "flywheel", **self.run}, sort_keys=True)} if self.run else None
+            sf = FlywheelSnowflakeHook(snowflake_conn_id=self.warehouse_conn_id, session_parameters=session)
+            return SnowflakeWarehouse(
+                sf.get_conn,
+                database=cfg.snowflake_database,
+                schema=cfg.snowflake_schema,
+                write_batch_rows=cfg.write_batch_rows,
+            )
         return warehouse_from_config(self.config)
 
     def get_conn(self) -> Warehouse:
         return self.get_warehouse()
+
+
+def _current_run() -> dict[str, str]:
+    """The running task's DAG, task and run ids; empty outside a task."""
+    try:
+        from airflow.sdk import get_current_context
+
+        context = get_current_context()
+    except Exception:  # noqa: BLE001 - no task is running: nothing names the work
+        return {}
+    ti = context["ti"]
+    run = {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id}
+    if getattr(ti, "map_index", -1) not in (-1, None):
+        run["map_index"] = str(ti.map_index)
+    return run
+
+
+def _job_prefix(run: dict[str, str]) -> str | None:
+    """A BigQuery job id prefix for the task run (letters, digits, _ and - only). The try number
+    is left out on purpose: it is what lets a retry find the jobs of the try before it."""
+    if not run:
+        return None
+    raw = "_".join(run[k] for k in ("dag_id", "task_id", "run_id", "map_index") if k in run)
+    return "flywheel_" + re.sub(r"[^A-Za-z0-9_-]", "_", raw)[:600]
+
+
+def _labels(run: dict[str, str]) -> dict[str, str]:
+    """BigQuery job labels (lower case, 63 characters) naming the task run, for billing and audit."""
+    return {k: re.sub(r"[^a-z0-9_-]", "_", v.lower())[:63] for k, v in run.items()}

@@ -135,6 +135,7 @@ class FlywheelStageOperator(BaseOperator):
         except (ConfigError, WindowError, ValueError) as exc:
             self.failure_reason = f"{self.task_id} [{type(exc).__name__}]: {exc}"
             raise AirflowFailException(self.failure_reason) from exc
+        self._warehouse = warehouse
         log.info("cycle %s, window [%s, %s), phase policy %s%s", cycle.cycle_id, cycle.window.start, cycle.window.end,
                  cycle.phase, " (dry run)" if cycle.dry_run else "")  # fmt: skip
         try:
@@ -145,6 +146,13 @@ class FlywheelStageOperator(BaseOperator):
             raise AirflowFailException(self.failure_reason) from exc
         log.info("%s: %s", self.stage_name, result)
         return result
+
+    def on_kill(self) -> None:
+        """Cancel the warehouse jobs the killed task had in flight (BigQuery jobs, a Snowflake
+        statement): a kill must not leave them running, or let them commit after it."""
+        warehouse = getattr(self, "_warehouse", None)
+        if warehouse is not None:
+            warehouse.cancel()
 
 
 class ExtractWindowOperator(FlywheelStageOperator):

@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 def _review_state(config_path: str | None, cycle_id: str, reviewers_per_item: int) -> dict[str, Any]:
     from flywheel.config import load_config
     from flywheel.review import progress
-    from flywheel.warehouse import warehouse_from_config
+    from flywheel_airflow.hooks import FlywheelWarehouseHook
 
-    wh = warehouse_from_config(load_config(config_path))
+    wh = FlywheelWarehouseHook(load_config(config_path)).get_warehouse()
     p = progress(wh, cycle_id, reviewers_per_item)
     return {"items": p.items, "complete": p.complete, "share": p.share}
 

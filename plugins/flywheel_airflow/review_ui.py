@@ -35,10 +35,10 @@ def _reviewer() -> Any:
 
 def _store():
     from flywheel.config import load_config
-    from flywheel.warehouse import warehouse_from_config
+    from flywheel_airflow.hooks import FlywheelWarehouseHook
 
     config = load_config()
-    wh = warehouse_from_config(config)
+    wh = FlywheelWarehouseHook(config).get_warehouse()
     wh.ensure_schema()
     return config, wh
 

@@ -341,7 +341,7 @@ def test_warehouse_from_config(tmp_path):
     c = FlywheelConfig(home=tmp_path)
     wh = warehouse_from_config(c)
     assert isinstance(wh, DuckDBWarehouse) and wh.path == tmp_path / "warehouse.duckdb"
-    with pytest.raises(WarehouseError, match="not available"):
+    with pytest.raises(WarehouseError, match="FlywheelWarehouseHook"):
         warehouse_from_config(c.with_overrides({"warehouse.backend": "bigquery"}))
 
 
@@ -400,3 +400,39 @@ def test_pushdown_withholds_only_rejected_rows(wh, make_log_row):
     for rid in ("low-score", "regen", "nan", "no-action"):
         assert got[rid]["pushdown_kept"] is False and got[rid]["prompt"] is None
         assert got[rid]["prompt_chars"] == len("secret words") and got[rid]["text_digest"]
+
+
+# --- Binding per dialect ------------------------------------------------------------------
+
+from flywheel.warehouse import SPACE_CLASS, prepare, rebatch  # noqa: E402
+
+
+def test_prepare_binds_by_position_for_snowflake_and_expands_lists():
+    sql = "SELECT * FROM t WHERE list_contains($acts, a) AND b >= $min AND c = $c AND d = $c"
+    text, values = prepare(sql, {"acts": ["x", "y"], "min": 0.5, "c": "it's"}, "snowflake")
+    assert "A IN (?, ?)" in text.upper() and "$" not in text and ":" not in text
+    assert values == ["x", "y", 0.5, "it's", "it's"]
+    text, named = prepare(sql, {"acts": ["x"], "min": 0.5, "c": "z"}, "bigquery")
+    assert "@acts" in text and named == {"acts": ["x"], "min": 0.5, "c": "z"}
+
+
+def test_prepare_refuses_missing_or_extra_values():
+    with pytest.raises(WarehouseError, match="do not match"):
+        prepare("SELECT $a, $b", {"a": 1}, "bigquery")
+    with pytest.raises(WarehouseError, match="do not match"):
+        prepare("SELECT $a", {"a": 1, "b": 2}, "snowflake")
+
+
+def test_snowflake_sql_spells_quoted_names_as_stored():
+    assert '"TIMESTAMP"' in transpile('SELECT "timestamp" FROM production_logs', "snowflake")
+
+
+def test_space_class_is_pythons_whitespace():
+    assert set(SPACE_CLASS[1:-1]) == {chr(i) for i in range(0x110000) if chr(i).isspace()}
+
+
+def test_rebatch_gives_exact_sizes_in_order():
+    batches = [pa.record_batch({"x": pa.array(range(a, b), pa.int64())}) for a, b in ((0, 3), (3, 4), (4, 15), (15, 15), (15, 17))]
+    out = list(rebatch(iter(batches), 5))
+    assert [b.num_rows for b in out] == [5, 5, 5, 2]
+    assert [v for b in out for v in b.column(0).to_pylist()] == list(range(17))

@@ -1,0 +1,56 @@
+"""One warehouse contract, three backends: DuckDB, Snowflake (fakesnow server) and BigQuery
+(local-bigquery), each driven by its real client and opened the way a task opens it, through
+`FlywheelWarehouseHook` and an Airflow connection (given as an ``AIRFLOW_CONN_*`` variable).
+
+The emulators are installed (BigQuery's into its own venv) and started once per session by
+``scripts/emulators.py``; each test gets a fresh dataset or schema.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import emulators  # noqa: E402
+from backends import BACKENDS, backend_config, open_warehouse  # noqa: E402
+
+from flywheel.warehouse import Warehouse  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def running(tmp_path_factory) -> Iterator[dict[str, emulators.Emulator]]:
+    """Emulators started on first use and stopped when the session ends."""
+    workdir = tmp_path_factory.mktemp("emulators")
+
+    class Started(dict[str, emulators.Emulator]):
+        def __missing__(self, name: str) -> emulators.Emulator:
+            self[name] = emulator = emulators.start(name, workdir)
+            os.environ[f"AIRFLOW_CONN_FLYWHEEL_{name.upper()}_EMULATOR"] = emulator.connection
+            return emulator
+
+    started = Started()
+    yield started
+    for emulator in started.values():
+        emulators.stop(emulator)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def wh(backend, tmp_path, running) -> Iterator[Warehouse]:
+    warehouse = open_warehouse(backend_config(backend, tmp_path, running))
+    warehouse.ensure_schema()
+    yield warehouse
+    close = getattr(warehouse, "close", None)
+    if close:
+        close()
