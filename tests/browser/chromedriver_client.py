@@ -69,8 +69,16 @@ class Browser:
     def click(self, css: str) -> None:
         self._s("POST", f"/element/{self.find(css)}/click")
 
-    def text(self, css: str) -> str:
-        return self._s("GET", f"/element/{self.find(css)}/text")
+    def text(self, css: str, timeout: float = 20) -> str:
+        """The element's text; found again when the page was replaced under it (a reload)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self._s("GET", f"/element/{self.find(css, timeout)}/text")
+            except RuntimeError as exc:
+                if "stale element" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def keys(self, *keys: str) -> None:
         """Press and release each key in turn, on whatever has the focus (the page)."""
