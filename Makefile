@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all airflow lint bench clean
+.PHONY: install demo test test-all test-postgres compose-config airflow lint bench clean
 
 # Idempotent: reinstalls only when requirements.txt or pyproject.toml changed.
 $(STAMP): requirements.txt pyproject.toml
@@ -28,6 +28,16 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest
+
+## Airflow's services on a PostgreSQL of their own (scripts/postgres.sh), driven through the
+## REST API: a triggered weekly run and a backfill (also part of `make test`).
+test-postgres: install
+	$(BIN)/python -m pytest -m postgres
+
+## Validate docker-compose.yaml (and .env) with Docker Compose v2's own parser; no engine needed.
+compose-config: install
+	"$$($(BIN)/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).with_name("docker-compose"))')" config --quiet
+	@echo "docker-compose.yaml: valid"
 
 ## The Airflow UI on http://localhost:8080 over the demo's warehouse (airflow standalone).
 airflow: install
