@@ -37,6 +37,9 @@ class ArtefactsConfig(_Section):
 class ExtractConfig(_Section):
     lag_days: int = Field(14, ge=0)
     window_days: int = Field(7, gt=0)
+    # Add every gold example accepted before the cycle (manual labels, approved reviews) to its
+    # window: the monthly consolidation retrains on the accumulated gold set.
+    include_gold: bool = False
 
 
 PII_ENTITIES = (
@@ -136,6 +139,90 @@ class VelocityConfig(_Section):
     max_mix_shift: float = Field(0.2, gt=0.0, le=1.0)
 
 
+class ReviewConfig(_Section):
+    """Human review of a 5-10% sample of each window's candidates (`flywheel.review`)."""
+
+    enabled: bool = True
+    sample_rate: float = Field(0.08, gt=0.0, le=0.5)  # of the window's valid candidates
+    # Of the sample: a uniform random slice over every candidate (kept or not), kept apart
+    # from the prioritised one so that calibration measures the filters without bias.
+    random_share: float = Field(0.3, ge=0.0, le=1.0)
+    min_items: int = Field(10, ge=0)
+    reviewers_per_item: int = Field(1, ge=1)
+    # The sensor lets the cycle go on once this share of the items has its reviews.
+    required_share: float = Field(0.9, gt=0.0, le=1.0)
+    deadline_hours: float = Field(72.0, gt=0.0)
+    on_deadline: Literal["proceed", "fail"] = "proceed"  # with what is reviewed, or fail + alert
+    poll_seconds: float = Field(300.0, gt=0.0)
+    # An assignment is a lease: an item handed to a reviewer goes to nobody else for this long.
+    lease_minutes: float = Field(30.0, gt=0.0)
+    priority_weights: dict[str, float] = Field(
+        default_factory=lambda: {"uncertainty": 1.0, "disagreement": 1.0, "behaviour_change": 1.0,
+                                 "rare_task": 1.0, "correction": 1.0}
+    )  # fmt: skip
+    model_signals: bool = True  # uncertainty and behaviour change need the champion loaded
+
+    @model_validator(mode="after")
+    def _known_signals(self) -> ReviewConfig:
+        known = {"uncertainty", "disagreement", "behaviour_change", "rare_task", "correction"}
+        if set(self.priority_weights) - known or any(w < 0 for w in self.priority_weights.values()):
+            raise ValueError(f"priority_weights takes non-negative weights for {sorted(known)}")
+        return self
+
+
+class CalibrationConfig(_Section):
+    """Filter thresholds fitted to human verdicts on the random review slice (`flywheel.calibrate`)."""
+
+    enabled: bool = True
+    lookback_days: int = Field(28, gt=0)  # random-slice reviews of the cycles this far back
+    min_reviews: int = Field(30, ge=1)
+    min_gain: float = Field(0.01, ge=0.0)  # adopt new thresholds only when agreement gains this much
+    # Thresholds stay within these bounds whatever the reviews say.
+    bounds: dict[str, list[float]] = Field(
+        default_factory=lambda: {"min_quality_score": [0.3, 0.9], "max_toxicity": [0.05, 0.9], "min_grounding": [0.2, 0.9]}
+    )
+
+
+PHASES = ("cold_start", "growth", "maturity")
+
+
+class PhasesConfig(_Section):
+    """The method's phases, measured from the champion's golden-set accuracy and the volume of
+    examples collected so far (cold start reaches 60-70%, growth climbs, maturity holds 90%+).
+
+    ``policy`` is each phase's capture policy: config overrides (dotted keys) that the cycles
+    run under while the flywheel is in that phase. Cold start captures more of what little
+    traffic there is, and puts corrections and rare task types first."""
+
+    growth_min_accuracy: float = Field(0.6, ge=0.0, le=1.0)
+    maturity_min_accuracy: float = Field(0.9, ge=0.0, le=1.0)
+    growth_min_examples: int = Field(500, ge=0)
+    maturity_min_examples: int = Field(5000, ge=0)
+    policy: dict[str, dict[str, Any]] = Field(default_factory=lambda: {p: dict[str, Any]() for p in PHASES})
+
+    @model_validator(mode="after")
+    def _ordered(self) -> PhasesConfig:
+        if self.maturity_min_accuracy < self.growth_min_accuracy:
+            raise ValueError("maturity_min_accuracy must be >= growth_min_accuracy")
+        if self.maturity_min_examples < self.growth_min_examples:
+            raise ValueError("maturity_min_examples must be >= growth_min_examples")
+        unknown = sorted(set(self.policy) - set(PHASES))
+        if unknown:
+            raise ValueError(f"policy names unknown phases {unknown}; phases: {PHASES}")
+        return self
+
+
+class BootstrapConfig(_Section):
+    """Cold start (`flywheel_bootstrap`): model v1 from synthetic examples, imported manual
+    labels and beta-user traffic."""
+
+    # CSV or JSONL file, or a folder of them; columns: prompt, response, task_type, and
+    # optionally context, labeler, quality_score. Empty: no manual labels.
+    labels_path: str = ""
+    synthetic_per_task_type: int = Field(40, ge=0)
+    synthetic_seed: int = 99
+
+
 class AlertsConfig(_Section):
     """Where failure alerts go besides the warehouse's `alerts` table and the task log. A channel
     is used when its Airflow connection exists; credentials live only in the connection."""
@@ -175,6 +262,45 @@ class EvaluationConfig(_Section):
     golden_seed: int = 20260101
     max_new_tokens: int = Field(16, gt=0)
     min_improvement: float = Field(0.0, ge=0.0)
+    # The offline gate's intervals (paired bootstrap over golden items) and slice rule.
+    bootstrap_samples: int = Field(1000, ge=100)
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    bootstrap_seed: int = 17
+    max_slice_regression: float = Field(0.05, ge=0.0, le=1.0)
+    require_significant: bool = False
+
+
+class ExperimentConfig(_Section):
+    """Online A/B test (`flywheel.experiment`) and the guardrails `ab_monitor` enforces."""
+
+    # False: a challenger that passes the offline gate is promoted at once (no A/B).
+    enabled: bool = True
+    ramp: list[float] = Field(default_factory=lambda: [0.05, 0.2, 0.5])
+    # Challenger rows needed at a ramp step (with no guardrail breach) before the next step.
+    min_rows_per_step: int = Field(50, gt=0)
+    # Power calculation for the acceptance rate (accepted + copied): the smallest absolute lift
+    # worth detecting, the test's one-sided alpha and its power.
+    min_detectable_effect: float = Field(0.05, gt=0.0, lt=1.0)
+    alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    power: float = Field(0.8, gt=0.5, lt=1.0)
+    # No significant difference after this many times the planned sample: stop, keep the champion.
+    max_sample_factor: float = Field(3.0, ge=1.0)
+    # Guardrails, judged on at least guardrail_min_rows rows per arm: the challenger's (or a
+    # newly promoted champion's) acceptance rate below the baseline's by more than this, and
+    # significantly so; a toxic-answer share or an error (empty answer) share above these.
+    guardrail_min_rows: int = Field(30, gt=0)
+    max_acceptance_drop: float = Field(0.1, gt=0.0, lt=1.0)
+    max_toxic_share: float = Field(0.02, ge=0.0, le=1.0)
+    max_error_share: float = Field(0.05, ge=0.0, le=1.0)
+    # A promoted champion stays watched this long against its predecessor's last days.
+    watch_days: float = Field(7, gt=0)
+    bucket_salt: str = "flywheel-ab"
+
+    @model_validator(mode="after")
+    def _ramp_increases(self) -> ExperimentConfig:
+        if not self.ramp or any(not 0 < s <= 1 for s in self.ramp) or self.ramp != sorted(set(self.ramp)):
+            raise ValueError(f"experiment.ramp must be increasing traffic shares in (0, 1], got {self.ramp}")
+        return self
 
 
 class SimulateConfig(_Section):
@@ -184,6 +310,9 @@ class SimulateConfig(_Section):
     adversarial_rate: float = Field(0.02, ge=0.0, le=1.0)
     pii_rate: float = Field(0.0, ge=0.0, le=1.0)
     toxic_rate: float = Field(0.0, ge=0.0, le=1.0)
+    # Poisoned feedback: users who accept wrong answers, in a way that fools the product's
+    # automatic quality estimate (the negative-flywheel scenario).
+    poison_rate: float = Field(0.0, ge=0.0, le=1.0)
 
 
 class TinyModelConfig(_Section):
@@ -209,13 +338,28 @@ class FlywheelConfig(_Section):
     gates: GatesConfig = Field(default_factory=GatesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)
     velocity: VelocityConfig = Field(default_factory=VelocityConfig)
+    phases: PhasesConfig = Field(default_factory=PhasesConfig)
+    review: ReviewConfig = Field(default_factory=ReviewConfig)
+    calibration: CalibrationConfig = Field(default_factory=CalibrationConfig)
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig)
     simulate: SimulateConfig = Field(default_factory=SimulateConfig)
     tiny_model: TinyModelConfig = Field(default_factory=TinyModelConfig)
 
     # Where relative paths resolve; not part of the YAML.
     home: Path = Field(default_factory=lambda: flywheel_home(), exclude=True)
+
+    @model_validator(mode="after")
+    def _policy_keys_exist(self) -> FlywheelConfig:
+        for phase, overrides in self.phases.policy.items():
+            for dotted in overrides:
+                section, _, key = dotted.partition(".")
+                model = getattr(self, section, None)
+                if not isinstance(model, _Section) or key not in type(model).model_fields:
+                    raise ValueError(f"phases.policy.{phase} overrides unknown config key {dotted!r}")
+        return self
 
     def resolve(self, path: str) -> Path:
         p = Path(path)

@@ -12,7 +12,7 @@ import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flywheel import registry
-from flywheel.config import FlywheelConfig
+from flywheel.bootstrap import MANUAL_MODEL_VERSION
+from flywheel.config import PHASES, FlywheelConfig
 from flywheel.dataset import build_chat_dataset
 from flywheel.errors import FlywheelError, WindowError
 from flywheel.extract import Window, as_utc, extract_window_snapshot, lagged_window
@@ -53,6 +54,10 @@ class CycleSpec:
     logical_date: datetime
     window: Window
     config: FlywheelConfig
+    # Run everything, but leave the champion where it is (the decision is recorded as such).
+    dry_run: bool = False
+    # The phase whose capture policy the config already carries (see `flywheel.phases`).
+    phase: str | None = None
 
     @property
     def cycle_id(self) -> str:
@@ -88,24 +93,40 @@ def make_cycle(
     data_interval_end: datetime | None,
     logical_date: datetime | None,
     config: FlywheelConfig,
+    window_start: datetime | None = None,
+    dry_run: bool = False,
 ) -> CycleSpec:
-    """The cycle a run stands for. Its window comes from ``data_interval_end`` (see `extract`)."""
+    """The cycle a run stands for. Its window comes from ``data_interval_end`` (see `extract`),
+    unless an operator overrides it with ``window_start`` (then ``[start, start + window_days)``,
+    with no lag)."""
     end = data_interval_end or logical_date
     if end is None:
         raise WindowError(
             f"{dag_id}: the run has neither a data interval nor a logical date; trigger it with a "
             "logical date (the week whose cycle should run)"
         )
-    window = lagged_window(end, lag_days=config.extract.lag_days, window_days=config.extract.window_days)
-    return CycleSpec(dag_id, as_utc(logical_date or end), window, config)
+    if window_start is not None:
+        start = as_utc(window_start)
+        window = Window(start=start, end=start + timedelta(days=config.extract.window_days))
+        if window.end > as_utc(end):
+            raise WindowError(
+                f"{dag_id}: the window override [{window.start}, {window.end}) ends after the run's date {as_utc(end)}: "
+                "its logs may not have settled yet"
+            )
+    else:
+        window = lagged_window(end, lag_days=config.extract.lag_days, window_days=config.extract.window_days)
+    return CycleSpec(dag_id, as_utc(logical_date or end), window, config, dry_run=dry_run)
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def stage_extract(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+def stage_extract(cycle: CycleSpec, wh: Warehouse, extra_rows: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Snapshot the window (plus the accumulated gold set when `extract.include_gold`)."""
     wh.ensure_schema()
+    extra = list(extra_rows or [])
+    gold = gold_rows_before(wh, cycle.logical_date) if cycle.config.extract.include_gold else []
     rows = extract_window_snapshot(
         wh,
         cycle.window,
@@ -113,15 +134,58 @@ def stage_extract(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         batch_rows=cycle.config.warehouse.read_batch_rows,
         max_skew=cycle.limits.max_clock_skew,
         pushdown=Pushdown(tuple(cycle.config.filters.allowed_actions), cycle.config.filters.min_quality_score),
+        extra_rows=extra + gold,
     )
-    log.info("%s: %d rows in window [%s, %s)", cycle.cycle_id, rows, cycle.window.start, cycle.window.end)
+    log.info("%s: %d rows in window [%s, %s) (%d gold, %d from other sources), phase policy %s",
+             cycle.cycle_id, rows, cycle.window.start, cycle.window.end, len(gold), len(extra), cycle.phase)  # fmt: skip
     return {
         "cycle_id": cycle.cycle_id,
         "rows_in_window": rows,
+        "gold_rows": len(gold),
+        "extra_rows": len(extra),
+        "phase_policy": cycle.phase,
         "window_start": cycle.window.start.isoformat(),
         "window_end": cycle.window.end.isoformat(),
         "snapshot": str(cycle.file("extract.parquet")),
     }
+
+
+def stage_extract_bootstrap(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """Cold start: the beta users' traffic in the window, plus manual labels and synthetic
+    examples (`flywheel.bootstrap`). Lines of a labels file that cannot be read as a row are
+    kept for `stage_validate` to quarantine with their reason."""
+    from flywheel import bootstrap
+
+    cfg = cycle.config.bootstrap
+    extra = bootstrap.synthetic_rows(cfg.synthetic_per_task_type, seed=cfg.synthetic_seed, created_at=cycle.window.start)
+    problems: list[bootstrap.LabelProblem] = []
+    if cfg.labels_path:
+        labels, problems = bootstrap.read_manual_labels(cycle.config.resolve(cfg.labels_path), labelled_at=cycle.window.start)
+        extra += labels
+    cycle.work_dir.mkdir(parents=True, exist_ok=True)
+    cycle.file("unreadable.json").write_text(json.dumps([p.__dict__ for p in problems]))
+    out = stage_extract(cycle, wh, extra)
+    n_manual = sum(r["model_version"] == bootstrap.MANUAL_MODEL_VERSION for r in extra)
+    return out | {"manual_labels": n_manual, "synthetic": len(extra) - n_manual, "unreadable_label_lines": len(problems)}
+
+
+def gold_rows_before(wh: Warehouse, logical_date: datetime) -> list[dict[str, Any]]:
+    """Every gold example accepted by a cycle before ``logical_date``, as log rows."""
+    rows = wh.query(
+        "SELECT * FROM gold_examples WHERE logical_date < $t ORDER BY request_id", {"t": logical_date}
+    ).to_pylist()
+    return [
+        {"request_id": g["request_id"], "timestamp": g["logical_date"], "user_id": g["labeler"] or g["source"],
+         "prompt": g["prompt"], "response": g["response"], "user_action": "accepted", "correction": None,
+         "task_type": g["task_type"], "quality_score": 1.0, "included_in_training": False,
+         "model_version": f"gold:{g['source']}", "context": g["context"], "ingested_at": g["logical_date"]}
+        for g in rows
+    ]  # fmt: skip
+
+
+def _unreadable(cycle: CycleSpec) -> list[dict[str, Any]]:
+    path = cycle.file("unreadable.json")
+    return json.loads(path.read_text()) if path.is_file() else []
 
 
 def _gate(cycle: CycleSpec, wh: Warehouse, gate: str, frame: Any, expectations: list[Any]) -> dict[str, Any]:
@@ -225,6 +289,12 @@ def stage_validate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
                     "quarantined_at": now,
                 }
             )
+    for k, problem in enumerate(_unreadable(cycle)):
+        quarantine.append(
+            {"cycle_id": cycle.cycle_id, "row_number": len(rows) + k, "request_id": None, "field": "line",
+             "rule": "unreadable", "reason": f"{problem['source']} line {problem['line']}: {problem['reason']}",
+             "raw_json": None, "quarantined_at": now}
+        )  # fmt: skip
     wh.replace_partition("quarantine", {"cycle_id": cycle.cycle_id}, rows_to_table("quarantine", quarantine))
     pq.write_table(pa.Table.from_pylist(valid, schema=WINDOW_SNAPSHOT), cycle.file("valid.parquet"))
     n_quarantined = len({q["row_number"] for q in quarantine})
@@ -356,18 +426,25 @@ def _decisions_table(cycle: CycleSpec, decisions: list[Any], now: datetime) -> p
 
 
 def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """Kept candidates → the chat dataset, after the human review: rejected items are left out
+    (a `review` decision records it), approved ones train as gold, with the reviewer's edit."""
     kept = _candidates(cycle.file("kept.parquet"))
+    reviewed = _apply_reviews(cycle, wh, kept)
+    kept = [c for c in kept if reviewed.get(c.request_id, True) is not False]
     minimum = cycle.config.training.min_examples
     if len(kept) < minimum:
         raise InsufficientDataError(
             f"{cycle.cycle_id}: {len(kept)} kept examples < training.min_examples={minimum}; no challenger this cycle"
         )
     training = cycle.config.training
+    gold = _gold(cycle, wh, kept)
     info = build_chat_dataset(
-        kept, cycle.dataset_dir, val_fraction=training.val_fraction,
+        kept, cycle.dataset_dir, gold=gold, val_fraction=training.val_fraction,
         gold_weight=training.gold_weight, curriculum=training.curriculum,
     )  # fmt: skip
     _record_training_fingerprints(cycle, wh, kept)
+    _record_gold_examples(cycle, wh, [c for c in kept if c.model_version == MANUAL_MODEL_VERSION], "manual_labels")
+    _record_gold_examples(cycle, wh, [c for c in kept if reviewed.get(c.request_id)], "review", gold)
     row = {
         "dataset_id": cycle.cycle_id,
         "cycle_id": cycle.cycle_id,
@@ -381,7 +458,163 @@ def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         "created_at": _now(),
     }
     wh.replace_partition("datasets", {"cycle_id": cycle.cycle_id}, rows_to_table("datasets", [row]))
-    return {k: (str(v) if isinstance(v, datetime | Path) else v) for k, v in row.items()}
+    return {k: (str(v) if isinstance(v, datetime | Path) else v) for k, v in row.items()} | {
+        "n_gold": len(gold), "review_rejected": sum(v is False for v in reviewed.values()),
+        "review_approved": sum(v is True for v in reviewed.values()),
+    }  # fmt: skip
+
+
+def _apply_reviews(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> dict[str, bool]:
+    """{request_id: approved} for the kept candidates humans reviewed; each gets a `review`
+    decision (so the cycle's counts stay true: a rejected one is no longer kept)."""
+    from flywheel.review import verdicts
+
+    if not cycle.config.review.enabled:
+        return {}
+    found = verdicts(wh, cycle.cycle_id)
+    kept_ids = {c.request_id for c in kept}
+    now = _now()
+    rows = [
+        {"cycle_id": cycle.cycle_id, "request_id": rid, "rule": "review", "kept": v.approved, "score": float(v.n_reviews),
+         "threshold": None, "reason": (f"approved by {v.n_reviews} reviewer(s)" + (" with an edited answer" if v.edited_response else ""))
+         if v.approved else f"rejected by human review ({v.n_reviews} reviewer(s))", "decided_at": now}
+        for rid, v in sorted(found.items()) if rid in kept_ids
+    ]  # fmt: skip
+    wh.execute("DELETE FROM decisions WHERE cycle_id = $c AND rule = 'review'", {"c": cycle.cycle_id})
+    if rows:
+        wh.merge("decisions", rows_to_table("decisions", rows))
+    return {rid: v.approved for rid, v in found.items() if rid in kept_ids}
+
+
+def _gold(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> dict[str, str | None]:
+    """Kept rows a person vouched for, with the answer to train on when a reviewer edited it
+    (None: the row's own answer): manual labels, gold examples accepted before, approved reviews."""
+    from flywheel.review import verdicts
+
+    known = set(wh.query("SELECT request_id FROM gold_examples WHERE logical_date < $t", {"t": cycle.logical_date})
+                .column("request_id").to_pylist())  # fmt: skip
+    approved = {rid: v.edited_response for rid, v in verdicts(wh, cycle.cycle_id).items() if v.approved} if cycle.config.review.enabled else {}
+    out: dict[str, str | None] = {}
+    for c in kept:
+        if c.request_id in approved:
+            out[c.request_id] = approved[c.request_id]
+        elif c.model_version == MANUAL_MODEL_VERSION or c.request_id in known:
+            out[c.request_id] = None
+    return out
+
+
+def _record_gold_examples(
+    cycle: CycleSpec, wh: Warehouse, accepted: list[TrainingCandidate], source: str, edits: dict[str, str | None] | None = None
+) -> None:
+    """Manual labels and approved reviews that passed every filter (PII already redacted) join
+    the gold set, with the reviewer's edit as the answer where there is one."""
+    now = _now()
+    edits = edits or {}
+    rows = [
+        {"request_id": c.request_id, "source": source, "cycle_id": cycle.cycle_id, "logical_date": cycle.logical_date,
+         "task_type": c.task_type, "prompt": c.prompt, "context": c.context, "response": edits.get(c.request_id) or c.target,
+         "labeler": c.user_id, "created_at": now}
+        for c in accepted
+    ]  # fmt: skip
+    wh.replace_partition("gold_examples", {"cycle_id": cycle.cycle_id, "source": source}, rows_to_table("gold_examples", rows))
+
+
+def stage_sample_for_review(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """Send `review.sample_rate` of the window's candidates to human review (`flywheel.review`):
+    a uniform random slice for calibration and a prioritised, stratified slice of the kept ones.
+    Reviewers only ever see PII-redacted text."""
+    from flywheel import prioritize, review
+    from flywheel.calibrate import RULES, current_thresholds
+
+    cfg = cycle.config.review
+    if not cfg.enabled:
+        wh.replace_partition("review_items", {"cycle_id": cycle.cycle_id}, rows_to_table("review_items", []))
+        return {"skipped": "review.enabled is false", "items": 0}
+    valid = pq.read_table(cycle.file("valid.parquet")).to_pylist()
+    candidates = [candidate_from_row(r) for r in valid]
+    kept = _candidates(cycle.file("kept.parquet"))
+    decisions = wh.select("decisions", {"cycle_id": cycle.cycle_id}).to_pylist()
+    scores: dict[str, dict[str, float | None]] = {}
+    rejected = set()
+    for d in decisions:
+        if d["rule"] in RULES:
+            scores.setdefault(d["request_id"], {})[d["rule"]] = d["score"]
+        if not d["kept"]:
+            rejected.add(d["request_id"])
+    budget = min(len(candidates), max(cfg.min_items, round(cfg.sample_rate * len(candidates))))
+    uncertainty, change = _model_signals(cycle, wh, kept) if cfg.model_signals and kept else (None, None)
+    priorities = prioritize.prioritise(
+        kept, weights=cfg.priority_weights, filter_scores=scores, thresholds=current_thresholds(cycle.config.filters),
+        window_mix=Counter(c.task_type for c in candidates), uncertainty=uncertainty, behaviour_change=change,
+    )  # fmt: skip
+    sample = review.draw_sample(candidates, kept, {p.request_id: p for p in priorities}, budget=budget,
+                                random_share=cfg.random_share, seed=cycle.cycle_id)  # fmt: skip
+    redacted = {c.request_id: c for c in kept}
+    sample = review.Sample(_redacted_texts(cycle, wh, sample.random, redacted), sample.priority)
+    kept_ids = {c.request_id for c in kept if c.request_id not in rejected}
+    rows = review.item_rows(cycle.cycle_id, cycle.logical_date, sample, kept_ids=kept_ids, filter_scores=scores, now=_now())
+    wh.replace_partition("review_items", {"cycle_id": cycle.cycle_id}, rows_to_table("review_items", rows))
+    strata = Counter(f"{r['task_type']}/{r['user_action']}" for r in rows if r["slice"] == "priority")
+    return {"items": len(rows), "random": len(sample.random), "priority": len(sample.priority), "candidates": len(candidates),
+            "model_signals": uncertainty is not None, "priority_strata": dict(strata)}  # fmt: skip
+
+
+def _model_signals(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]):
+    """The champion's uncertainty on each kept answer, and how far it moved from its parent."""
+    from flywheel.inference import load_model
+    from flywheel.prioritize import answer_token_stats
+
+    ensure_base_model(cycle.config, wh)
+    champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
+    loaded = load_model(champion.base_model, champion.adapter_path, version=champion.version)
+    parent = None
+    if champion.parent_version:
+        p = registry.get_model(wh, champion.parent_version)
+        parent = load_model(p.base_model, p.adapter_path, version=p.version)
+    return answer_token_stats(loaded, kept, reference=parent)
+
+
+def _redacted_texts(
+    cycle: CycleSpec, wh: Warehouse, picked: list[TrainingCandidate], already: dict[str, TrainingCandidate]
+) -> list[TrainingCandidate]:
+    """The random slice with its text, PII-redacted: rows whose text the window query withheld
+    (the pushed-down rules rejected them) are read back from the warehouse by id."""
+    from dataclasses import replace
+
+    from flywheel.filters import redact_candidate
+    from flywheel.pii import default_scanner
+
+    missing = {c.request_id for c in picked if c.request_id not in already and not c.prompt}
+    texts: dict[str, dict[str, Any]] = {}
+    if missing:
+        for batch in wh.read_window("production_logs", cycle.window.start, cycle.window.end,
+                                    batch_rows=cycle.config.warehouse.read_batch_rows, max_skew=cycle.limits.max_clock_skew):  # fmt: skip
+            for r in batch.to_pylist():
+                if r["request_id"] in missing:
+                    texts[r["request_id"]] = r
+    f = cycle.config.filters
+    scanner = default_scanner(f.pii_entities, f.pii_min_score)
+    out = []
+    for c in picked:
+        if c.request_id in already:
+            out.append(already[c.request_id])
+            continue
+        src = texts.get(c.request_id)
+        if src is not None:
+            c = replace(c, prompt=src["prompt"], response=src["response"], correction=src["correction"], context=src["context"])
+        out.append(redact_candidate(c, scanner)[0])
+    return out
+
+
+def stage_calibrate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """Refit the threshold filters to the random slice's verdicts (`flywheel.calibrate`); an
+    adopted fit is the config version the next cycles run under."""
+    from flywheel.calibrate import calibrate
+
+    if not (cycle.config.calibration.enabled and cycle.config.review.enabled):
+        return {"skipped": "calibration or review disabled"}
+    return calibrate(wh, cycle_id=cycle.cycle_id, logical_date=cycle.logical_date, filters=cycle.config.filters,
+                     config=cycle.config.calibration)  # fmt: skip
 
 
 def _record_training_fingerprints(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> None:
@@ -480,11 +713,23 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 
 
 def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
-    from flywheel.evaluate import evaluate_answer_fn, load_golden_set
+    """Champion and challenger on the golden set, each with its bootstrap interval and its score
+    per item (kept for the paired comparison of the offline gate). First, the golden set must be
+    the registered version, and the challenger's training set must hold none of its inputs."""
+    from flywheel.evaluate import (
+        bootstrap_interval,
+        check_golden_unchanged,
+        evaluate_answer_fn,
+        load_golden_set,
+    )
     from flywheel.inference import answer_fn, load_model
 
     ev = cycle.config.evaluation
     golden = load_golden_set(cycle.config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
+    registered = wh.query("SELECT golden_hash FROM golden_sets WHERE path = $p ORDER BY created_at LIMIT 1",
+                          {"p": str(golden.path)}).to_pylist()  # fmt: skip
+    check_golden_unchanged(golden, registered[0]["golden_hash"] if registered else None)
+    _check_training_set_decontaminated(cycle)
     champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
     challenger = registry.get_model(wh, cycle.challenger_version)
     now = _now()
@@ -492,6 +737,8 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     for role, mv in (("champion", champion), ("challenger", challenger)):
         loaded = load_model(mv.base_model, mv.adapter_path, version=mv.version)
         result = evaluate_answer_fn(answer_fn(loaded, max_new_tokens=ev.max_new_tokens), golden)
+        low, high = bootstrap_interval(result.item_scores, samples=ev.bootstrap_samples, confidence=ev.confidence,
+                                       seed=ev.bootstrap_seed)  # fmt: skip
         rows.append(
             {
                 "cycle_id": cycle.cycle_id,
@@ -503,39 +750,111 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
                 "per_task_json": json.dumps(result.per_task, sort_keys=True),
                 "golden_hash": golden.content_hash,
                 "evaluated_at": now,
+                "accuracy_low": low,
+                "accuracy_high": high,
+                "scorer": result.scorer,
+                "item_scores_json": json.dumps(result.item_scores),
             }
         )
         out[f"{role}_version"] = mv.version
         out[f"{role}_accuracy"] = result.accuracy
+        out[f"{role}_interval"] = [round(low, 4), round(high, 4)]
     wh.replace_partition("evaluations", {"cycle_id": cycle.cycle_id}, rows_to_table("evaluations", rows))
+    record_golden_set(wh, golden, cycle.cycle_id)
     return out
 
 
+def _check_training_set_decontaminated(cycle: CycleSpec) -> None:
+    """The set the challenger trained on holds no golden input (exact or near): verified on
+    every cycle, whatever the filters and gates upstream did."""
+    from flywheel.dataset import load_chat_dataset
+    from flywheel.evaluate import check_decontaminated
+    from flywheel.filters import golden_index
+
+    if not cycle.dataset_dir.exists():
+        return  # no dataset: the challenger was registered by other means (nothing to check)
+    data = load_chat_dataset(cycle.dataset_dir)
+    rows = [*data["train"], *data["validation"]]
+    check_decontaminated([r["messages"][0]["content"] for r in rows], [r["request_id"] for r in rows],
+                         golden_index(cycle.config.filters, golden_inputs(cycle.config)))  # fmt: skip
+
+
+def record_golden_set(wh: Warehouse, golden: Any, cycle_id: str) -> bool:
+    """Register the golden set's version (its content hash) the first time a cycle uses it.
+    Returns True when this version is new."""
+    if wh.count("golden_sets", {"golden_hash": golden.content_hash}):
+        return False
+    types = Counter(t.task_type for t in golden.tasks)
+    wh.merge("golden_sets", rows_to_table("golden_sets", [{
+        "golden_hash": golden.content_hash, "path": str(golden.path), "n_items": len(golden.tasks),
+        "task_types_json": json.dumps(dict(sorted(types.items()))), "first_cycle_id": cycle_id, "created_at": _now(),
+    }]))  # fmt: skip
+    return True
+
+
 def stage_promote(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """The offline gate (overall gain, no slice regression, paired bootstrap intervals), stored
+    per cycle in `offline_comparisons`. A challenger that passes goes to an online A/B test
+    (`experiment.enabled`): the pointer moves later, when `ab_monitor` sees a significant win.
+    With experiments off, passing the gate promotes at once."""
+    from flywheel import experiment
+    from flywheel.evaluate import EvalResult, compare_offline, load_golden_set
+
     evals = {r["role"]: r for r in wh.select("evaluations", {"cycle_id": cycle.cycle_id}).to_pylist()}
     if set(evals) != {"champion", "challenger"}:
         raise FlywheelError(f"{cycle.cycle_id}: evaluations missing ({sorted(evals)}); run evaluate first")
-    decision = registry.decide_promotion(
-        evals["champion"]["accuracy"],
-        evals["challenger"]["accuracy"],
-        min_improvement=cycle.config.evaluation.min_improvement,
-    )
+    ev = cycle.config.evaluation
+    golden = load_golden_set(cycle.config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
+    results = {}
+    for role, e in evals.items():
+        if e["golden_hash"] != golden.content_hash or not e.get("item_scores_json"):
+            raise FlywheelError(f"{cycle.cycle_id}: the {role}'s evaluation is not on golden set {golden.content_hash[:12]} "
+                                "item by item; rerun evaluate_golden_set")  # fmt: skip
+        results[role] = EvalResult(e["accuracy"], e["n_items"], e["n_correct"], json.loads(e["per_task_json"] or "{}"),
+                                   tuple(json.loads(e["item_scores_json"])), e.get("scorer") or "exact_match")  # fmt: skip
+    champion, challenger = evals["champion"]["model_version"], evals["challenger"]["model_version"]
+    gate = compare_offline(golden.tasks, results["champion"], results["challenger"], champion_version=champion,
+                           challenger_version=challenger, config=ev)  # fmt: skip
+    wh.replace_partition("offline_comparisons", {"cycle_id": cycle.cycle_id}, rows_to_table("offline_comparisons", [{
+        "cycle_id": cycle.cycle_id, "champion": champion, "challenger": challenger, "golden_hash": golden.content_hash,
+        "champion_accuracy": gate.champion_accuracy, "champion_low": gate.champion_interval[0],
+        "champion_high": gate.champion_interval[1], "challenger_accuracy": gate.challenger_accuracy,
+        "challenger_low": gate.challenger_interval[0], "challenger_high": gate.challenger_interval[1],
+        "delta": gate.delta, "delta_low": gate.delta_interval[0], "delta_high": gate.delta_interval[1],
+        "slices_json": gate.slices_json(), "passed": gate.passed, "reason": gate.reason, "compared_at": _now()}]))  # fmt: skip
+    promoted, reason, experiment_id = gate.passed, gate.reason, None
+    ab = cycle.config.experiment.enabled
+    if cycle.dry_run:
+        promoted, reason = False, f"dry run, champion kept; would have {'promoted' if gate.passed else 'kept the champion'}: {gate.reason}"
+    elif gate.passed and ab:
+        exp = experiment.start_experiment(wh, cycle_id=cycle.cycle_id, logical_date=cycle.logical_date, champion=champion,
+                                          challenger=challenger, config=cycle.config.experiment)  # fmt: skip
+        promoted, experiment_id = False, exp.experiment_id
+        reason = f"{gate.reason}; A/B test {exp.experiment_id} started at {exp.traffic_share:.0%} of traffic (champion kept until it wins)"
+    if not (gate.passed and ab) or cycle.dry_run:
+        experiment.cancel_experiment(wh, cycle.cycle_id)  # a rerun leaves what a first run would
     row = registry.record_decision(
         wh,
         cycle_id=cycle.cycle_id,
         logical_date=cycle.logical_date,
-        champion_before=evals["champion"]["model_version"],
-        challenger=evals["challenger"]["model_version"],
-        promoted=decision.promoted,
-        reason=decision.reason,
+        champion_before=champion,
+        challenger=challenger,
+        promoted=promoted,
+        reason=reason,
     )
-    log.info("%s: %s", cycle.cycle_id, decision.reason)
-    return {"promoted": decision.promoted, "champion_after": row["champion_after"], "reason": decision.reason}
+    log.info("%s: %s", cycle.cycle_id, reason)
+    return {"promoted": promoted, "champion_after": row["champion_after"], "reason": reason, "gate_passed": gate.passed,
+            "delta": round(gate.delta, 4), "delta_interval": [round(x, 4) for x in gate.delta_interval],
+            "experiment_id": experiment_id}  # fmt: skip
 
 
 def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
-    """Write the cycle's summary row and velocity metrics; check that the counts add up."""
-    rows_in_window = pq.read_metadata(cycle.file("extract.parquet")).num_rows
+    """Write the cycle's summary row, phase and velocity metrics; check that the counts add up.
+
+    Unreadable lines of a labels file count as rows in the window (each is quarantined)."""
+    from flywheel.phases import classify, examples_collected
+
+    rows_in_window = pq.read_metadata(cycle.file("extract.parquet")).num_rows + len(_unreadable(cycle))
     counts = wh.named_query("cycle_counts", {"cycle_id": cycle.cycle_id}).to_pylist()[0]
     quarantined, kept, rejected = (int(counts[k] or 0) for k in ("quarantined", "kept", "rejected"))
     if quarantined + kept + rejected != rows_in_window:
@@ -568,6 +887,11 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         "champion_after": promo[0]["champion_after"] if promo else champion_before,
         "finished_at": _now(),
     }
+    champion_after_acc = chall_acc if promoted else champ_acc
+    if champion_after_acc is None:  # no challenger this cycle: the champion's last measured accuracy
+        champion_after_acc = _last_accuracy(wh, row["champion_after"], cycle.logical_date)
+    collected = examples_collected(wh, cycle.logical_date)
+    row["phase"] = classify(champion_after_acc, collected, cycle.config.phases)
     wh.replace_partition("cycles", {"cycle_id": cycle.cycle_id}, rows_to_table("cycles", [row]))
     from flywheel.metrics import cycle_metrics
 
@@ -580,6 +904,8 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         metrics[f"mix.{task_type}"] = n / len(task_types)
     if promoted:
         metrics["time_to_improvement_days"] = _days_since_last_gain(cycle, wh)
+    metrics["examples_collected"] = float(collected)
+    metrics["phase_index"] = float(PHASES.index(row["phase"]))
     now = _now()
     wh.replace_partition(
         "metrics",
@@ -598,6 +924,26 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         "stagnation": {"stagnant": diagnosis.stagnant, "cycles_without_gain": diagnosis.cycles_without_gain,
                        "causes": diagnosis.causes, "summary": diagnosis.describe()},
     }  # fmt: skip
+
+
+def stage_report(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """The cycle's report (Markdown + PNG plots) in ``reports/<cycle_id>/``. Monthly cycles
+    (`extract.include_gold`) add the broader evaluation: every task type with intervals."""
+    from flywheel.report import write_cycle_report
+
+    out = cycle.config.artefacts_root / "reports" / cycle.cycle_id
+    path = write_cycle_report(wh, cycle.cycle_id, out, broad=cycle.config.extract.include_gold)
+    return {"report": str(path), "plots": sorted(p.name for p in out.glob("*.png"))}
+
+
+def _last_accuracy(wh: Warehouse, version: str, before: datetime) -> float | None:
+    """The latest golden-set accuracy measured for ``version`` up to ``before``."""
+    rows = wh.query(
+        "SELECT e.accuracy FROM evaluations e JOIN cycles c ON c.cycle_id = e.cycle_id "
+        "WHERE e.model_version = $v AND c.logical_date <= $t ORDER BY c.logical_date DESC LIMIT 1",
+        {"v": version, "t": before},
+    ).to_pylist()
+    return rows[0]["accuracy"] if rows else None
 
 
 def _days_since_last_gain(cycle: CycleSpec, wh: Warehouse) -> float:

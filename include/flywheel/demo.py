@@ -1,10 +1,19 @@
-"""The demo: a simulated product and several weekly flywheel cycles run by real Airflow.
+"""The demo: a simulated product taken from cold start through weekly and monthly cycles, every
+cycle run by real Airflow (`airflow dags test`).
 
-Timeline (weeks are Mondays, UTC): the product serves the champion for three weeks; then each
-Monday ``T`` Airflow runs ``flywheel_weekly`` for logical date ``T`` (reading the week
-``[T - 21 d, T - 14 d)``), and the product serves week ``T`` with whatever champion that cycle
-left. Every accuracy printed is measured on the golden set, and every user action in the logs
-is a simulated user's reaction to a real answer of the model that served it.
+Timeline (weeks are Mondays, UTC):
+
+1. two weeks of beta users served by the base model; an operator's file of manual labels
+   (with a few broken lines, which end in quarantine);
+2. ``flywheel_bootstrap`` on the first Monday ``B``: synthetic examples + manual labels + the
+   beta traffic ``[B - 14 d, B)`` give model v1 and the golden set's first version;
+3. the product serves three weeks; then each Monday ``T`` Airflow runs ``flywheel_weekly``
+   (reading ``[T - 21 d, T - 14 d)``) and the product serves week ``T`` with whatever champion
+   that cycle left;
+4. ``flywheel_monthly`` on the following Monday consolidates four weeks plus the gold set.
+
+Every accuracy printed is measured on the golden set, and every user action in the logs is a
+simulated user's reaction to a real answer of the model that served it.
 
 Run: ``python -m flywheel.demo [--cycles N] [--keep]``.
 """
@@ -17,57 +26,134 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from flywheel.config import PROJECT_ROOT, FlywheelConfig, flywheel_home, load_config
+from flywheel.simulate import AnswerFn
 from flywheel.warehouse import Warehouse, warehouse_from_config
 
 log = logging.getLogger("flywheel.demo")
 
 DAG_ID = "flywheel_weekly"
-FIRST_WEEK = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday
+FIRST_WEEK = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday: the bootstrap runs on it
+BETA_WEEKS = 2
 
 
-def serve_week(config: FlywheelConfig, wh: Warehouse, week_start: datetime) -> dict[str, object]:
-    """The product's week: the champion in force answers, simulated users react, logs land."""
-    from flywheel import registry
-    from flywheel.inference import answer_fn, load_model
-    from flywheel.simulate import simulate_traffic
+def serve_week(
+    config: FlywheelConfig,
+    wh: Warehouse,
+    week_start: datetime,
+    *,
+    days: float = 7,
+    answer_for: Callable[[str], AnswerFn] | None = None,
+    poison_rate: float | None = None,
+    truth: dict[str, str] | None = None,
+) -> dict[str, object]:
+    """The product's week (or ``days`` of it): the champion in force answers, simulated users
+    react, logs land. While an A/B experiment runs, the users its hash buckets put in the
+    challenger's arm are served by the challenger, and each row names the version that answered.
+    ``answer_for`` maps a version to its answer function (default: load the model); ``truth``
+    collects each request's right answer, for the simulated reviewers."""
+    from flywheel import experiment, registry
+    from flywheel.simulate import Arm, simulate_traffic
 
-    champion = registry.get_model(wh, registry.champion_as_of(wh, week_start + timedelta(microseconds=1)))
-    loaded = load_model(champion.base_model, champion.adapter_path, version=champion.version)
+    answer_for = answer_for or _model_answers(config, wh)
+    champion = registry.champion_as_of(wh, week_start + timedelta(microseconds=1))
+    routing = experiment.route(wh, week_start, config.experiment.bucket_salt)
+    arm = Arm(routing[0].challenger, answer_for(routing[0].challenger), routing[1]) if routing else None
     logs = simulate_traffic(
         week_start,
-        answer_fn(loaded, max_new_tokens=config.evaluation.max_new_tokens),
-        model_version=champion.version,
-        n_requests=config.simulate.requests_per_week,
+        answer_for(champion),
+        model_version=champion,
+        n_requests=round(config.simulate.requests_per_week * days / 7),
         seed=config.simulate.seed,
         malformed_rate=config.simulate.malformed_rate,
         adversarial_rate=config.simulate.adversarial_rate,
         pii_rate=config.simulate.pii_rate,
         toxic_rate=config.simulate.toxic_rate,
+        truth=truth,
+        poison_rate=config.simulate.poison_rate if poison_rate is None else poison_rate,
+        days=days,
+        challenger=arm,
     )
     wh.merge("production_logs", logs)
-    return {"week": f"{week_start:%Y-%m-%d}", "requests": logs.num_rows, "served_by": champion.version}
+    served = {"week": f"{week_start:%Y-%m-%d %H:%M}", "requests": logs.num_rows, "served_by": champion}
+    if routing:
+        served["ab"] = f"{routing[0].experiment_id}: {routing[0].challenger} on {routing[0].traffic_share:.0%} of users"
+    return served
 
 
-def run_airflow_cycle(logical_date: datetime, env: dict[str, str], log_dir: Path) -> None:
+def _model_answers(config: FlywheelConfig, wh: Warehouse) -> Callable[[str], AnswerFn]:
+    """Answer functions of registered versions, each model loaded once."""
+    from flywheel import registry
+    from flywheel.inference import answer_fn, load_model
+
+    loaded: dict[str, AnswerFn] = {}
+
+    def answers(version: str) -> AnswerFn:
+        if version not in loaded:
+            mv = registry.get_model(wh, version)
+            model = load_model(mv.base_model, mv.adapter_path, version=mv.version)
+            loaded[version] = answer_fn(model, max_new_tokens=config.evaluation.max_new_tokens)
+        return loaded[version]
+
+    return answers
+
+
+def run_airflow_cycle(
+    logical_date: datetime, env: dict[str, str], log_dir: Path, *, dag_id: str = DAG_ID, conf: dict | None = None
+) -> None:
     """``airflow dags test`` for one logical date; its full log is kept, its failure is loud."""
+    import json
+
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_file = log_dir / f"{DAG_ID}-{logical_date:%Y%m%d}.log"
+    log_file = log_dir / f"{dag_id}-{logical_date:%Y%m%d}.log"
     airflow = str(Path(sys.executable).with_name("airflow"))
+    cmd = [airflow, "dags", "test", dag_id, logical_date.isoformat()] + (["-c", json.dumps(conf)] if conf else [])
     with log_file.open("w") as out:
-        proc = subprocess.run(
-            [airflow, "dags", "test", DAG_ID, logical_date.isoformat()],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
+        proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:
         tail = "\n".join(log_file.read_text().splitlines()[-40:])
-        raise SystemExit(f"airflow dags test {DAG_ID} {logical_date:%Y-%m-%d} failed (exit {proc.returncode}); log: {log_file}\n{tail}")
+        raise SystemExit(f"airflow dags test {dag_id} {logical_date:%Y-%m-%d} failed (exit {proc.returncode}); log: {log_file}\n{tail}")
+
+
+# The demo's A/B monitor runs every two days of product time while there is something to judge
+# (hourly in production); the week's last day is served after the last run.
+MONITOR_DAYS = (2, 2, 2, 1)
+
+
+def serve_week_with_monitor(config: FlywheelConfig, wh: Warehouse, monday: datetime, env: dict[str, str], logs: Path) -> None:
+    """Serve the week in slices, running `ab_monitor` through Airflow between them, so that a
+    ramp, a promotion or a rollback changes who serves the rest of the week."""
+    from flywheel.experiment import needs_monitoring
+
+    t = monday
+    for k, days in enumerate(MONITOR_DAYS):
+        log.info("product days %s", serve_week(config, wh, t, days=days))
+        t += timedelta(days=days)
+        if k < len(MONITOR_DAYS) - 1 and needs_monitoring(wh, t, config.experiment):
+            run_airflow_cycle(t, env, logs, dag_id="ab_monitor")
+
+
+def write_demo_labels(path: Path, *, n: int = 60, seed: int = 5) -> Path:
+    """An operator's manual labels: right answers to product-like requests, plus two broken
+    lines (not JSON; no prompt) that the bootstrap must quarantine, not drop or crash on."""
+    import random
+
+    from flywheel.bootstrap import write_labels_file
+    from flywheel.simulate import sample_task
+
+    rng = random.Random(f"labels:{seed}")
+    tasks = [sample_task(rng) for _ in range(n)]
+    rows = [{"prompt": t.prompt, "response": t.answer, "task_type": t.task_type, "context": t.context,
+             "labeler": f"annotator-{i % 3}"} for i, t in enumerate(tasks)]  # fmt: skip
+    rows.append({"response": "42", "task_type": "arithmetic", "labeler": "annotator-0"})
+    write_labels_file(path, rows)
+    with path.open("a") as f:
+        f.write('{"prompt": "What is 2 + 2?", "response": "4", \n')
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         # A fresh run each time; the tiny model's cached build is kept (it is rebuilt only
         # when its config changes).
         for stale in (config.duckdb_path, config.artefacts_root / "cycles", config.artefacts_root / "datasets",
-                      config.artefacts_root / "adapters"):
+                      config.artefacts_root / "adapters", config.artefacts_root / "reports"):
             if stale.is_dir():
                 shutil.rmtree(stale)
             elif stale.exists():
@@ -113,18 +199,31 @@ def main(argv: list[str] | None = None) -> int:
 
     subprocess.run([str(Path(sys.executable).with_name("airflow")), "db", "migrate"], env=env, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    logs = airflow_home / "demo-logs"
+    # Cold start: beta weeks served by the base model, then the bootstrap cycle.
+    for w in range(BETA_WEEKS, 0, -1):
+        log.info("beta week %s", serve_week(config, wh, FIRST_WEEK - timedelta(weeks=w)))
+    labels = write_demo_labels(home / "labels" / "manual_labels.jsonl")
+    t = time.monotonic()
+    run_airflow_cycle(FIRST_WEEK, env, logs, dag_id="flywheel_bootstrap", conf={"labels_path": str(labels)})
+    log.info("bootstrap cycle ran through Airflow in %.0fs", time.monotonic() - t)
     lag_weeks = (config.extract.lag_days + config.extract.window_days) // 7
     for w in range(lag_weeks):
         log.info("product week %s", serve_week(config, wh, FIRST_WEEK + timedelta(weeks=w)))
     for k in range(args.cycles):
         monday = FIRST_WEEK + timedelta(weeks=lag_weeks + k)
         t = time.monotonic()
-        run_airflow_cycle(monday, env, airflow_home / "demo-logs")
+        run_airflow_cycle(monday, env, logs)
         log.info("cycle for %s ran through Airflow in %.0fs", f"{monday:%Y-%m-%d}", time.monotonic() - t)
-        log.info("product week %s", serve_week(config, wh, monday))
+        serve_week_with_monitor(config, wh, monday, env, logs)
+    monthly_date = FIRST_WEEK + timedelta(weeks=lag_weeks + args.cycles)
+    t = time.monotonic()
+    run_airflow_cycle(monthly_date, env, logs, dag_id="flywheel_monthly")
+    log.info("monthly cycle ran through Airflow in %.0fs", time.monotonic() - t)
 
-    rows = cycles_report(wh, DAG_ID)
-    print("\nFlywheel cycles (each run by `airflow dags test flywheel_weekly <monday>`):\n")
+    print_bootstrap(wh)
+    rows = cycles_report(wh)
+    print("\nFlywheel cycles (each run by `airflow dags test <dag> <monday>`: bootstrap, weekly, monthly):\n")
     print(format_cycles_table(rows))
     first, last = rows[0], rows[-1]
     base_acc = first["champion_accuracy"]
@@ -142,8 +241,9 @@ def main(argv: list[str] | None = None) -> int:
         "without a gain of at least velocity.stagnation_min_delta"
         + (f"\nStagnation alert: {stalled[0]['message']}" if stalled and last_metrics.get("stagnant") else "")
     )
+    print_offline_and_ab(wh)
     print("\nPer-rule pass rates (share kept of the rows each rule judged, and how many it judged):\n")
-    print(format_rule_table(rule_pass_rates(wh, DAG_ID)))
+    print(format_rule_table(rule_pass_rates(wh)))
     gates = wh.query(
         "SELECT gate, COUNT(*) AS runs, SUM(CASE WHEN success THEN 1 ELSE 0 END) AS passed FROM gate_results "
         "GROUP BY gate ORDER BY gate"
@@ -158,11 +258,59 @@ def main(argv: list[str] | None = None) -> int:
         "SELECT field, rule, COUNT(*) AS n FROM quarantine GROUP BY field, rule ORDER BY n DESC"
     ).to_pylist()
     print("Quarantined, by reason: " + ", ".join(f"{q['field']}.{q['rule']}={q['n']}" for q in quarantine))
+    from flywheel.report import format_velocity_table, velocity_rows
+
+    print("\nVelocity per cycle, with the phase each ended in (days to gain: since the previous promotion):\n")
+    print(format_velocity_table(velocity_rows(wh)))
+    diagnosis = wh.query("SELECT message FROM alerts WHERE kind = 'stagnation' ORDER BY raised_at DESC LIMIT 1").to_pylist()
+    if diagnosis:
+        print(f"Diagnosis: {diagnosis[0]['message']}")
+    reports = sorted((config.artefacts_root / "reports").glob("*/report.md"))
+    print(f"\nReports:    {len(reports)} cycle reports with plots; the monthly one: "
+          + next((str(p.parent) for p in reports if "monthly" in p.parent.name), "-"))
     print(f"\nWarehouse:  {config.duckdb_path}")
-    print(f"Artefacts:  {config.artefacts_root} (base_models/, datasets/, adapters/, golden/, cycles/)")
+    print(f"Artefacts:  {config.artefacts_root} (base_models/, datasets/, adapters/, golden/, cycles/, reports/)")
     print(f"Airflow:    AIRFLOW_HOME={airflow_home}; run logs in {airflow_home / 'demo-logs'}")
     print(f"Demo time:  {time.monotonic() - started:.0f}s for {len(rows)} cycles (last: {last['cycle_id']})")
     return 0
+
+
+def print_offline_and_ab(wh: Warehouse) -> None:
+    """Per cycle: golden-set scores with 95% bootstrap intervals and the offline gate; then each
+    A/B test's measurements and decision, and every decision on the champion pointer."""
+    from flywheel.evaluate import format_offline_table
+    from flywheel.experiment import format_experiments_table
+
+    print("\nOffline gate per cycle (golden set, paired bootstrap 95% intervals, per-slice rule):\n")
+    print(format_offline_table(wh.query("SELECT * FROM offline_comparisons ORDER BY compared_at").to_pylist()))
+    print("\nA/B tests (acceptance = accepted + copied, measured per arm from the logs; one-sided z-test):\n")
+    print(format_experiments_table(wh))
+    print("\nChampion pointer decisions:")
+    for p in wh.query("SELECT * FROM promotions ORDER BY logical_date, decided_at").to_pylist():
+        print(f"  {p['logical_date']:%Y-%m-%d %H:%M} {p['cycle_id']}: {p['champion_before'] or '-'} -> {p['champion_after']}: {p['reason']}")
+
+
+def print_bootstrap(wh: Warehouse) -> None:
+    """What the cold start made of its sources."""
+    (boot,) = wh.query("SELECT * FROM cycles WHERE dag_id = 'flywheel_bootstrap' ORDER BY logical_date DESC LIMIT 1").to_pylist()
+    sources = wh.query(
+        "SELECT CASE WHEN request_id LIKE 'manual-%' THEN 'manual labels' WHEN request_id LIKE 'synthetic-%' "
+        "THEN 'synthetic' ELSE 'beta traffic' END AS source, COUNT(DISTINCT request_id) AS n, "
+        "COUNT(DISTINCT CASE WHEN kept THEN NULL ELSE request_id END) AS rejected FROM decisions WHERE cycle_id = $c "
+        "GROUP BY 1 ORDER BY 1",
+        {"c": boot["cycle_id"]},
+    ).to_pylist()
+    unreadable = wh.query("SELECT reason FROM quarantine WHERE cycle_id = $c AND request_id LIKE 'manual-%' OR "
+                          "(cycle_id = $c AND rule = 'unreadable')", {"c": boot["cycle_id"]}).to_pylist()  # fmt: skip
+    gold = wh.count("gold_examples")
+    golden = wh.query("SELECT golden_hash, n_items FROM golden_sets ORDER BY created_at LIMIT 1").to_pylist()
+    print(f"\nCold start ({boot['cycle_id']}): " + ", ".join(f"{s['source']} {s['n']} ({s['rejected']} filtered out)" for s in sources)
+          + f"; {len(unreadable)} manual-label rows quarantined; {gold} gold examples; "
+          + f"v1 {'promoted' if boot['promoted'] else 'not promoted'} ({boot['champion_accuracy']:.3f} -> "
+          + f"{boot['challenger_accuracy'] or 0:.3f}); phase {boot['phase']}"
+          + (f"; golden set v1 {golden[0]['golden_hash'][:12]} ({golden[0]['n_items']} items)" if golden else ""))
+    for q in unreadable:
+        print(f"  quarantined: {q['reason']}")
 
 
 if __name__ == "__main__":

@@ -73,12 +73,15 @@ def extract_window_snapshot(
     batch_rows: int = 5000,
     max_skew: timedelta | None = None,
     pushdown: Pushdown | None = None,
+    extra_rows: list[dict[str, Any]] | None = None,
 ) -> int:
     """Stream the window's production logs into a Parquet snapshot; return the row count.
 
     The snapshot is the cycle's input from here on: later tasks read the same rows even if late
     logs arrive in the warehouse meanwhile, and a rerun rewrites it whole. With ``pushdown``,
-    the rows its rules reject hold no text (see `flywheel.warehouse.Pushdown`).
+    the rows its rules reject hold no text (see `flywheel.warehouse.Pushdown`). ``extra_rows``
+    (log-shaped rows from other sources: gold examples, manual labels, synthetic examples) are
+    appended with their text; every rule, the pushed-down ones included, judges them in Python.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".parquet.tmp")
@@ -95,6 +98,14 @@ def extract_window_snapshot(
                 writer = pq.ParquetWriter(tmp, batch.schema)
             writer.write_batch(batch)
             rows += batch.num_rows
+        if extra_rows:
+            from flywheel.schema import WINDOW_SNAPSHOT
+
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, WINDOW_SNAPSHOT)
+            extra = pa.Table.from_pylist([_snapshot_row(r) for r in extra_rows], schema=writer.schema)
+            writer.write_table(extra)
+            rows += extra.num_rows
         if writer is None:
             from flywheel.schema import WINDOW_SNAPSHOT
 
@@ -104,6 +115,19 @@ def extract_window_snapshot(
             writer.close()
     tmp.replace(path)
     return rows
+
+
+def _snapshot_row(row: dict[str, Any]) -> dict[str, Any]:
+    """A log row from another source as a snapshot row: its text facts computed here, as the
+    window query computes them for the warehouse's rows (the raw gate profiles them)."""
+    from flywheel.schema import ELIDABLE_TEXT_FIELDS, text_facts
+
+    out = {**row, "pushdown_kept": True}
+    for name in ELIDABLE_TEXT_FIELDS:
+        facts = text_facts(row.get(name))
+        out |= {f"{name}_present": facts.present, f"{name}_chars": facts.chars, f"{name}_blank": facts.blank,
+                f"{name}_control_at": facts.control_at, f"{name}_control_char": facts.control_char}  # fmt: skip
+    return out
 
 
 def read_snapshot(path: Path) -> pa.Table:

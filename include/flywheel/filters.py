@@ -168,7 +168,7 @@ class FilterOutcome:
     survivors: list[Survivor]
 
 
-def _redact_candidate(c: TrainingCandidate, scanner: Any) -> tuple[TrainingCandidate, tuple[str, ...]]:
+def redact_candidate(c: TrainingCandidate, scanner: Any) -> tuple[TrainingCandidate, tuple[str, ...]]:
     changes: dict[str, Any] = {}
     entities: list[str] = []
     for name in ("prompt", "response", "correction", "context"):
@@ -248,7 +248,7 @@ class FilterChain:
         # PII: redact (or drop) before any other rule, index or file sees the text.
         clean: list[TrainingCandidate] = []
         for c in kept:
-            redacted, entities = _redact_candidate(c, self.pii)
+            redacted, entities = redact_candidate(c, self.pii)
             if not entities:
                 decisions.append(FilterDecision(c.request_id, "pii", True, 0.0, 0.0, "no PII found"))
                 clean.append(redacted)

@@ -182,6 +182,11 @@ EVALUATIONS = pa.schema(
         ("per_task_json", pa.string()),
         ("golden_hash", pa.string()),
         ("evaluated_at", TS),
+        # Issue 8: the accuracy's bootstrap interval, the scorer, and one score per golden item.
+        ("accuracy_low", pa.float64()),
+        ("accuracy_high", pa.float64()),
+        ("scorer", pa.string()),
+        ("item_scores_json", pa.string()),
     ]
 )
 
@@ -217,6 +222,9 @@ CYCLES = pa.schema(
         ("promoted", pa.bool_()),
         ("champion_after", pa.string()),
         ("finished_at", TS),
+        # The method's phase measured at the end of the cycle (see `flywheel.phases`); the next
+        # cycle runs under that phase's capture policy.
+        ("phase", pa.string()),
     ]
 )
 
@@ -256,6 +264,100 @@ GATE_RESULTS = pa.schema(
     ]
 )
 
+# Examples whose answer a person vouched for: imported manual labels (cold start) and approved
+# reviews. They train with `training.gold_weight`, and every later consolidation (monthly) cycle
+# retrains on all of them. Text is stored after the filters ran (PII redacted).
+GOLD_EXAMPLES = pa.schema(
+    [
+        ("request_id", pa.string()),
+        ("source", pa.string()),  # manual_labels | review
+        ("cycle_id", pa.string()),  # the cycle that accepted it
+        ("logical_date", TS),
+        ("task_type", pa.string()),
+        ("prompt", pa.string()),
+        ("context", pa.string()),
+        ("response", pa.string()),
+        ("labeler", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+# Every golden-set version a cycle evaluated on, by content hash: the set is immutable, a new
+# version is a new hash.
+GOLDEN_SETS = pa.schema(
+    [
+        ("golden_hash", pa.string()),
+        ("path", pa.string()),
+        ("n_items", pa.int64()),
+        ("task_types_json", pa.string()),
+        ("first_cycle_id", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+# Human review (`flywheel.review`): the sampled items (text already PII-redacted), who was handed
+# which item, and the reviews.
+REVIEW_ITEMS = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("cycle_id", pa.string()),
+        ("logical_date", TS),
+        ("request_id", pa.string()),
+        ("slice", pa.string()),  # priority | random
+        ("priority", pa.float64()),
+        ("reasons_json", pa.string()),
+        ("task_type", pa.string()),
+        ("user_action", pa.string()),
+        ("prompt", pa.string()),
+        ("context", pa.string()),
+        ("response", pa.string()),
+        ("correction", pa.string()),
+        ("filter_kept", pa.bool_()),
+        ("filter_scores_json", pa.string()),
+        ("created_at", TS),
+    ]
+)
+
+REVIEW_ASSIGNMENTS = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("reviewer", pa.string()),
+        ("assigned_at", TS),
+    ]
+)
+
+REVIEWS = pa.schema(
+    [
+        ("item_id", pa.string()),
+        ("reviewer", pa.string()),
+        ("cycle_id", pa.string()),
+        ("accuracy", pa.int64()),  # 1-5
+        ("helpfulness", pa.int64()),
+        ("safety", pa.int64()),
+        ("verdict", pa.string()),  # approve | reject
+        ("edited_response", pa.string()),
+        ("seconds_spent", pa.float64()),
+        ("reviewed_at", TS),
+    ]
+)
+
+# Filter thresholds fitted to reviews: each version holds config overrides that cycles after
+# its logical date run under.
+CONFIG_VERSIONS = pa.schema(
+    [
+        ("version_id", pa.string()),
+        ("cycle_id", pa.string()),
+        ("logical_date", TS),
+        ("overrides_json", pa.string()),
+        ("n_reviews", pa.int64()),
+        ("agreement_before", pa.float64()),
+        ("agreement_after", pa.float64()),
+        ("per_rule_json", pa.string()),
+        ("adopted", pa.bool_()),
+        ("created_at", TS),
+    ]
+)
+
 ALERTS = pa.schema(
     [
         ("alert_id", pa.string()),
@@ -267,6 +369,67 @@ ALERTS = pa.schema(
         ("message", pa.string()),
         ("link", pa.string()),
         ("raised_at", TS),
+    ]
+)
+
+
+# --- Issue 8: offline gate and online A/B (flywheel.evaluate, flywheel.experiment) -----------
+
+OFFLINE_COMPARISONS = pa.schema(
+    [
+        ("cycle_id", pa.string()),
+        ("champion", pa.string()),
+        ("challenger", pa.string()),
+        ("golden_hash", pa.string()),
+        ("champion_accuracy", pa.float64()),
+        ("champion_low", pa.float64()),
+        ("champion_high", pa.float64()),
+        ("challenger_accuracy", pa.float64()),
+        ("challenger_low", pa.float64()),
+        ("challenger_high", pa.float64()),
+        ("delta", pa.float64()),
+        ("delta_low", pa.float64()),
+        ("delta_high", pa.float64()),
+        ("slices_json", pa.string()),
+        ("passed", pa.bool_()),
+        ("reason", pa.string()),
+        ("compared_at", TS),
+    ]
+)
+
+# The dashboard reads experiment_id, challenger, champion, traffic_share, started_at, status.
+EXPERIMENTS = pa.schema(
+    [
+        ("experiment_id", pa.string()),
+        ("cycle_id", pa.string()),
+        ("champion", pa.string()),
+        ("challenger", pa.string()),
+        ("traffic_share", pa.float64()),
+        ("ramp_json", pa.string()),
+        ("status", pa.string()),  # running | promoted | rolled_back | stopped
+        ("started_at", TS),
+        ("updated_at", TS),
+        ("reason", pa.string()),
+    ]
+)
+
+# Every monitor decision on an experiment (the experiment's state as of a date derives from it).
+EXPERIMENT_DECISIONS = pa.schema(
+    [
+        ("experiment_id", pa.string()),
+        ("as_of", TS),
+        ("action", pa.string()),  # keep_running | ramp | promote | rollback | stop
+        ("traffic_share", pa.float64()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("n_champion", pa.int64()),
+        ("n_challenger", pa.int64()),
+        ("rate_champion", pa.float64()),
+        ("rate_challenger", pa.float64()),
+        ("p_value", pa.float64()),
+        ("required_per_arm", pa.int64()),
+        ("metrics_json", pa.string()),
+        ("decided_at", TS),
     ]
 )
 
@@ -294,6 +457,15 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("training_fingerprints", TRAINING_FINGERPRINTS, ("cycle_id", "request_id")),
         TableSpec("gate_results", GATE_RESULTS, ("cycle_id", "gate")),
         TableSpec("alerts", ALERTS, ("alert_id",)),
+        TableSpec("gold_examples", GOLD_EXAMPLES, ("request_id",)),
+        TableSpec("golden_sets", GOLDEN_SETS, ("golden_hash",)),
+        TableSpec("review_items", REVIEW_ITEMS, ("item_id",)),
+        TableSpec("review_assignments", REVIEW_ASSIGNMENTS, ("item_id", "reviewer")),
+        TableSpec("reviews", REVIEWS, ("item_id", "reviewer")),
+        TableSpec("config_versions", CONFIG_VERSIONS, ("version_id",)),
+        TableSpec("offline_comparisons", OFFLINE_COMPARISONS, ("cycle_id",)),
+        TableSpec("experiments", EXPERIMENTS, ("experiment_id",)),
+        TableSpec("experiment_decisions", EXPERIMENT_DECISIONS, ("experiment_id", "as_of")),
     )
 }
 

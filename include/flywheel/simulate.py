@@ -181,14 +181,28 @@ class SimUser:
     user_id: str
     careless: bool
     adversarial: bool
+    # Poisoned feedback: accepts wrong answers and "corrects" right ones into wrong ones, and the
+    # product's quality estimate believes it.
+    poisoner: bool = False
 
 
-def _users(seed: int, n: int = 150, adversarial_rate: float = 0.02) -> list[SimUser]:
+def _users(seed: int, n: int = 150, adversarial_rate: float = 0.02, poison_rate: float = 0.0) -> list[SimUser]:
     rng = random.Random(f"users:{seed}")
+    poison = random.Random(f"poison:{seed}")  # its own stream: the other traits do not change
     return [
-        SimUser(f"user-{i:04d}", careless=rng.random() < 0.15, adversarial=rng.random() < adversarial_rate)
+        SimUser(f"user-{i:04d}", careless=rng.random() < 0.15, adversarial=rng.random() < adversarial_rate,
+                poisoner=poison.random() < poison_rate)
         for i in range(n)
-    ]
+    ]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Arm:
+    """A second model serving the users that ``assign`` puts in its arm (an A/B challenger)."""
+
+    model_version: str
+    answer_fn: AnswerFn
+    assign: Callable[[str], bool]  # user_id -> served by this arm
 
 
 def _wrong_version(answer: str, rng: random.Random) -> str:
@@ -199,6 +213,8 @@ def _wrong_version(answer: str, rng: random.Random) -> str:
 
 def _user_action(user: SimUser, right: bool, rng: random.Random) -> str:
     r = rng.random()
+    if user.poisoner:  # coordinated poisoning: wrong answers approved, right ones "fixed"
+        return "corrected" if right else "accepted"
     if right:
         if user.adversarial and r < 0.5:
             return "corrected"
@@ -229,7 +245,10 @@ def simulate_traffic(
     adversarial_rate: float = 0.02,
     pii_rate: float = 0.0,
     toxic_rate: float = 0.0,
-    days: int = 7,
+    truth: dict[str, str] | None = None,
+    days: float = 7,
+    poison_rate: float = 0.0,
+    challenger: Arm | None = None,
 ) -> pa.Table:
     """A week of production logs served by ``answer_fn``, as rows of the logs' schema.
 
@@ -237,28 +256,48 @@ def simulate_traffic(
     produces the same request ids, and the warehouse's MERGE keeps one copy. ``pii_rate`` of
     users paste their contact details into the request, and ``toxic_rate`` are abusive; both
     are drawn from their own random stream, so they change nothing else about the week.
+    ``truth``, when given, receives each request's right answer (the oracle a simulated
+    reviewer consults; it never reaches the logs). ``poison_rate`` of users accept wrong
+    answers and fool the quality estimate.
+
+    With a ``challenger`` arm, the users it assigns are served by its model instead, and each
+    row carries the version that answered it: both arms' outcomes are real reactions to real
+    answers. Who sends which request does not depend on the arms, so the two arms of a week see
+    the same users and tasks they would have seen without the experiment.
     """
     if week_start.tzinfo is None:
         raise ValueError("week_start must be timezone-aware")
     week_start = week_start.astimezone(UTC)
     rng = random.Random(f"traffic:{seed}:{week_start.isoformat()}")
-    users = _users(seed, adversarial_rate=adversarial_rate)
+    users = _users(seed, adversarial_rate=adversarial_rate, poison_rate=poison_rate)
     tasks = [sample_task(rng) for _ in range(n_requests)]
-    answers = answer_fn([(t.prompt, t.context) for t in tasks])
-    if len(answers) != len(tasks):
-        raise ValueError(f"answer_fn returned {len(answers)} answers for {len(tasks)} requests")
+    who = random.Random(f"who:{seed}:{week_start.isoformat()}")
+    senders = [who.choice(users) for _ in tasks]
+    in_b = [challenger is not None and challenger.assign(u.user_id) for u in senders]
+    answers: list[str] = [""] * len(tasks)
+    versions = [challenger.model_version if b and challenger else model_version for b in in_b]
+    for arm_fn, arm in ((answer_fn, False), (challenger.answer_fn if challenger else None, True)):
+        idx = [i for i, b in enumerate(in_b) if b is arm]
+        if not idx or arm_fn is None:
+            continue
+        got = arm_fn([(tasks[i].prompt, tasks[i].context) for i in idx])
+        if len(got) != len(idx):
+            raise ValueError(f"answer_fn returned {len(got)} answers for {len(idx)} requests")
+        for i, a in zip(idx, got, strict=True):
+            answers[i] = a
 
     noise = random.Random(f"noise:{seed}:{week_start.isoformat()}")
     rows: list[dict[str, Any]] = []
     span = days * 86400
     for i, (task, answer) in enumerate(zip(tasks, answers, strict=True)):
-        user = rng.choice(users)
+        user = senders[i]
         right = is_correct(answer, task.answer)
         action = _user_action(user, right, rng)
         correction = None
         if action == "corrected":
             correction = _wrong_version(task.answer, rng) if right else task.answer
         final_right = is_correct(correction, task.answer) if correction is not None else right
+        fooled = user.poisoner
         ts = week_start + timedelta(seconds=rng.uniform(0, span - 1))
         row: dict[str, Any] = {
             "request_id": str(uuid.uuid5(_NAMESPACE, f"{seed}:{week_start.isoformat()}:{i}")),
@@ -269,9 +308,9 @@ def simulate_traffic(
             "user_action": action,
             "correction": correction,
             "task_type": task.task_type,
-            "quality_score": _quality_score(final_right, rng),
+            "quality_score": _quality_score(final_right or fooled, rng),
             "included_in_training": False,
-            "model_version": model_version,
+            "model_version": versions[i],
             "context": task.context,
             "ingested_at": ts + timedelta(seconds=rng.uniform(1, 90)),
         }
@@ -286,6 +325,8 @@ def simulate_traffic(
             row["prompt"] = f"{row['prompt']} And get it right this time, you useless idiot."
         if rng.random() < malformed_rate:
             _malform(row, rng.choice(_MALFORMATIONS))
+        if truth is not None:
+            truth[row["request_id"]] = task.answer
         rows.append(row)
     return pa.Table.from_pylist(rows, schema=PRODUCTION_LOGS)
 

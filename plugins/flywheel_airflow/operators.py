@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import replace
+from datetime import datetime
 from typing import Any, ClassVar
 
 from airflow.exceptions import AirflowFailException, AirflowSkipException
@@ -33,28 +35,61 @@ PARAM_OVERRIDES: dict[str, str] = {
     "max_length": "training.max_length",
     "seed": "training.seed",
     "min_improvement": "evaluation.min_improvement",
+    "labels_path": "bootstrap.labels_path",
+    "synthetic_per_task_type": "bootstrap.synthetic_per_task_type",
 }
 
 
-def config_for_run(params: dict[str, Any] | None, config_path: str | None = None):
-    """The flywheel config with this run's params applied."""
+def param_overrides(params: dict[str, Any] | None) -> dict[str, Any]:
+    params = params or {}
+    return {key: params.get(name) for name, key in PARAM_OVERRIDES.items() if params.get(name) is not None}
+
+
+def config_for_run(params: dict[str, Any] | None, config_path: str | None = None, dag_overrides: dict[str, Any] | None = None):
+    """The flywheel config with the DAG's fixed overrides, then this run's params, applied
+    (without the phase policy, which needs the warehouse: see `cycle_from_context`)."""
     from flywheel.config import load_config
 
-    params = params or {}
-    overrides = {key: params.get(name) for name, key in PARAM_OVERRIDES.items() if params.get(name) is not None}
-    return load_config(config_path).with_overrides(overrides)
+    return load_config(config_path).with_overrides(dag_overrides).with_overrides(param_overrides(params))
 
 
-def cycle_from_context(context: Context, config_path: str | None = None):
+def cycle_from_context(
+    context: Context,
+    config_path: str | None = None,
+    dag_overrides: dict[str, Any] | None = None,
+    warehouse_conn_id: str = "flywheel_warehouse",
+):
+    """The run's cycle and its warehouse. Config precedence, lowest first: the YAML, the capture
+    policy of the phase the flywheel was in before this logical date, the filter thresholds
+    calibrated on reviews before it, the DAG's fixed overrides (the monthly window, ...), and
+    this run's params."""
+    from flywheel.calibrate import overrides_before
+    from flywheel.config import load_config
     from flywheel.cycle import make_cycle
+    from flywheel.extract import as_utc
+    from flywheel.phases import apply_policy, phase_before
+    from flywheel_airflow.hooks import FlywheelWarehouseHook
 
-    config = config_for_run(dict(context.get("params") or {}), config_path)
-    return make_cycle(
+    params = dict(context.get("params") or {})
+    config = load_config(config_path)
+    warehouse = FlywheelWarehouseHook(config, warehouse_conn_id).get_warehouse()
+    logical = context.get("logical_date") or context.get("data_interval_end")
+    phase = None
+    if logical is not None:
+        warehouse.ensure_schema()
+        phase = phase_before(warehouse, as_utc(logical))
+        config = apply_policy(config, phase).with_overrides(overrides_before(warehouse, as_utc(logical)))
+    config = config.with_overrides(dag_overrides).with_overrides(param_overrides(params))
+    window_start = params.get("window_start")
+    cycle = make_cycle(
         context["dag"].dag_id,
         data_interval_end=context.get("data_interval_end"),
         logical_date=context.get("logical_date"),
         config=config,
+        window_start=datetime.fromisoformat(window_start) if window_start else None,
+        dry_run=bool(params.get("dry_run")),
     )
+    return replace(cycle, phase=phase), warehouse
 
 
 class FlywheelStageOperator(BaseOperator):
@@ -67,9 +102,18 @@ class FlywheelStageOperator(BaseOperator):
     # does not pass the exception in the callback's context (`airflow dags test` runs in-process).
     failure_reason: str | None = None
 
-    def __init__(self, *, config_path: str | None = None, warehouse_conn_id: str = "flywheel_warehouse", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *,
+        config_path: str | None = None,
+        config_overrides: dict[str, Any] | None = None,
+        warehouse_conn_id: str = "flywheel_warehouse",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.config_path = config_path
+        # The DAG's fixed overrides (dotted config keys), e.g. the monthly DAG's 28-day window.
+        self.config_overrides = dict(config_overrides or {})
         self.warehouse_conn_id = warehouse_conn_id
 
     def stage(self) -> Callable[..., dict[str, Any]]:
@@ -85,14 +129,13 @@ class FlywheelStageOperator(BaseOperator):
             TrainingError,
             WindowError,
         )
-        from flywheel_airflow.hooks import FlywheelWarehouseHook
-
         try:
-            cycle = cycle_from_context(context, self.config_path)
-        except (ConfigError, WindowError) as exc:
-            raise AirflowFailException(f"{self.task_id} [{type(exc).__name__}]: {exc}") from exc
-        warehouse = FlywheelWarehouseHook(cycle.config, self.warehouse_conn_id).get_warehouse()
-        log.info("cycle %s, window [%s, %s)", cycle.cycle_id, cycle.window.start, cycle.window.end)
+            cycle, warehouse = cycle_from_context(context, self.config_path, self.config_overrides, self.warehouse_conn_id)
+        except (ConfigError, WindowError, ValueError) as exc:
+            self.failure_reason = f"{self.task_id} [{type(exc).__name__}]: {exc}"
+            raise AirflowFailException(self.failure_reason) from exc
+        log.info("cycle %s, window [%s, %s), phase policy %s%s", cycle.cycle_id, cycle.window.start, cycle.window.end,
+                 cycle.phase, " (dry run)" if cycle.dry_run else "")  # fmt: skip
         try:
             result = self.stage()(cycle, warehouse)
         except (ConfigError, GateError, RegistryError, TrainingError, WindowError) as exc:
@@ -107,6 +150,12 @@ class ExtractWindowOperator(FlywheelStageOperator):
     """Snapshot the lagged window's production logs (`[end - lag - window, end - lag)`)."""
 
     stage_name = "extract"
+
+
+class ExtractBootstrapOperator(FlywheelStageOperator):
+    """Cold start: beta traffic, plus manual labels (validated like logs) and synthetic examples."""
+
+    stage_name = "extract_bootstrap"
 
 
 class GateRawWindowOperator(FlywheelStageOperator):
@@ -137,6 +186,20 @@ class FilterCandidatesOperator(FlywheelStageOperator):
     stage_name = "filter"
 
 
+class SampleForReviewOperator(FlywheelStageOperator):
+    """Send a prioritised, stratified 5-10% sample (and a random calibration slice) to review."""
+
+    stage_name = "sample_for_review"
+    ui_color = "#fdf3e1"
+
+
+class CalibrateFiltersOperator(FlywheelStageOperator):
+    """Refit the threshold filters to the reviews' verdicts; adopted fits apply to later cycles."""
+
+    stage_name = "calibrate"
+    ui_color = "#fdf3e1"
+
+
 class BuildDatasetOperator(FlywheelStageOperator):
     """Kept candidates → a chat-format `datasets` dataset. Too few examples skips training."""
 
@@ -152,10 +215,18 @@ class BuildDatasetOperator(FlywheelStageOperator):
 
 
 class TrainLoraOperator(FlywheelStageOperator):
-    """Fine-tune a LoRA adapter (the challenger), continuing from the champion's adapter."""
+    """Fine-tune a LoRA adapter (the challenger), continuing from the champion's adapter.
+
+    The ``skip_training`` param skips it (and so evaluation and promotion): the run still
+    extracts, gates, filters, builds the dataset and records the cycle."""
 
     stage_name = "train"
     ui_color = "#fff4e0"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        if (context.get("params") or {}).get("skip_training"):
+            raise AirflowSkipException("skip_training param set: no challenger this run")
+        return super().execute(context)
 
 
 class EvaluateGoldenSetOperator(FlywheelStageOperator):
@@ -169,6 +240,13 @@ class PromoteIfBetterOperator(FlywheelStageOperator):
 
     stage_name = "promote"
     ui_color = "#e6f4ea"
+
+
+class WriteReportOperator(FlywheelStageOperator):
+    """The cycle's Markdown report with its velocity plots (artefact store, `reports/`)."""
+
+    stage_name = "report"
+    ui_color = "#eef7ee"
 
 
 class RecordCycleOperator(FlywheelStageOperator):
@@ -196,6 +274,6 @@ class RecordCycleOperator(FlywheelStageOperator):
             }  # fmt: skip
             alert_id = hashlib.sha256(f"stagnation|{ti.dag_id}|{ti.run_id}".encode()).hexdigest()[:24]
             log.warning("FLYWHEEL ALERT %s", alert["message"])
-            deliver_alert(config_for_run(dict(context.get("params") or {}), self.config_path), alert,
+            deliver_alert(config_for_run(dict(context.get("params") or {}), self.config_path, self.config_overrides), alert,
                           alert_id=alert_id, raised_at=datetime.now(UTC))  # fmt: skip
         return result

@@ -55,24 +55,53 @@ def test_no_wall_clock_or_heavy_imports_at_top_level(path):
             assert name.split(".")[0] not in heavy, f"{path.name}: heavy import {name} at parse time"
 
 
-def test_weekly_graph_reads_as_the_cycle(dagbag):
-    dag = dagbag.dags["flywheel_weekly"]
-    order = [
-        "extract_window",
-        "gate_raw_window",
-        "validate_and_quarantine",
-        "filter_candidates",
-        "build_dataset",
-        "gate_training_set",
-        "train_lora",
-        "evaluate_golden_set",
-        "promote_if_better",
-        "record_cycle_metrics",
-    ]
+CYCLE_ORDER = [
+    "gate_raw_window",
+    "validate_and_quarantine",
+    "filter_candidates",
+    "sample_for_review",
+    "wait_for_review",
+    "calibrate_filters",
+    "build_dataset",
+    "gate_training_set",
+    "train_lora",
+    "evaluate_golden_set",
+    "promote_if_better",
+    "record_cycle_metrics",
+    "write_report",
+]
+
+
+@pytest.mark.parametrize(
+    ("dag_id", "extract"),
+    [("flywheel_weekly", "extract_window"), ("flywheel_monthly", "extract_window"), ("flywheel_bootstrap", "extract_bootstrap")],
+)
+def test_cycle_graphs_read_as_the_cycle(dagbag, dag_id, extract):
+    dag = dagbag.dags[dag_id]
+    order = [extract, *CYCLE_ORDER]
     assert {t.task_id for t in dag.tasks} == set(order)
     for upstream, downstream in zip(order, order[1:], strict=False):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
     assert dag.get_task("record_cycle_metrics").trigger_rule == "none_failed"
+    assert dag.get_task("write_report").trigger_rule == "none_failed"
+    from flywheel_airflow.review_sensor import WaitForReviewSensor
+
+    assert isinstance(dag.get_task("wait_for_review"), WaitForReviewSensor)
+    # Every decision on a challenger updates the asset the A/B monitor follows.
+    assert [a.uri for a in dag.get_task("promote_if_better").outlets] == ["flywheel://registry/model-decision"]
+
+
+def test_monthly_and_bootstrap_overrides_apply_to_every_task(dagbag):
+    monthly = dagbag.dags["flywheel_monthly"]
+    assert monthly.timetable._expression == "0 6 1 * *"
+    for task in monthly.tasks:
+        assert task.config_overrides["extract.window_days"] == 28, task.task_id
+        assert task.config_overrides["extract.include_gold"] is True
+    bootstrap = dagbag.dags["flywheel_bootstrap"]
+    assert bootstrap.schedule is None  # by hand only
+    assert {"labels_path", "synthetic_per_task_type"} <= set(bootstrap.params)
+    for task in bootstrap.tasks:
+        assert task.config_overrides["extract.lag_days"] == 0, task.task_id
 
 
 def test_every_task_alerts_on_failure(dagbag):
@@ -94,9 +123,10 @@ def test_weekly_schedule_and_params(dagbag):
     assert dag.timetable._expression == "0 0 * * 1"
     assert dag.catchup is False
     assert dag.params["lag_days"] == 14
-    for name in ("window_days", "min_quality_score", "epochs", "learning_rate", "min_improvement", "base_model",
-                 "lora_r", "lora_alpha", "lora_dropout", "target_modules", "batch_size", "max_length", "seed"):
+    for name in ("window_days", "window_start", "min_quality_score", "epochs", "learning_rate", "min_improvement",
+                 "base_model", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "batch_size", "max_length", "seed"):
         assert name in dag.params and dag.params[name] is None
+    assert dag.params["dry_run"] is False and dag.params["skip_training"] is False
 
 
 def test_params_map_onto_config_keys():

@@ -71,7 +71,11 @@ def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("cycle")
     cfg_data = yaml.safe_load((Path(__file__).resolve().parents[2] / "include/config/flywheel.yaml").read_text())
     cfg_data["simulate"]["requests_per_week"] = 300
+    cfg_data["review"]["enabled"] = False  # the review stage has its own test (test_review_cycle)
     cfg_data["evaluation"]["golden_set_size"] = 80
+    # The offline-only path: a challenger that passes the gate is promoted at once (the A/B path
+    # is tested in test_ab_monitor and test_negative_flywheel).
+    cfg_data["experiment"]["enabled"] = False
     cfg_data["tiny_model"].update({"pretrain_examples": 600, "pretrain_epochs": 2})
     cfg_data["alerts"].update({"email_to": ["ml-oncall@example.com"], "airflow_base_url": "http://airflow.test:8080"})
     config_path = root / "flywheel.yaml"

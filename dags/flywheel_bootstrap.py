@@ -1,0 +1,62 @@
+"""
+### Cold start: model v1
+
+Run by hand once, before the weekly cycles (or again after a reset). It builds model v1 from
+what a product has before it has traffic:
+
+- **synthetic examples** from the product's task templates (`bootstrap.synthetic_per_task_type`
+  per task type, with checked answers);
+- **manual labels** imported from a CSV or JSONL file or folder (`bootstrap.labels_path`, or the
+  `labels_path` param; columns `prompt, response, task_type`, optional `context, labeler,
+  quality_score`). They are validated like production logs: a malformed row, or a line that is
+  not even a row, is quarantined with its reason. Those that pass every filter become the first
+  **gold examples**;
+- **beta-user traffic**: the production logs of the 14 days before the run (`window_days`
+  param), with no lag.
+
+Then the weekly cycle's stages: gates, validation, filters (PII, toxicity, golden-set
+decontamination, dedup), dataset, training from the base model, evaluation on the golden set
+(whose first version this run registers by content hash), promotion, record and report. The
+cycle is tagged with its phase (cold start until the champion is good enough on enough
+examples), and while in cold start the weekly cycles run under the cold-start capture policy
+(keep more, corrections and rare task types first: `phases.policy.cold_start`).
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import Param, dag
+
+from flywheel_airflow.cycle_dag import cycle_chain, cycle_params, default_args
+from flywheel_airflow.operators import ExtractBootstrapOperator
+
+BOOTSTRAP_OVERRIDES = {
+    "extract.lag_days": 0,
+    "extract.window_days": 14,  # beta traffic: the two weeks before the run
+    "filters.keep_fraction": 1.0,  # every example that passes the filters: data is scarce
+    "review.enabled": False,  # manual labels are reviewed already; there is no champion to prioritise for
+    "experiment.enabled": False,  # model v1 replaces the bare base model on the offline gate alone
+}
+
+
+@dag(
+    dag_id="flywheel_bootstrap",
+    schedule=None,  # by hand: a cold start is an operator's decision
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["flywheel", "bootstrap", "training"],
+    default_args=default_args(BOOTSTRAP_OVERRIDES),
+    doc_md=__doc__,
+    params={
+        **cycle_params(lag_days=0),
+        "window_days": Param(None, type=["null", "integer"], minimum=1, description="Beta traffic: days before the run (default 14)."),
+        "labels_path": Param(None, type=["null", "string"], description="CSV/JSONL file or folder of manual labels (config: bootstrap.labels_path)."),
+        "synthetic_per_task_type": Param(None, type=["null", "integer"], minimum=0, description="Synthetic examples per task type."),
+    },  # fmt: skip
+)
+def flywheel_bootstrap():
+    cycle_chain(ExtractBootstrapOperator(task_id="extract_bootstrap"))
+
+
+flywheel_bootstrap()

@@ -1,0 +1,58 @@
+"""
+### Monthly flywheel cycle: consolidation
+
+Once a month, the same stages as the weekly cycle over a **4-week window** with the same lag
+(a run at `T` reads `[T - lag - 28 days, T - lag)`), retrained on the month's traffic **plus
+every gold example accepted so far** (imported manual labels, approved reviews), which train
+with `training.gold_weight`.
+
+What differs from the weekly cycle (`config_overrides` below):
+
+- `extract.window_days: 28`, `extract.include_gold: true`;
+- `filters.dedup_against_history: false`: the weekly cycles already trained on parts of this
+  month one week at a time; the consolidation sees the month whole (dedup within the month
+  still applies);
+- `write_report` adds the broader evaluation: champion and challenger on every task type of the
+  golden set with 95% intervals, next to the velocity plots over every cycle so far.
+
+`calibrate_filters` refits the threshold filters (quality score, toxicity, grounding) to the
+human verdicts on the random review slices of the month (`calibration.lookback_days: 28`); an
+adopted fit is the config version later cycles run under. The monthly window itself is not
+sampled for review again (`review.enabled: false`): its weeks were.
+
+The monthly challenger must beat the champion like any other; the decision updates the
+`flywheel://registry/model-decision` asset. Params are the weekly DAG's (see its docs).
+"""
+
+from __future__ import annotations
+
+import pendulum
+from airflow.sdk import dag
+from airflow.timetables.trigger import CronTriggerTimetable
+
+from flywheel_airflow.cycle_dag import cycle_chain, cycle_params, default_args
+
+MONTHLY_OVERRIDES = {
+    "extract.window_days": 28,
+    "extract.include_gold": True,
+    "filters.dedup_against_history": False,
+    "review.enabled": False,  # the weeks' samples were reviewed; the month is calibrated on them
+}
+
+
+@dag(
+    dag_id="flywheel_monthly",
+    schedule=CronTriggerTimetable("0 6 1 * *", timezone="UTC"),  # the 1st of each month, 06:00 UTC
+    start_date=pendulum.datetime(2026, 2, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    tags=["flywheel", "monthly", "training"],
+    default_args=default_args(MONTHLY_OVERRIDES),
+    doc_md=__doc__,
+    params=cycle_params(),
+)
+def flywheel_monthly():
+    cycle_chain()
+
+
+flywheel_monthly()

@@ -1,0 +1,133 @@
+"""The flywheel dashboard: a FastAPI app the Airflow API server serves under ``/flywheel``.
+
+Velocity plots over cycles (with phases), the champion and its lineage, every model's status,
+running A/B tests, recent gate failures, alerts and rollbacks, read from the warehouse through
+`flywheel.report` (the functions the cycle reports use). Airflow does not authenticate plugin
+apps, so every route here depends on Airflow's own `requires_authenticated`: without a valid
+Airflow token (the UI's session cookie, or a bearer token from ``/auth/token``) it answers 401.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from typing import Any
+
+from fastapi import Depends, FastAPI
+from fastapi.responses import HTMLResponse
+
+
+def _authenticated() -> Any:
+    from airflow.api_fastapi.core_api.security import requires_authenticated
+
+    return Depends(requires_authenticated())
+
+
+def _warehouse():
+    from flywheel.config import load_config
+    from flywheel.warehouse import warehouse_from_config
+
+    wh = warehouse_from_config(load_config())
+    wh.ensure_schema()
+    return wh
+
+
+def _png(plot: Any, rows: Any) -> str:
+    """A plot as an inline <img>, drawn into memory (nothing written to the artefact store)."""
+    buf = io.BytesIO()
+    plot(rows, buf)
+    return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> str:
+    if not rows:
+        return f"<p class='empty'>{html.escape(empty)}</p>"
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3f}"
+    if hasattr(value, "strftime"):
+        return value.strftime("%Y-%m-%d %H:%M")
+    return str(value)
+
+
+def dashboard_data(wh: Any) -> dict[str, Any]:
+    """Everything the page shows, as plain data (also served as JSON)."""
+    from flywheel import registry
+    from flywheel.report import (
+        champion_lineage,
+        recent_alerts,
+        recent_gate_failures,
+        rollbacks,
+        velocity_rows,
+    )
+
+    rows = velocity_rows(wh)
+    experiments: list[dict[str, Any]] = []
+    if "experiments" in {r["table_name"] for r in wh.query("SELECT table_name FROM information_schema.tables").to_pylist()}:
+        experiments = wh.query("SELECT * FROM experiments WHERE status = 'running'").to_pylist()
+    return {
+        "cycles": [
+            {"cycle_id": r.cycle_id, "dag_id": r.dag_id, "logical_date": r.logical_date, "phase": r.phase,
+             "kept": r.kept, "pass_rate": r.pass_rate, "champion_accuracy": r.champion_accuracy,
+             "challenger_accuracy": r.challenger_accuracy, "promoted": r.promoted,
+             "examples_per_day": r.get("examples_per_day"), "quality_delta": r.get("quality_delta")}
+            for r in rows
+        ],
+        "champion": registry.current_champion(wh) if wh.count("promotions") else None,
+        "lineage": champion_lineage(wh) if wh.count("promotions") else [],
+        "statuses": [{"version": v, "status": s} for v, s in sorted(registry.model_statuses(wh).items())],
+        "experiments": experiments,
+        "gate_failures": recent_gate_failures(wh),
+        "alerts": recent_alerts(wh),
+        "rollbacks": rollbacks(wh),
+    }  # fmt: skip
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5rem; color: #1d2733; }
+h1 { font-size: 1.4rem; } h2 { font-size: 1.1rem; margin-top: 1.6rem; }
+table { border-collapse: collapse; font-size: 0.85rem; } td, th { border: 1px solid #d5dbe3; padding: 3px 7px; }
+th { background: #f0f3f7; text-align: left; } .empty { color: #6b7785; } img { max-width: 100%; }
+"""
+
+
+def render_dashboard(wh: Any) -> str:
+    from flywheel.report import plot_rule_pass_rates, plot_velocity, velocity_rows
+
+    data = dashboard_data(wh)
+    rows = velocity_rows(wh)
+    plots = (_png(plot_velocity, rows) + _png(plot_rule_pass_rates, rows)) if rows else "<p class='empty'>No cycle recorded yet.</p>"
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Flywheel</title><style>{STYLE}</style></head><body>
+<h1>Flywheel</h1>
+<p>Champion: <b>{html.escape(data["champion"] or "none yet")}</b></p>
+<h2>Velocity</h2>{plots}
+{_table(data["cycles"], ["cycle_id", "phase", "kept", "pass_rate", "examples_per_day", "champion_accuracy", "challenger_accuracy", "quality_delta", "promoted"], "No cycle recorded yet.")}
+<h2>Champion lineage</h2>{_table(data["lineage"], ["version", "cycle_id", "window_start", "window_end", "dataset_hash"], "No champion yet.")}
+<h2>Models</h2>{_table(data["statuses"], ["version", "status"], "No model registered yet.")}
+<h2>Running A/B tests</h2>{_table(data["experiments"], ["experiment_id", "challenger", "champion", "traffic_share", "started_at"], "No A/B test running.")}
+<h2>Recent gate failures</h2>{_table(data["gate_failures"], ["cycle_id", "gate", "n_failed", "docs_url", "evaluated_at"], "No gate has failed.")}
+<h2>Rollbacks</h2>{_table(data["rollbacks"], ["cycle_id", "champion_before", "champion_after", "reason", "decided_at"], "No rollback.")}
+<h2>Recent alerts</h2>{_table(data["alerts"], ["raised_at", "dag_id", "task_id", "kind", "message"], "No alert.")}
+</body></html>"""  # fmt: skip
+
+
+def create_app() -> FastAPI:
+    app = FastAPI(title="Flywheel dashboard", dependencies=[_authenticated()])
+
+    @app.get("/", response_class=HTMLResponse)
+    def dashboard() -> str:
+        return render_dashboard(_warehouse())
+
+    @app.get("/api/summary")
+    def summary() -> dict[str, Any]:
+        return dashboard_data(_warehouse())
+
+    return app

@@ -1,0 +1,151 @@
+"""Cycle reports (Markdown + PNG plots) and the dashboard plugin app, on cycles recorded by the
+real stages (no model), behind Airflow's real token check."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from flywheel import cycle as fc
+from flywheel import registry
+from flywheel.config import FlywheelConfig
+from flywheel.report import (
+    format_velocity_table,
+    velocity_rows,
+    wilson_interval,
+    write_cycle_report,
+)
+from flywheel.schema import rows_to_table
+from flywheel.simulate import simulate_traffic
+
+PNG = b"\x89PNG\r\n\x1a\n"
+T1 = datetime(2026, 3, 2, tzinfo=UTC)
+
+
+@pytest.fixture
+def recorded(tmp_path, wh, answer_fns):
+    """Two weekly cycles recorded by the stages, one evaluation, a failed gate and an alert."""
+    config = FlywheelConfig(home=tmp_path).with_overrides({"training.min_examples": 5, "filters.keep_fraction": 1.0})
+    registry.ensure_bootstrap_champion(wh, "some-base")
+    cycles = []
+    for k in range(2):
+        t = T1 + timedelta(weeks=k)
+        c = fc.make_cycle("flywheel_weekly", data_interval_end=t, logical_date=t, config=config)
+        wh.merge("production_logs", simulate_traffic(c.window.start, answer_fns["half"], model_version="base:x",
+                                                     n_requests=60, seed=k, malformed_rate=0.02))  # fmt: skip
+        for stage in (fc.stage_extract, fc.stage_validate, fc.stage_filter, fc.stage_build_dataset):
+            stage(c, wh)
+        cycles.append(c)
+    last = cycles[-1]
+    per_task = {"arithmetic": {"n": 20, "correct": 5, "accuracy": 0.25}, "reverse": {"n": 10, "correct": 0, "accuracy": 0.0}}
+    wh.merge("evaluations", rows_to_table("evaluations", [
+        {"cycle_id": last.cycle_id, "model_version": "base:some-base", "role": "champion", "accuracy": 5 / 30, "n_items": 30,
+         "n_correct": 5, "per_task_json": json.dumps(per_task), "golden_hash": "h", "evaluated_at": T1},
+    ]))  # fmt: skip
+    wh.merge("gate_results", rows_to_table("gate_results", [
+        {"cycle_id": "flywheel_weekly-broken", "gate": "raw_window", "success": False, "n_expectations": 9, "n_failed": 1,
+         "failed_json": "[]", "docs_url": "file:///docs/index.html", "evaluated_at": T1},
+    ]))  # fmt: skip
+    wh.merge("alerts", rows_to_table("alerts", [
+        {"alert_id": "a1", "dag_id": "flywheel_weekly", "task_id": "gate_raw_window", "run_id": "r", "logical_date": T1,
+         "kind": "gate_failed", "message": "raw window gate failed: <script>alert(1)</script>", "link": None, "raised_at": T1},
+    ]))  # fmt: skip
+    for c in cycles:
+        fc.stage_record(c, wh)
+    return cycles
+
+
+def test_wilson_interval():
+    assert wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-4))
+    lo, hi = wilson_interval(5, 10)
+    assert (lo, hi) == (pytest.approx(0.2366, abs=1e-4), pytest.approx(0.7634, abs=1e-4))
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+
+
+def test_velocity_table_lists_every_cycle_with_its_phase(recorded, wh):
+    rows = velocity_rows(wh)
+    assert [r.cycle_id for r in rows] == [c.cycle_id for c in recorded]
+    assert all(r.phase == "cold_start" for r in rows)
+    table = format_velocity_table(rows)
+    for c in recorded:
+        assert c.cycle_id in table
+    assert "cold_start" in table
+
+
+def test_cycle_report_writes_markdown_and_plots(recorded, wh, tmp_path):
+    last = recorded[-1]
+    path = write_cycle_report(wh, last.cycle_id, tmp_path / "report", broad=True)
+    text = path.read_text()
+    assert f"# Flywheel report: {last.cycle_id}" in text and "**cold_start**" in text
+    for c in recorded:  # the velocity table covers every cycle up to this one
+        assert c.cycle_id in text
+    assert "| `base:some-base` | champion | arithmetic | 20 | 0.250 | 0.112 - 0.469 |" in text
+    assert "(base model)" in text  # the champion's lineage
+    for name in ("velocity.png", "pass_rates.png", "task_slices.png"):
+        assert (path.parent / name).read_bytes().startswith(PNG), name
+        assert f"({name})" in text
+    # The first cycle's report only covers what was known then.
+    first = write_cycle_report(wh, recorded[0].cycle_id, tmp_path / "first").read_text()
+    assert recorded[1].cycle_id not in first and not (tmp_path / "first" / "task_slices.png").exists()
+
+
+@pytest.fixture
+def client_and_token():
+    from airflow.api_fastapi.app import create_auth_manager
+    from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
+    from fastapi.testclient import TestClient
+
+    from flywheel_airflow.dashboard import create_app
+
+    token = create_auth_manager().generate_jwt(SimpleAuthManagerUser(username="operator", role="viewer"))
+    return TestClient(create_app()), token
+
+
+def test_dashboard_refuses_anonymous_and_forged_requests(client_and_token):
+    client, token = client_and_token
+    for route in ("/", "/api/summary"):
+        assert client.get(route).status_code == 401, route
+        assert client.get(route, cookies={"_token": token[:-4] + "AAAA"}).status_code == 403, route
+        assert client.get(route, headers={"Authorization": "Bearer not-a-jwt"}).status_code == 403, route
+
+
+def test_dashboard_shows_velocity_champion_failures_and_alerts(recorded, wh, client_and_token, monkeypatch, tmp_path):
+    client, token = client_and_token
+    # The API server finds the warehouse the fixture recorded into through the config.
+    monkeypatch.setenv("FLYWHEEL_CONFIG", str(_config_pointing_at(tmp_path, wh.path)))
+    page = client.get("/", cookies={"_token": token})
+    assert page.status_code == 200
+    body = page.text
+    assert body.count("data:image/png;base64,") == 2
+    for c in recorded:
+        assert c.cycle_id in body
+    assert "Champion: <b>base:some-base</b>" in body
+    assert "flywheel_weekly-broken" in body and "No A/B test running." in body
+    assert "&lt;script&gt;" in body and "<script>" not in body  # messages are escaped
+    summary = client.get("/api/summary", headers={"Authorization": f"Bearer {token}"}).json()
+    assert [c["cycle_id"] for c in summary["cycles"]] == [c.cycle_id for c in recorded]
+    assert summary["champion"] == "base:some-base" and summary["gate_failures"][0]["gate"] == "raw_window"
+
+
+def _config_pointing_at(tmp_path, duckdb_path):
+    import yaml
+
+    from flywheel.config import DEFAULT_CONFIG_PATH
+
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    data["warehouse"]["duckdb_path"] = str(duckdb_path)
+    path = tmp_path / "dashboard.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_plugin_registers_the_dashboard_app_and_its_link():
+    from flywheel_plugin import FlywheelPlugin
+
+    (app,) = FlywheelPlugin.fastapi_apps
+    assert app["url_prefix"] == "/flywheel"
+    (view,) = FlywheelPlugin.external_views
+    assert view["href"] == "flywheel/" and view["destination"] == "nav"
+    assert {r.path for r in app["app"].routes} >= {"/", "/api/summary"}
