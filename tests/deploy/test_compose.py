@@ -15,10 +15,12 @@ the warehouse connection from `.env`, and no credential written in the file itse
 from __future__ import annotations
 
 import json
+import os
 import re
 import secrets
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +72,28 @@ def _env_from_example(secrets_by_name: dict[str, str]) -> list[str]:
         lines.append(line)
     lines.append(f"AIRFLOW_CONN_FLYWHEEL_WAREHOUSE={json.dumps(WAREHOUSE_CONN)}")
     return lines
+
+
+def _queues_when_parsed_with(env: dict[str, str]) -> dict[str, set[str]]:
+    """The queue of every task, in every DAG of dags/, that is not on the default queue."""
+    code = (
+        "import json\n"
+        "from airflow.models.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r}, include_examples=False)\n"
+        "assert not bag.import_errors, bag.import_errors\n"
+        "out = {}\n"
+        "for dag in bag.dags.values():\n"
+        "    for t in dag.tasks:\n"
+        "        if t.queue != 'default':\n"
+        "            out.setdefault(t.task_id, set()).add(t.queue)\n"
+        "print('QUEUES=' + json.dumps({k: sorted(v) for k, v in out.items()}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("QUEUES="))
+    return {k: set(v) for k, v in json.loads(line[7:]).items()}
 
 
 @pytest.fixture(scope="module")
@@ -125,8 +149,8 @@ def test_training_goes_to_a_gpu_worker_with_a_reserved_gpu(resolved):
     # The DAG reads the queue where it is parsed (dag-processor) and the scheduler queues by it.
     for name in ("airflow-dag-processor", "airflow-scheduler", "airflow-worker-gpu"):
         assert services[name]["environment"]["FLYWHEEL_TRAINING_QUEUE"] == "gpu", name
-    dag = (ROOT / "dags" / "flywheel_weekly.py").read_text()
-    assert 'queue=os.environ.get("FLYWHEEL_TRAINING_QUEUE", "default")' in dag
+    # And the DAGs, parsed with that environment, put training (only) on that queue.
+    assert _queues_when_parsed_with({"FLYWHEEL_TRAINING_QUEUE": "gpu"}) == {"train_lora": {"gpu"}}
 
 
 def test_the_image_installs_the_project_from_requirements(resolved):
