@@ -383,10 +383,10 @@ def print_bootstrap(wh: Warehouse) -> None:
     ).to_pylist()
     unreadable = wh.query("SELECT reason FROM quarantine WHERE cycle_id = $c AND request_id LIKE 'manual-%' OR "
                           "(cycle_id = $c AND rule = 'unreadable')", {"c": boot["cycle_id"]}).to_pylist()  # fmt: skip
-    gold = wh.count("gold_examples")
+    gold = wh.count("gold_examples", {"source": "manual_labels"})
     golden = wh.query("SELECT golden_hash, n_items FROM golden_sets ORDER BY created_at LIMIT 1").to_pylist()
     print(f"\nCold start ({boot['cycle_id']}): " + ", ".join(f"{s['source']} {s['n']} ({s['rejected']} filtered out)" for s in sources)
-          + f"; {len(unreadable)} manual-label rows quarantined; {gold} gold examples; "
+          + f"; {len(unreadable)} manual-label rows quarantined; {gold} gold examples from the labels; "
           + f"v1 {'promoted' if boot['promoted'] else 'not promoted'} ({boot['champion_accuracy']:.3f} -> "
           + f"{boot['challenger_accuracy'] or 0:.3f}); phase {boot['phase']}"
           + (f"; golden set v1 {golden[0]['golden_hash'][:12]} ({golden[0]['n_items']} items)" if golden else ""))
