@@ -28,3 +28,6 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 # (without Airflow's start-up) need the same.
 if str(ROOT / "plugins") not in sys.path:
     sys.path.insert(0, str(ROOT / "plugins"))
+# Helpers shared by test folders (`airflow_server`).
+if str(ROOT / "tests") not in sys.path:
+    sys.path.insert(0, str(ROOT / "tests"))

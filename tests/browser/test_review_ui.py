@@ -8,27 +8,19 @@ warehouse. Without a login, every review endpoint refuses.
 
 from __future__ import annotations
 
-import json
-import socket
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import yaml
+from airflow_server import api_server, free_port
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 T = datetime(2026, 3, 2, tzinfo=UTC)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _answers(pairs):
@@ -37,7 +29,6 @@ def _answers(pairs):
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import httpx
 
     from flywheel import cycle as fc
     from flywheel import registry
@@ -63,35 +54,9 @@ def server(tmp_path_factory):
         stage(cycle, wh)
     assert wh.count("review_items") >= 5
 
-    port = _free_port()
-    env = airflow_env(root / "airflow", root / "flywheel", config_path=config_path) | {
-        "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "ann:viewer",
-        "AIRFLOW__CORE__LAZY_LOAD_PLUGINS": "False",
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-    }
-    af = str(Path(sys.executable).with_name("airflow"))
-    subprocess.run([af, "db", "migrate"], env=env, check=True, capture_output=True)
-    log = (root / "api-server.log").open("w")
-    proc = subprocess.Popen([af, "api-server", "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{base}/api/v2/monitor/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, (root / "api-server.log").read_text()[-3000:]
-            assert time.monotonic() < deadline, "api-server did not start"
-            time.sleep(1)
-        password = json.loads((root / "airflow" / "simple_auth_manager_passwords.json.generated").read_text())["ann"]
-        yield {"base": base, "password": password, "wh": wh, "root": root, "cycle_id": cycle.cycle_id}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    env = airflow_env(root / "airflow", root / "flywheel", config_path=config_path)
+    with api_server(env, root, user="ann") as running:
+        yield running | {"wh": wh, "root": root, "cycle_id": cycle.cycle_id}
 
 
 def test_every_review_endpoint_refuses_without_a_login(server):
@@ -113,7 +78,7 @@ def test_a_reviewer_logs_in_scores_with_the_keyboard_and_the_review_is_stored(se
     from chromedriver_client import ESCAPE, Browser
 
     wh, base = server["wh"], server["base"]
-    browser = Browser(_free_port(), str(tmp_path / "chromium"))
+    browser = Browser(free_port(), str(tmp_path / "chromium"))
     try:
         browser.get(f"{base}/auth/login/?next={base}/flywheel/review/")
         browser.type("input[name=username]", "ann")

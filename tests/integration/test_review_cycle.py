@@ -12,7 +12,6 @@ changes what is trained on, not how.
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from airflow_server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -28,12 +28,6 @@ DAG_ID = "flywheel_weekly"
 LOGICAL_DATE = datetime(2026, 3, 2, tzinfo=UTC)
 CYCLE_ID = "flywheel_weekly-20260302T0000"
 COMPONENTS = (["api-server"], ["scheduler"], ["dag-processor"], ["triggerer"])
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(what: str, check, timeout: float, procs, logs: Path):
@@ -76,7 +70,7 @@ def airflow(tmp_path_factory):
     truth: dict[str, str] = {}
     serve_week(config, wh, LOGICAL_DATE - timedelta(days=21), truth=truth)
 
-    port = _free_port()
+    port = free_port()
     env = airflow_env(root / "airflow", root / "flywheel", config_path=config_path) | {
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{port}/execution/",
