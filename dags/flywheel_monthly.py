@@ -15,6 +15,13 @@ What differs from the weekly cycle (`config_overrides` below):
 - `write_report` adds the broader evaluation: champion and challenger on every task type of the
   golden set with 95% intervals, next to the velocity plots over every cycle so far.
 
+New data vs old data: `train_twin_without_newest_window` trains the challenger's twin on the
+same dataset less the month's newest week (`evaluation.newest_window_days`), and
+`promote_if_better` compares the two on the golden set (paired bootstrap interval). The report
+says whether the newest week helped. A week that left the model worse than its twin by more
+than `evaluation.max_new_data_regression` is flagged: the twin goes to the offline gate in the
+challenger's place, and later cycles keep that week's rows out (a `flagged_window` decision).
+
 `calibrate_filters` refits the threshold filters (quality score, toxicity, grounding) to the
 human verdicts on the random review slices of the month (`calibration.lookback_days: 28`); an
 adopted fit is the config version later cycles run under. The monthly window itself is not
@@ -37,6 +44,7 @@ MONTHLY_OVERRIDES = {
     "extract.include_gold": True,
     "filters.dedup_against_history": False,
     "review.enabled": False,  # the weeks' samples were reviewed; the month is calibrated on them
+    "evaluation.compare_new_data": True,  # a twin without the newest week: did the new data help?
 }
 
 

@@ -283,6 +283,12 @@ class EvaluationConfig(_Section):
     bootstrap_seed: int = 17
     max_slice_regression: float = Field(0.05, ge=0.0, le=1.0)
     require_significant: bool = False
+    # New data vs old data: train a twin without the window's newest `newest_window_days` and
+    # compare both on the golden set. A newest window whose model is worse than the twin by more
+    # than `max_new_data_regression` is flagged and kept out (the twin goes on in its place).
+    compare_new_data: bool = False
+    newest_window_days: int = Field(7, gt=0)
+    max_new_data_regression: float = Field(0.01, ge=0.0, le=1.0)
 
 
 class ExperimentConfig(_Section):

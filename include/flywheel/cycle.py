@@ -86,6 +86,17 @@ class CycleSpec:
     def file(self, name: str) -> Path:
         return self.work_dir / name
 
+    @property
+    def twin_version(self) -> str:
+        """The challenger's twin, trained without the window's newest days (`stage_train_twin`)."""
+        return f"{self.cycle_id}-twin"
+
+    @property
+    def newest_window(self) -> Window:
+        """The window's newest `evaluation.newest_window_days`: the data the twin leaves out."""
+        days = self.config.evaluation.newest_window_days
+        return Window(start=max(self.window.start, self.window.end - timedelta(days=days)), end=self.window.end)
+
 
 def make_cycle(
     dag_id: str,
@@ -432,6 +443,7 @@ def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     kept = _candidates(cycle.file("kept.parquet"))
     reviewed = _apply_reviews(cycle, wh, kept)
     kept = [c for c in kept if reviewed.get(c.request_id, True) is not False]
+    kept = _keep_out_flagged_windows(cycle, wh, kept)
     minimum = cycle.config.training.min_examples
     if len(kept) < minimum:
         raise InsufficientDataError(
@@ -463,6 +475,34 @@ def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         "n_gold": len(gold), "review_rejected": sum(v is False for v in reviewed.values()),
         "review_approved": sum(v is True for v in reviewed.values()),
     }  # fmt: skip
+
+
+def flagged_windows(wh: Warehouse, before: datetime) -> list[dict[str, Any]]:
+    """Newest windows that earlier cycles' new-data checks flagged (their model was worse than
+    the twin trained without them), oldest first."""
+    return wh.query("SELECT cycle_id, newest_start, newest_end, reason FROM new_data_comparisons "
+                    "WHERE flagged AND logical_date < $t ORDER BY newest_start", {"t": before}).to_pylist()  # fmt: skip
+
+
+def _keep_out_flagged_windows(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> list[TrainingCandidate]:
+    """Kept candidates from a flagged window leave the dataset, each with a `flagged_window`
+    decision naming the cycle that flagged it (so the cycle's counts still add up)."""
+    flags = [(Window(as_utc(f["newest_start"]), as_utc(f["newest_end"])), f) for f in flagged_windows(wh, cycle.logical_date)]
+    now, rows, out = _now(), [], []
+    for c in kept:
+        hit = next((f for w, f in flags if c.timestamp in w), None)
+        if hit is None:
+            out.append(c)
+            continue
+        rows.append({"cycle_id": cycle.cycle_id, "request_id": c.request_id, "rule": "flagged_window", "kept": False,
+                     "score": None, "threshold": None, "decided_at": now,
+                     "reason": f"from the window [{hit['newest_start']:%Y-%m-%d}, {hit['newest_end']:%Y-%m-%d}) that "
+                               f"{hit['cycle_id']} flagged: its model was worse than the twin trained without it"})  # fmt: skip
+    wh.execute("DELETE FROM decisions WHERE cycle_id = $c AND rule = 'flagged_window'", {"c": cycle.cycle_id})
+    if rows:
+        wh.merge("decisions", rows_to_table("decisions", rows))
+        log.warning("%s: %d kept candidates from flagged windows left out", cycle.cycle_id, len(rows))
+    return out
 
 
 def _apply_reviews(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> dict[str, bool]:
@@ -657,6 +697,19 @@ def ensure_base_model(config: FlywheelConfig, wh: Warehouse) -> str:
 
 
 def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    return _train_version(cycle, wh, version=cycle.challenger_version, dataset=_dataset_row(wh, cycle, cycle.cycle_id),
+                          output_dir=cycle.adapter_dir)  # fmt: skip
+
+
+def _dataset_row(wh: Warehouse, cycle: CycleSpec, dataset_id: str) -> dict[str, Any]:
+    ds = wh.select("datasets", {"dataset_id": dataset_id}).to_pylist()
+    if not ds:
+        raise FlywheelError(f"{cycle.cycle_id}: no dataset {dataset_id} recorded; run build_dataset first")
+    return ds[0]
+
+
+def _train_version(cycle: CycleSpec, wh: Warehouse, *, version: str, dataset: dict[str, Any], output_dir: Path) -> dict[str, Any]:
+    """LoRA on ``dataset``, continuing from the champion's adapter; registered as ``version``."""
     from flywheel.training import train_lora_in_subprocess
 
     base = ensure_base_model(cycle.config, wh)
@@ -666,14 +719,10 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
             f"champion {champion.version} is built on {champion.base_model!r}, but training.base_model "
             f"resolves to {base!r}; an adapter cannot continue across base models"
         )
-    ds = wh.select("datasets", {"cycle_id": cycle.cycle_id}).to_pylist()
-    if not ds:
-        raise FlywheelError(f"{cycle.cycle_id}: no dataset recorded; run build_dataset first")
-    dataset = ds[0]
     result = train_lora_in_subprocess(
         base_model=base,
         dataset_path=Path(dataset["path"]),
-        output_dir=cycle.adapter_dir,
+        output_dir=output_dir,
         config=cycle.config.training,
         parent_adapter=champion.adapter_path,
         lineage={
@@ -686,7 +735,7 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     registry.register_model(
         wh,
         registry.ModelVersion(
-            version=cycle.challenger_version,
+            version=version,
             base_model=base,
             adapter_path=str(result.adapter_path),
             parent_version=champion.version,
@@ -704,7 +753,7 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         ),
     )
     return {
-        "version": cycle.challenger_version,
+        "version": version,
         "adapter_path": str(result.adapter_path),
         "parent_version": champion.version,
         "train_loss": round(result.train_loss, 5),
@@ -713,6 +762,39 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         "seconds": result.seconds,
         "resumed_from_step": result.resumed_from_step,
     }
+
+
+def stage_train_twin(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    """New data vs old data, first half: the challenger's twin, trained the same way on the same
+    dataset less the examples from the window's newest days (`CycleSpec.newest_window`).
+    `stage_evaluate` scores it with the others and `stage_promote` compares it with the
+    challenger. Nothing to do (and any earlier twin of this cycle forgotten) unless
+    `evaluation.compare_new_data` is on and the window reaches further back than its newest days."""
+    from flywheel.dataset import subset_chat_dataset
+
+    wh.execute("DELETE FROM datasets WHERE dataset_id = $d", {"d": cycle.twin_version})
+    newest = cycle.newest_window
+    if not cycle.config.evaluation.compare_new_data:
+        return {"skipped": "evaluation.compare_new_data is off for this run"}
+    if newest.start <= cycle.window.start:
+        return {"skipped": f"the window ({cycle.window.days:g} days) is no longer than evaluation.newest_window_days: "
+                           "the champion stands for the twin, and the offline gate already compares with it"}  # fmt: skip
+    dataset = _dataset_row(wh, cycle, cycle.cycle_id)
+    newest_ids = {c.request_id for c in _candidates(cycle.file("kept.parquet")) if c.timestamp in newest}
+    twin_dir = Path(dataset["path"]).with_name(cycle.twin_version)
+    info = subset_chat_dataset(Path(dataset["path"]), twin_dir, drop=newest_ids)
+    n_newest = dataset["n_train"] + dataset["n_val"] - info.n_train - info.n_val
+    if n_newest == 0:
+        return {"skipped": f"no example of the dataset is from the newest window [{newest.start:%Y-%m-%d}, {newest.end:%Y-%m-%d})"}
+    if info.n_train < cycle.config.training.min_examples:
+        return {"skipped": f"without the newest window only {info.n_train} examples remain "
+                           f"(< training.min_examples={cycle.config.training.min_examples}): no twin to compare with"}  # fmt: skip
+    row = {**dataset, "dataset_id": cycle.twin_version, "path": str(info.path), "n_train": info.n_train,
+           "n_val": info.n_val, "n_corrections": info.n_corrections, "content_hash": info.content_hash,
+           "window_end": newest.start, "created_at": _now()}  # fmt: skip
+    wh.merge("datasets", rows_to_table("datasets", [row]))
+    out = _train_version(cycle, wh, version=cycle.twin_version, dataset=row, output_dir=cycle.adapter_dir.with_name(cycle.twin_version))
+    return out | {"n_newest": n_newest, "newest_window": [newest.start.isoformat(), newest.end.isoformat()]}
 
 
 def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
@@ -734,10 +816,12 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     check_golden_unchanged(golden, registered[0]["golden_hash"] if registered else None)
     _check_training_set_decontaminated(cycle)
     champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
-    challenger = registry.get_model(wh, cycle.challenger_version)
+    models = [("champion", champion), ("challenger", registry.get_model(wh, cycle.challenger_version))]
+    if wh.count("datasets", {"dataset_id": cycle.twin_version}):  # this run trained a twin
+        models.append(("twin", registry.get_model(wh, cycle.twin_version)))
     now = _now()
     rows, out = [], {"golden_hash": golden.content_hash, "golden_items": len(golden.tasks)}
-    for role, mv in (("champion", champion), ("challenger", challenger)):
+    for role, mv in models:
         loaded = load_model(mv.base_model, mv.adapter_path, version=mv.version)
         result = evaluate_answer_fn(answer_fn(loaded, max_new_tokens=ev.max_new_tokens), golden)
         low, high = bootstrap_interval(result.item_scores, samples=ev.bootstrap_samples, confidence=ev.confidence,
@@ -804,7 +888,7 @@ def stage_promote(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     from flywheel.evaluate import EvalResult, compare_offline, load_golden_set
 
     evals = {r["role"]: r for r in wh.select("evaluations", {"cycle_id": cycle.cycle_id}).to_pylist()}
-    if set(evals) != {"champion", "challenger"}:
+    if not {"champion", "challenger"} <= set(evals):
         raise FlywheelError(f"{cycle.cycle_id}: evaluations missing ({sorted(evals)}); run evaluate first")
     ev = cycle.config.evaluation
     golden = load_golden_set(cycle.config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
@@ -815,8 +899,9 @@ def stage_promote(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
                                 "item by item; rerun evaluate_golden_set")  # fmt: skip
         results[role] = EvalResult(e["accuracy"], e["n_items"], e["n_correct"], json.loads(e["per_task_json"] or "{}"),
                                    tuple(json.loads(e["item_scores_json"])), e.get("scorer") or "exact_match")  # fmt: skip
-    champion, challenger = evals["champion"]["model_version"], evals["challenger"]["model_version"]
-    gate = compare_offline(golden.tasks, results["champion"], results["challenger"], champion_version=champion,
+    candidate = _compare_new_data(cycle, wh, golden, evals, results)
+    champion, challenger = evals["champion"]["model_version"], evals[candidate]["model_version"]
+    gate = compare_offline(golden.tasks, results["champion"], results[candidate], champion_version=champion,
                            challenger_version=challenger, config=ev)  # fmt: skip
     wh.replace_partition("offline_comparisons", {"cycle_id": cycle.cycle_id}, rows_to_table("offline_comparisons", [{
         "cycle_id": cycle.cycle_id, "champion": champion, "challenger": challenger, "golden_hash": golden.content_hash,
@@ -851,6 +936,57 @@ def stage_promote(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
             "experiment_id": experiment_id}  # fmt: skip
 
 
+def _compare_new_data(cycle: CycleSpec, wh: Warehouse, golden: Any, evals: dict[str, Any], results: dict[str, Any]) -> str:
+    """New data vs old data, second half: did the window's newest days help? The challenger
+    against its twin on the golden set (paired bootstrap interval, per-slice detail), stored in
+    `new_data_comparisons`. Newest data that made the model worse than the twin by more than
+    `evaluation.max_new_data_regression` is flagged: its examples get a `new_data_check`
+    decision, later cycles keep the window out (`flagged_windows`), and the twin goes to the
+    offline gate in the challenger's place. Returns the role that goes to the gate."""
+    import math
+
+    from flywheel.evaluate import compare_offline
+
+    wh.execute("DELETE FROM decisions WHERE cycle_id = $c AND rule = 'new_data_check'", {"c": cycle.cycle_id})
+    if "twin" not in evals:
+        wh.execute("DELETE FROM new_data_comparisons WHERE cycle_id = $c", {"c": cycle.cycle_id})
+        return "challenger"
+    ev, newest = cycle.config.evaluation, cycle.newest_window
+    twin, challenger = evals["twin"]["model_version"], evals["challenger"]["model_version"]
+    cmp = compare_offline(golden.tasks, results["twin"], results["challenger"], champion_version=twin,
+                          challenger_version=challenger, config=ev)  # fmt: skip
+    tolerance = ev.max_new_data_regression
+    flagged = cmp.delta < -tolerance and not math.isclose(cmp.delta, -tolerance, abs_tol=1e-12)
+    verdict = "helped" if cmp.delta > 0 else "hurt" if cmp.delta < 0 else "no_gain"
+    span = f"[{newest.start:%Y-%m-%d}, {newest.end:%Y-%m-%d})"
+    ci = f"[{cmp.delta_interval[0]:+.3f}, {cmp.delta_interval[1]:+.3f}]"
+    newest_ids = sorted({c.request_id for c in _candidates(cycle.file("kept.parquet")) if c.timestamp in newest})
+    full, twin_set = (_dataset_row(wh, cycle, d) for d in (cycle.cycle_id, cycle.twin_version))
+    n_newest = full["n_train"] + full["n_val"] - twin_set["n_train"] - twin_set["n_val"]
+    reason = (f"newest window {span} ({n_newest} examples): challenger {cmp.challenger_accuracy:.4f} vs twin without it "
+              f"{cmp.champion_accuracy:.4f}, {cmp.delta:+.4f} {ci}; ")  # fmt: skip
+    if flagged:
+        reason += f"the new data made the model worse by more than {tolerance}: window flagged and kept out, the twin goes to the gate"
+    else:
+        reason += "the new data helped" if verdict == "helped" else f"the new data did not help (within the tolerance {tolerance}): kept"
+    now = _now()
+    wh.replace_partition("new_data_comparisons", {"cycle_id": cycle.cycle_id}, rows_to_table("new_data_comparisons", [{
+        "cycle_id": cycle.cycle_id, "logical_date": cycle.logical_date, "challenger": challenger, "twin": twin,
+        "newest_start": newest.start, "newest_end": newest.end, "n_newest": n_newest,
+        "challenger_accuracy": cmp.challenger_accuracy, "twin_accuracy": cmp.champion_accuracy, "delta": cmp.delta,
+        "delta_low": cmp.delta_interval[0], "delta_high": cmp.delta_interval[1], "verdict": verdict, "flagged": flagged,
+        "reason": reason, "compared_at": now}]))  # fmt: skip
+    if not flagged:
+        log.info("%s: %s", cycle.cycle_id, reason)
+        return "challenger"
+    log.warning("%s: %s", cycle.cycle_id, reason)
+    wh.merge("decisions", rows_to_table("decisions", [
+        {"cycle_id": cycle.cycle_id, "request_id": rid, "rule": "new_data_check", "kept": False, "score": cmp.delta,
+         "threshold": -tolerance, "reason": f"newest window {span} flagged: {cmp.delta:+.4f} {ci} against the twin", "decided_at": now}
+        for rid in newest_ids]))  # fmt: skip
+    return "twin"
+
+
 def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Write the cycle's summary row, phase and velocity metrics; check that the counts add up.
 
@@ -868,8 +1004,11 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     evals = {r["role"]: r for r in wh.select("evaluations", {"cycle_id": cycle.cycle_id}).to_pylist()}
     promo = wh.select("promotions", {"cycle_id": cycle.cycle_id}).to_pylist()
     champion_before = registry.champion_as_of(wh, cycle.logical_date)
+    # The challenger that went to the gate: the twin when the newest window was flagged.
+    gated = wh.select("offline_comparisons", {"cycle_id": cycle.cycle_id}).to_pylist()
+    challenger_role = next((role for role, e in evals.items() if gated and e["model_version"] == gated[0]["challenger"]), "challenger")
     champ_acc = evals.get("champion", {}).get("accuracy")
-    chall_acc = evals.get("challenger", {}).get("accuracy")
+    chall_acc = evals.get(challenger_role, {}).get("accuracy")
     promoted = bool(promo and promo[0]["promoted"])
     row = {
         "cycle_id": cycle.cycle_id,
@@ -883,7 +1022,7 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         "rejected": rejected,
         "pass_rate": kept / rows_in_window if rows_in_window else 0.0,
         "champion_before": champion_before,
-        "challenger": evals.get("challenger", {}).get("model_version"),
+        "challenger": evals.get(challenger_role, {}).get("model_version"),
         "champion_accuracy": champ_acc,
         "challenger_accuracy": chall_acc,
         "promoted": promoted,

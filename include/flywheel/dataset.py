@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,8 +81,6 @@ def build_chat_dataset(
     gold rows train with ``weight = gold_weight``, every other row with weight 1. With
     ``curriculum``, the train split is ordered easy to hard (and `train_lora` keeps that order).
     """
-    from datasets import Dataset, DatasetDict
-
     gold = gold or {}
     ordered = sorted(candidates, key=lambda c: c.request_id)
     rows: list[dict[str, Any]] = []
@@ -104,18 +102,38 @@ def build_chat_dataset(
     train, val = stratified_split(rows, val_fraction)
     if curriculum:
         train.sort(key=lambda r: (difficulty(r), r["request_id"]))
+    return _save(path, train, val, curriculum=curriculum)
+
+
+def subset_chat_dataset(source: Path, path: Path, *, drop: Collection[str]) -> DatasetInfo:
+    """The dataset at ``source`` without the rows whose request id is in ``drop``, written to
+    ``path`` with the same splits, order and weights (the twin of `flywheel.cycle`'s new-data
+    check trains on it); idempotent."""
+    data = load_chat_dataset(source)
+    drop = set(drop)
+    train = [r for r in data["train"] if r["request_id"] not in drop]
+    val = [r for r in data["validation"] if r["request_id"] not in drop]
+    manifest = json.loads((source / "flywheel_manifest.json").read_text())
+    return _save(path, train, val, curriculum=bool(manifest.get("curriculum")))
+
+
+def _save(path: Path, train: list[dict[str, Any]], val: list[dict[str, Any]], *, curriculum: bool) -> DatasetInfo:
+    """Write the splits with their manifest next to them; the content hash covers every row (in
+    request id order), so it names the data, not the split or the order."""
+    from datasets import Dataset, DatasetDict
+
+    rows = sorted([*train, *val], key=lambda r: r["request_id"])
     digest = hashlib.sha256()
     for r in rows:
         digest.update(json.dumps([r["request_id"], r["messages"], r["weight"]], sort_keys=True).encode())
     digest.update(f"curriculum={curriculum}".encode())
     content_hash = digest.hexdigest()
 
-    features = None
     # An empty split is not written (`datasets` cannot load a split saved with no rows);
     # `load_chat_dataset` gives it back empty, with the train split's features.
-    splits = {"train": Dataset.from_list(train, features=features)}
+    splits = {"train": Dataset.from_list(train)}
     if val:
-        splits["validation"] = Dataset.from_list(val, features=features)
+        splits["validation"] = Dataset.from_list(val)
     dd = DatasetDict(splits)
     tmp = path.with_name(path.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -237,6 +237,31 @@ def rollbacks(wh: Warehouse) -> list[dict[str, Any]]:
     ).to_pylist()
 
 
+def new_data_section(wh: Warehouse, cycle_id: str) -> list[str]:
+    """The report's "New data vs old data" lines: the challenger against its twin trained without
+    the newest window, and the windows flagged so far (empty when this cycle trained no twin)."""
+    found = wh.select("new_data_comparisons", {"cycle_id": cycle_id}).to_pylist()
+    if not found:
+        return []
+    c = found[0]
+    lines = ["## New data vs old data", "",
+             f"Newest window {c['newest_start']:%Y-%m-%d} .. {c['newest_end']:%Y-%m-%d} ({c['n_newest']} examples):",
+             "", "| model | trained on | golden accuracy |", "|---|---|---|",
+             f"| `{c['challenger']}` | the whole window | {c['challenger_accuracy']:.3f} |",
+             f"| `{c['twin']}` | without the newest window | {c['twin_accuracy']:.3f} |", "",
+             f"What the newest window added: **{c['delta']:+.3f}** (95% interval {c['delta_low']:+.3f} .. {c['delta_high']:+.3f}): "
+             + {"helped": "the new data helped.", "no_gain": "no gain from the new data.",
+                "hurt": "the new data made the model worse."}[c["verdict"]]]  # fmt: skip
+    if c["flagged"]:
+        lines.append(f"**Flagged:** {c['reason']}")
+    flagged = wh.query("SELECT cycle_id, newest_start, newest_end, delta FROM new_data_comparisons WHERE flagged "
+                       "ORDER BY newest_start").to_pylist()  # fmt: skip
+    if flagged:
+        lines += ["", "Windows flagged and kept out of training so far: " + ", ".join(
+            f"{f['newest_start']:%Y-%m-%d} .. {f['newest_end']:%Y-%m-%d} ({f['delta']:+.3f}, by {f['cycle_id']})" for f in flagged)]  # fmt: skip
+    return lines + [""]
+
+
 def write_cycle_report(wh: Warehouse, cycle_id: str, out_dir: Path, *, broad: bool = False) -> Path:
     """``report.md`` and its PNG plots for one cycle, over every cycle up to it.
 
@@ -280,6 +305,7 @@ def write_cycle_report(wh: Warehouse, cycle_id: str, out_dir: Path, *, broad: bo
             lines += [f"| `{s['model_version']}` | {s['role']} | {s['task_type']} | {s['n']} | {s['accuracy']:.3f} | "
                       f"{s['low']:.3f} - {s['high']:.3f} |" for s in slices]  # fmt: skip
             lines.append("")
+    lines += new_data_section(wh, cycle_id)
     gates = wh.select("gate_results", {"cycle_id": cycle_id}).to_pylist()
     lines += ["## Gates", ""] + [
         f"- {g['gate']}: {'passed' if g['success'] else 'FAILED'} ({g['n_expectations']} expectations, "

@@ -397,6 +397,28 @@ OFFLINE_COMPARISONS = pa.schema(
     ]
 )
 
+# New data vs old data: the challenger against its twin trained without the newest window.
+NEW_DATA_COMPARISONS = pa.schema(
+    [
+        ("cycle_id", pa.string()),
+        ("logical_date", TS),
+        ("challenger", pa.string()),
+        ("twin", pa.string()),
+        ("newest_start", TS),
+        ("newest_end", TS),
+        ("n_newest", pa.int64()),  # examples of the newest window the twin did not train on
+        ("challenger_accuracy", pa.float64()),
+        ("twin_accuracy", pa.float64()),
+        ("delta", pa.float64()),  # challenger - twin: what the newest window added
+        ("delta_low", pa.float64()),
+        ("delta_high", pa.float64()),
+        ("verdict", pa.string()),  # helped | no_gain | hurt
+        ("flagged", pa.bool_()),  # hurt beyond the tolerance: kept out of this and later cycles
+        ("reason", pa.string()),
+        ("compared_at", TS),
+    ]
+)
+
 # The dashboard reads experiment_id, challenger, champion, traffic_share, started_at, status.
 EXPERIMENTS = pa.schema(
     [
@@ -464,6 +486,7 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("reviews", REVIEWS, ("item_id", "reviewer")),
         TableSpec("config_versions", CONFIG_VERSIONS, ("version_id",)),
         TableSpec("offline_comparisons", OFFLINE_COMPARISONS, ("cycle_id",)),
+        TableSpec("new_data_comparisons", NEW_DATA_COMPARISONS, ("cycle_id",)),
         TableSpec("experiments", EXPERIMENTS, ("experiment_id",)),
         TableSpec("experiment_decisions", EXPERIMENT_DECISIONS, ("experiment_id", "as_of")),
     )

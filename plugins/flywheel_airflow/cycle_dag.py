@@ -26,6 +26,7 @@ from flywheel_airflow.operators import (
     RecordCycleOperator,
     SampleForReviewOperator,
     TrainLoraOperator,
+    TrainTwinOperator,
     ValidateRowsOperator,
     WriteReportOperator,
 )
@@ -66,12 +67,15 @@ def cycle_params(*, lag_days: int = 14) -> dict[str, Param]:
         "max_length": Param(None, type=["null", "integer"], minimum=9, description="Max tokens per example."),
         "seed": Param(None, type=["null", "integer"], description="Training seed."),
         "min_improvement": Param(None, type=["null", "number"], minimum=0, description="Accuracy margin the challenger must beat."),
+        "compare_new_data": Param(None, type=["null", "boolean"],
+                                  description="true: also train a twin without the window's newest days and report whether they helped (monthly: on); a window that hurt is flagged and kept out."),
     }  # fmt: skip
 
 
 def cycle_chain(extract: BaseOperator | None = None) -> list[BaseOperator]:
     """extract → raw gate → validate → filter → sample for review → wait for review (deferred)
-    → calibrate filters → dataset → training-set gate → train → evaluate → promote → record →
+    → calibrate filters → dataset → training-set gate → train → train the twin without the
+    newest window (where asked) → evaluate → promote → record →
     report. Record and report run whenever nothing upstream failed, so a
     skipped training (too little data, or ``skip_training``) still leaves its cycle recorded."""
     tasks: list[BaseOperator] = [
@@ -89,6 +93,11 @@ def cycle_chain(extract: BaseOperator | None = None) -> list[BaseOperator]:
             task_id="train_lora",
             execution_timeout=timedelta(hours=12),
             # A GPU worker pool listens on its own queue; set where the DAG is parsed (no file I/O).
+            queue=os.environ.get("FLYWHEEL_TRAINING_QUEUE", "default"),
+        ),
+        TrainTwinOperator(
+            task_id="train_twin_without_newest_window",
+            execution_timeout=timedelta(hours=12),
             queue=os.environ.get("FLYWHEEL_TRAINING_QUEUE", "default"),
         ),
         EvaluateGoldenSetOperator(task_id="evaluate_golden_set"),

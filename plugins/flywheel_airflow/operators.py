@@ -35,6 +35,7 @@ PARAM_OVERRIDES: dict[str, str] = {
     "max_length": "training.max_length",
     "seed": "training.seed",
     "min_improvement": "evaluation.min_improvement",
+    "compare_new_data": "evaluation.compare_new_data",
     "force_review": "review.enabled",
     "labels_path": "bootstrap.labels_path",
     "synthetic_per_task_type": "bootstrap.synthetic_per_task_type",
@@ -238,8 +239,18 @@ class TrainLoraOperator(FlywheelStageOperator):
         return super().execute(context)
 
 
+class TrainTwinOperator(FlywheelStageOperator):
+    """New data vs old data: the challenger's twin, trained without the window's newest days.
+
+    Runs where `evaluation.compare_new_data` is on (the monthly DAG; the ``compare_new_data``
+    param for one run); otherwise it succeeds at once, saying why there is no twin."""
+
+    stage_name = "train_twin"
+    ui_color = "#fff4e0"
+
+
 class EvaluateGoldenSetOperator(FlywheelStageOperator):
-    """Champion and challenger on the fixed golden set."""
+    """Champion, challenger (and its twin, when one was trained) on the fixed golden set."""
 
     stage_name = "evaluate"
 

@@ -65,6 +65,7 @@ CYCLE_ORDER = [
     "build_dataset",
     "gate_training_set",
     "train_lora",
+    "train_twin_without_newest_window",
     "evaluate_golden_set",
     "promote_if_better",
     "record_cycle_metrics",

@@ -149,8 +149,10 @@ def test_training_goes_to_a_gpu_worker_with_a_reserved_gpu(resolved):
     # The DAG reads the queue where it is parsed (dag-processor) and the scheduler queues by it.
     for name in ("airflow-dag-processor", "airflow-scheduler", "airflow-worker-gpu"):
         assert services[name]["environment"]["FLYWHEEL_TRAINING_QUEUE"] == "gpu", name
-    # And the DAGs, parsed with that environment, put training (only) on that queue.
-    assert _queues_when_parsed_with({"FLYWHEEL_TRAINING_QUEUE": "gpu"}) == {"train_lora": {"gpu"}}
+    # And the DAGs, parsed with that environment, put training (only: the challenger and its
+    # twin) on that queue.
+    assert _queues_when_parsed_with({"FLYWHEEL_TRAINING_QUEUE": "gpu"}) == {
+        "train_lora": {"gpu"}, "train_twin_without_newest_window": {"gpu"}}
 
 
 def test_the_image_installs_the_project_from_requirements(resolved):
