@@ -33,13 +33,17 @@ def cycle_metrics(cycle_row: dict[str, Any], *, window_days: float) -> dict[str,
 def cycles_report(wh: Warehouse, dag_id: str | None = None) -> list[dict[str, Any]]:
     """Every recorded cycle in logical-date order, for the demo's table and the dashboard."""
     where = {"dag_id": dag_id} if dag_id else None
-    return wh.select("cycles", where, order_by="logical_date").to_pylist()
+    rows = wh.select("cycles", where, order_by="logical_date").to_pylist()
+    # A challenger that passed the offline gate goes to an A/B test: the outcome comes later,
+    # from ab_monitor (the cycle's own row says what held at its end).
+    ab = {e["cycle_id"]: e["status"] for e in wh.select("experiments").to_pylist()}
+    return [r | {"ab_status": ab.get(r["cycle_id"])} for r in rows]
 
 
 def format_cycles_table(rows: list[dict[str, Any]]) -> str:
     header = (
         f"{'cycle':<30} {'window':<23} {'rows':>5} {'quar':>5} {'kept':>5} {'pass':>6} "
-        f"{'champ acc':>9} {'chall acc':>9} {'promoted':>8}  champion after"
+        f"{'champ acc':>9} {'chall acc':>9} {'decision':>15}  champion at cycle end"
     )
     lines = [header, "-" * len(header)]
     for r in rows:
@@ -48,9 +52,15 @@ def format_cycles_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"{r['cycle_id']:<30} {window:<23} {r['rows_in_window']:>5} {r['quarantined']:>5} {r['kept']:>5} "
             f"{r['pass_rate']:>6.1%} {acc(r['champion_accuracy']):>9} {acc(r['challenger_accuracy']):>9} "
-            f"{'yes' if r['promoted'] else 'no':>8}  {r['champion_after']}"
+            f"{_decision(r):>15}  {r['champion_after']}"
         )
     return "\n".join(lines)
+
+
+def _decision(row: dict[str, Any]) -> str:
+    if row.get("ab_status"):
+        return f"A/B {row['ab_status'].replace('_', ' ')}"
+    return "promoted" if row["promoted"] else "kept champion" if row["challenger"] else "no challenger"
 
 
 RULE_ORDER = (

@@ -262,6 +262,18 @@ def new_data_section(wh: Warehouse, cycle_id: str) -> list[str]:
     return lines + [""]
 
 
+def format_new_data_table(rows: list[dict[str, Any]]) -> str:
+    """Rows of `new_data_comparisons` as the demo prints them."""
+    header = f"{'cycle':<32} {'newest window':<24} {'n':>5} {'twin':>6} {'chall':>6} {'added [95% CI]':>24}  verdict"
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        lines.append(f"{r['cycle_id']:<32} {r['newest_start']:%Y-%m-%d}..{r['newest_end']:%Y-%m-%d}{'':<2} {r['n_newest']:>5} "
+                     f"{r['twin_accuracy']:>6.3f} {r['challenger_accuracy']:>6.3f} {r['delta']:>+7.3f} "
+                     f"[{r['delta_low']:+.3f}, {r['delta_high']:+.3f}]  {r['verdict']}"
+                     + (" (FLAGGED: kept out; the twin went to the gate)" if r["flagged"] else ""))  # fmt: skip
+    return "\n".join(lines)
+
+
 def write_cycle_report(wh: Warehouse, cycle_id: str, out_dir: Path, *, broad: bool = False) -> Path:
     """``report.md`` and its PNG plots for one cycle, over every cycle up to it.
 

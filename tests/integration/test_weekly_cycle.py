@@ -284,6 +284,53 @@ def test_a_challenger_that_is_not_better_is_not_promoted(env, first_run):
     assert wh.select("cycles", {"cycle_id": CYCLE_ID}).column("promoted")[0].as_py() is False
 
 
+# --- New data vs old data, on demand ------------------------------------------------------
+
+NEW_DATA_DATE = LOGICAL_DATE + timedelta(weeks=2)  # with window_days 14: the second and third weeks
+NEW_DATA_CYCLE = "flywheel_weekly-20260316T0000"
+
+
+def test_compare_new_data_trains_a_twin_without_the_newest_week(env, first_run):
+    """Trigger a two-week window with `compare_new_data`: the twin is trained (a real LoRA run)
+    on the dataset less the newest week, scored on the golden set beside the challenger, and the
+    comparison and its verdict are stored and reported; the gate judges whichever went on."""
+    wh = env["wh"]
+    proc = subprocess.run(
+        [env["airflow"], "dags", "test", DAG_ID, NEW_DATA_DATE.isoformat(), "-c",
+         json.dumps({"window_days": 14, "compare_new_data": True})],
+        env=env["env"], capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    states = _task_states(env, NEW_DATA_DATE)
+    assert states["run"] == "success" and states["train_twin_without_newest_window"] == "success", states
+    twin = f"{NEW_DATA_CYCLE}-twin"
+    newest = (NEW_DATA_DATE - timedelta(days=21), NEW_DATA_DATE - timedelta(days=14))
+    full, twin_ds = (wh.select("datasets", {"dataset_id": d}).to_pylist()[0] for d in (NEW_DATA_CYCLE, twin))
+    # The twin's examples are the challenger's less those of the newest week.
+    from flywheel.dataset import load_chat_dataset
+
+    ids = {d: {r["request_id"] for split in ("train", "validation") for r in load_chat_dataset(Path(ds["path"]))[split]}
+           for d, ds in ((NEW_DATA_CYCLE, full), (twin, twin_ds))}  # fmt: skip
+    ts = {r["request_id"]: r["timestamp"] for r in wh.select("production_logs").to_pylist()}
+    left_out = ids[NEW_DATA_CYCLE] - ids[twin]
+    assert ids[twin] < ids[NEW_DATA_CYCLE] and left_out and all(newest[0] <= ts[i] < newest[1] for i in left_out)
+    assert not any(newest[0] <= ts[i] < newest[1] for i in ids[twin])
+    (model,) = wh.select("models", {"version": twin}).to_pylist()
+    assert model["dataset_hash"] == twin_ds["content_hash"] and Path(model["adapter_path"], "adapter_config.json").exists()
+    roles = {r["role"]: r for r in wh.select("evaluations", {"cycle_id": NEW_DATA_CYCLE}).to_pylist()}
+    assert set(roles) == {"champion", "challenger", "twin"} and roles["twin"]["model_version"] == twin
+    (c,) = wh.select("new_data_comparisons", {"cycle_id": NEW_DATA_CYCLE}).to_pylist()
+    assert c["n_newest"] == len(left_out) and (c["newest_start"], c["newest_end"]) == newest
+    assert c["challenger_accuracy"] == roles["challenger"]["accuracy"] and c["twin_accuracy"] == roles["twin"]["accuracy"]
+    assert c["delta"] == pytest.approx(c["challenger_accuracy"] - c["twin_accuracy"])
+    assert c["verdict"] == ("helped" if c["delta"] > 0 else "hurt" if c["delta"] < 0 else "no_gain")
+    assert c["flagged"] == (c["delta"] < -env["config"].evaluation.max_new_data_regression - 1e-12)
+    (gate,) = wh.select("offline_comparisons", {"cycle_id": NEW_DATA_CYCLE}).to_pylist()
+    assert gate["challenger"] == (twin if c["flagged"] else NEW_DATA_CYCLE)
+    report = (env["root"] / "flywheel" / "artefacts" / "reports" / NEW_DATA_CYCLE / "report.md").read_text()
+    assert "## New data vs old data" in report and f"`{twin}`" in report
+
+
 # --- A gate that fails in a real run ------------------------------------------------------
 
 BROKEN_DATE = LOGICAL_DATE + timedelta(weeks=1)  # reads the week after LOGICAL_DATE's window

@@ -19,7 +19,7 @@ from flywheel import registry
 from flywheel.config import FlywheelConfig
 from flywheel.dataset import build_chat_dataset, load_chat_dataset, subset_chat_dataset
 from flywheel.evaluate import load_golden_set, score_answers
-from flywheel.report import new_data_section
+from flywheel.report import format_new_data_table, new_data_section
 from flywheel.schema import rows_to_table
 from flywheel.simulate import simulate_traffic
 
@@ -195,6 +195,9 @@ def test_newest_window_that_hurt_is_flagged_and_kept_out(world, monkeypatch):
     assert rec["challenger"] == cycle.twin_version and rec["challenger_accuracy"] == pytest.approx(c["twin_accuracy"])
     section = "\n".join(new_data_section(wh, cycle.cycle_id))
     assert "**Flagged:**" in section and "made the model worse" in section
+    table = format_new_data_table([c]).splitlines()
+    assert len(table) == 3 and table[2].startswith(cycle.cycle_id) and "2026-02-09..2026-02-16" in table[2]
+    assert f"{c['delta']:+.3f}" in table[2] and "hurt (FLAGGED" in table[2]
 
     # A later cycle over the flagged week keeps its rows out, each with a decision saying why.
     # (As the monthly cycle reads it: no dedup against earlier training sets, which would reject

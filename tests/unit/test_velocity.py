@@ -39,3 +39,23 @@ def test_causes_are_named_from_the_metrics():
     assert "low filter pass rate: 5.0%" in text
     assert "saturated task types (champion >= 95%): reverse" in text
     assert "drift in the traffic mix" in text
+
+
+def test_cycles_table_says_what_became_of_each_challenger(wh):
+    from datetime import UTC, datetime, timedelta
+
+    from flywheel.metrics import cycles_report, format_cycles_table
+    from flywheel.schema import rows_to_table
+
+    t = datetime(2026, 3, 2, tzinfo=UTC)
+    base = {"dag_id": "flywheel_weekly", "window_start": t, "window_end": t, "rows_in_window": 10, "quarantined": 0,
+            "kept": 5, "rejected": 5, "pass_rate": 0.5, "champion_before": "v0", "champion_after": "v0", "finished_at": t}
+    cycles = [("c-ab", "c-ab", False), ("c-offline", "c-offline", True), ("c-kept", "c-kept", False), ("c-none", None, False)]
+    wh.merge("cycles", rows_to_table("cycles", [
+        {**base, "cycle_id": c, "logical_date": t + timedelta(weeks=i), "challenger": chall, "promoted": promoted}
+        for i, (c, chall, promoted) in enumerate(cycles)]))  # fmt: skip
+    wh.merge("experiments", rows_to_table("experiments", [{"experiment_id": "ab-c-ab", "cycle_id": "c-ab", "champion": "v0",
+             "challenger": "c-ab", "traffic_share": 0.0, "status": "rolled_back", "started_at": t, "updated_at": t}]))  # fmt: skip
+    decisions = {line.split()[0]: line for line in format_cycles_table(cycles_report(wh)).splitlines()[2:]}
+    assert "A/B rolled back" in decisions["c-ab"] and "promoted" in decisions["c-offline"]
+    assert "kept champion" in decisions["c-kept"] and "no challenger" in decisions["c-none"]
