@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install emulators demo test test-all test-postgres compose-config airflow lint bench clean
+.PHONY: install emulators demo test test-slow test-all test-postgres compose-config airflow lint bench clean
 
 # Idempotent: reinstalls only when requirements.txt or pyproject.toml changed.
 $(STAMP): requirements.txt pyproject.toml
@@ -31,6 +31,11 @@ demo: install
 ## target (`make test-postgres`), which CI runs after this one (.ci/run).
 test: install emulators
 	$(BIN)/python -m pytest -m "not slow and not postgres"
+
+## The slow suites (the negative flywheel: a poisoned week through the cycle and the A/B, on the
+## default tiny model); CI runs them after `make test` and `make test-postgres`.
+test-slow: install
+	$(BIN)/python -m pytest -m "slow and not postgres"
 
 test-all: install emulators
 	$(BIN)/python -m pytest

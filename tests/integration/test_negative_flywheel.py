@@ -46,6 +46,10 @@ def env(tmp_path_factory):
     data = yaml.safe_load((Path(__file__).resolve().parents[2] / "include/config/flywheel.yaml").read_text())
     data["simulate"]["requests_per_week"] = 400
     data["evaluation"]["golden_set_size"] = 120
+    # The defences measured here are the filters, the offline gate and the A/B; the human review
+    # (which would also catch poisoned rows) has its own test (test_review_cycle), and with
+    # nobody reviewing, the cycle would wait out the review deadline.
+    data["review"]["enabled"] = False
     # The project's default tiny model: pre-trained enough to get some golden items right, so
     # that "worse" can show.
     config_path = root / "flywheel.yaml"
@@ -121,3 +125,25 @@ def test_a_poisoned_cycle_never_leaves_a_worse_champion(env):
     assert champion in (base, CYCLE_ID)
     accuracy = {base: gate["champion_accuracy"], CYCLE_ID: gate["challenger_accuracy"]}
     assert accuracy[champion] >= accuracy[base]
+
+
+def test_a_worse_challenger_is_rejected_offline(env):
+    """A recipe that wrecks the adapter (a learning rate a thousand times too high) trains a
+    challenger that is worse on the golden set: the offline gate rejects it, nothing goes live,
+    and the champion stays where it was."""
+    from flywheel import registry
+
+    wh = env["wh"]
+    when = T + timedelta(weeks=1)  # reads the clean week after the poisoned one
+    cycle_id = "flywheel_weekly-20260309T0000"
+    before = registry.current_champion(wh)
+    _dags_test(env, "flywheel_weekly", when, {"epochs": 3, "learning_rate": 0.5})
+    (gate,) = wh.select("offline_comparisons", {"cycle_id": cycle_id}).to_pylist()
+    assert gate["champion"] == before and gate["challenger"] == cycle_id
+    assert gate["champion_accuracy"] > 0, "the champion must get some golden items right for 'worse' to show"
+    assert gate["challenger_accuracy"] < gate["champion_accuracy"] and gate["delta_high"] < 0
+    assert gate["passed"] is False and "offline gate failed" in gate["reason"]
+    (promo,) = wh.select("promotions", {"cycle_id": cycle_id}).to_pylist()
+    assert promo["promoted"] is False and promo["champion_after"] == before
+    assert wh.count("experiments", {"cycle_id": cycle_id}) == 0
+    assert registry.current_champion(wh) == before
