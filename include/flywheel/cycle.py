@@ -191,10 +191,12 @@ def _unreadable(cycle: CycleSpec) -> list[dict[str, Any]]:
 
 def _gate(cycle: CycleSpec, wh: Warehouse, gate: str, frame: Any, expectations: list[Any]) -> dict[str, Any]:
     from flywheel import gates
+    from flywheel.artefacts import ArtefactStore
 
     result = gates.run_gate(
         gate, frame, expectations, docs_dir=cycle.config.artefacts_root / "data_docs", run_name=f"{cycle.cycle_id}-{gate}"
     )
+    ArtefactStore(cycle.config).publish(cycle.config.artefacts_root / "data_docs")  # a bucket root: shared
     wh.replace_partition(
         "gate_results",
         {"cycle_id": cycle.cycle_id, "gate": gate},
@@ -226,6 +228,7 @@ def stage_gate_raw_window(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 def stage_gate_training_set(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Great Expectations on the built training set: no PII, no golden overlap, balance, length."""
     from flywheel import gates
+    from flywheel.artefacts import ArtefactStore
     from flywheel.dataset import load_chat_dataset
     from flywheel.filters import golden_index
     from flywheel.pii import default_scanner
@@ -233,7 +236,7 @@ def stage_gate_training_set(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     if not cycle.config.gates.enabled:
         return {"gate": "training_set", "skipped": "gates.enabled is false"}
     f = cycle.config.filters
-    data = load_chat_dataset(cycle.dataset_dir)
+    data = load_chat_dataset(ArtefactStore(cycle.config).fetch(cycle.dataset_dir))
     rows = [*data["train"], *data["validation"]]
     golden = golden_index(f, golden_inputs(cycle.config))
     frame = gates.training_set_profile(
@@ -429,6 +432,8 @@ def _decisions_table(cycle: CycleSpec, decisions: list[Any], now: datetime) -> p
 def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Kept candidates → the chat dataset, after the human review: rejected items are left out
     (a `review` decision records it), approved ones train as gold, with the reviewer's edit."""
+    from flywheel.artefacts import ArtefactStore
+
     kept = _candidates(cycle.file("kept.parquet"))
     reviewed = _apply_reviews(cycle, wh, kept)
     kept = [c for c in kept if reviewed.get(c.request_id, True) is not False]
@@ -449,7 +454,7 @@ def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     row = {
         "dataset_id": cycle.cycle_id,
         "cycle_id": cycle.cycle_id,
-        "path": str(info.path),
+        "path": ArtefactStore(cycle.config).publish(info.path),  # the local path, or its URI in a bucket
         "n_train": info.n_train,
         "n_val": info.n_val,
         "n_corrections": info.n_corrections,
@@ -562,16 +567,18 @@ def stage_sample_for_review(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 
 def _model_signals(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]):
     """The champion's uncertainty on each kept answer, and how far it moved from its parent."""
+    from flywheel.artefacts import ArtefactStore
     from flywheel.inference import load_model
     from flywheel.prioritize import answer_token_stats
 
     ensure_base_model(cycle.config, wh)
+    store = ArtefactStore(cycle.config)
     champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
-    loaded = load_model(champion.base_model, champion.adapter_path, version=champion.version)
+    loaded = load_model(champion.base_model, champion.adapter_path, version=champion.version, store=store)
     parent = None
     if champion.parent_version:
         p = registry.get_model(wh, champion.parent_version)
-        parent = load_model(p.base_model, p.adapter_path, version=p.version)
+        parent = load_model(p.base_model, p.adapter_path, version=p.version, store=store)
     return answer_token_stats(loaded, kept, reference=parent)
 
 
@@ -657,9 +664,11 @@ def ensure_base_model(config: FlywheelConfig, wh: Warehouse) -> str:
 
 
 def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
+    from flywheel.artefacts import ArtefactStore
     from flywheel.training import train_lora_in_subprocess
 
     base = ensure_base_model(cycle.config, wh)
+    store = ArtefactStore(cycle.config)  # a bucket root: inputs fetched here, the adapter published
     champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
     if champion.base_model != base:
         raise registry.RegistryError(
@@ -671,11 +680,11 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         raise FlywheelError(f"{cycle.cycle_id}: no dataset recorded; run build_dataset first")
     dataset = ds[0]
     result = train_lora_in_subprocess(
-        base_model=base,
-        dataset_path=Path(dataset["path"]),
+        base_model=str(store.local(base)),
+        dataset_path=Path(str(store.local(dataset["path"]))),
         output_dir=cycle.adapter_dir,
         config=cycle.config.training,
-        parent_adapter=champion.adapter_path,
+        parent_adapter=store.local(champion.adapter_path),
         lineage={
             "cycle_id": cycle.cycle_id,
             "parent_version": champion.version,
@@ -688,7 +697,7 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         registry.ModelVersion(
             version=cycle.challenger_version,
             base_model=base,
-            adapter_path=str(result.adapter_path),
+            adapter_path=store.publish(result.adapter_path),
             parent_version=champion.version,
             cycle_id=cycle.cycle_id,
             dataset_id=dataset["dataset_id"],
@@ -719,6 +728,7 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Champion and challenger on the golden set, each with its bootstrap interval and its score
     per item (kept for the paired comparison of the offline gate). First, the golden set must be
     the registered version, and the challenger's training set must hold none of its inputs."""
+    from flywheel.artefacts import ArtefactStore
     from flywheel.evaluate import (
         bootstrap_interval,
         check_golden_unchanged,
@@ -738,7 +748,7 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     now = _now()
     rows, out = [], {"golden_hash": golden.content_hash, "golden_items": len(golden.tasks)}
     for role, mv in (("champion", champion), ("challenger", challenger)):
-        loaded = load_model(mv.base_model, mv.adapter_path, version=mv.version)
+        loaded = load_model(mv.base_model, mv.adapter_path, version=mv.version, store=ArtefactStore(cycle.config))
         result = evaluate_answer_fn(answer_fn(loaded, max_new_tokens=ev.max_new_tokens), golden)
         low, high = bootstrap_interval(result.item_scores, samples=ev.bootstrap_samples, confidence=ev.confidence,
                                        seed=ev.bootstrap_seed)  # fmt: skip
@@ -770,13 +780,15 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 def _check_training_set_decontaminated(cycle: CycleSpec) -> None:
     """The set the challenger trained on holds no golden input (exact or near): verified on
     every cycle, whatever the filters and gates upstream did."""
+    from flywheel.artefacts import ArtefactStore
     from flywheel.dataset import load_chat_dataset
     from flywheel.evaluate import check_decontaminated
     from flywheel.filters import golden_index
 
-    if not cycle.dataset_dir.exists():
+    store = ArtefactStore(cycle.config)
+    if not store.published(cycle.dataset_dir):
         return  # no dataset: the challenger was registered by other means (nothing to check)
-    data = load_chat_dataset(cycle.dataset_dir)
+    data = load_chat_dataset(store.fetch(cycle.dataset_dir))
     rows = [*data["train"], *data["validation"]]
     check_decontaminated([r["messages"][0]["content"] for r in rows], [r["request_id"] for r in rows],
                          golden_index(cycle.config.filters, golden_inputs(cycle.config)))  # fmt: skip
@@ -952,11 +964,14 @@ def _review_throughput(cycle: CycleSpec, wh: Warehouse) -> dict[str, float]:
 def stage_report(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """The cycle's report (Markdown + PNG plots) in ``reports/<cycle_id>/``. Monthly cycles
     (`extract.include_gold`) add the broader evaluation: every task type with intervals."""
+    from flywheel.artefacts import ArtefactStore
     from flywheel.report import write_cycle_report
 
     out = cycle.config.artefacts_root / "reports" / cycle.cycle_id
     path = write_cycle_report(wh, cycle.cycle_id, out, broad=cycle.config.extract.include_gold)
-    return {"report": str(path), "plots": sorted(p.name for p in out.glob("*.png"))}
+    store = ArtefactStore(cycle.config)
+    shared = {"report_uri": store.publish(out) + "/" + path.name} if store.remote else {}
+    return {"report": str(path), "plots": sorted(p.name for p in out.glob("*.png"))} | shared
 
 
 def _last_accuracy(wh: Warehouse, version: str, before: datetime) -> float | None:
