@@ -692,12 +692,13 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
             "window": [cycle.window.start.isoformat(), cycle.window.end.isoformat()],
         },
     )
+    store.publish(result.adapter_path)  # before it is registered: a registered adapter is fetchable
     registry.register_model(
         wh,
         registry.ModelVersion(
             version=cycle.challenger_version,
             base_model=base,
-            adapter_path=store.publish(result.adapter_path),
+            adapter_path=store.uri(result.adapter_path),
             parent_version=champion.version,
             cycle_id=cycle.cycle_id,
             dataset_id=dataset["dataset_id"],
@@ -714,7 +715,7 @@ def stage_train(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     )
     return {
         "version": cycle.challenger_version,
-        "adapter_path": str(result.adapter_path),
+        "adapter_path": store.uri(result.adapter_path),
         "parent_version": champion.version,
         "train_loss": round(result.train_loss, 5),
         "steps": result.steps,

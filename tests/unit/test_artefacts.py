@@ -135,3 +135,56 @@ def test_single_files_and_foreign_references(remote, tmp_path):
         a.publish(tmp_path / "elsewhere")
     with pytest.raises(ArtefactError, match="not in this deployment's artefact store"):
         b.local("gs://another-bucket/adapters/v1")
+
+
+def test_cycle_stages_on_three_machines_share_only_the_bucket(tmp_path, gcs_bucket, answer_fns):
+    """build_dataset, train and evaluate each on a "machine" of its own (its own FLYWHEEL_HOME,
+    an empty cache, the one before it deleted): the dataset, the tiny base model and the adapter
+    reach the next stage only through gs://."""
+    import shutil
+    from datetime import UTC, datetime
+
+    from flywheel import cycle as fc
+    from flywheel import registry
+    from flywheel.schema import rows_to_table
+    from flywheel.simulate import simulate_traffic
+    from flywheel.warehouse import DuckDBWarehouse
+
+    root = f"gs://{gcs_bucket}/{uuid.uuid4().hex[:10]}"
+    end = datetime(2026, 3, 2, tzinfo=UTC)
+    wh = DuckDBWarehouse(tmp_path / "warehouse.duckdb", lock_timeout_s=5)  # the shared warehouse
+    wh.ensure_schema()
+    logs = simulate_traffic(datetime(2026, 2, 9, tzinfo=UTC), answer_fns["half"], model_version="base:x",
+                            n_requests=80, seed=3, malformed_rate=0.0, adversarial_rate=0.0)  # fmt: skip
+    wh.merge("production_logs", rows_to_table("production_logs", logs.to_pylist()))
+
+    def machine(name: str) -> fc.CycleSpec:
+        config = FlywheelConfig(home=tmp_path / name).with_overrides({
+            "artefacts.root": root, "training.min_examples": 5, "filters.keep_fraction": 1.0,
+            "tiny_model.pretrain_examples": 300, "tiny_model.pretrain_epochs": 1, "evaluation.golden_set_size": 40,
+            "review.model_signals": False,
+        })  # fmt: skip
+        return fc.make_cycle("flywheel_weekly", data_interval_end=end, logical_date=end, config=config)
+
+    a = machine("a")
+    for stage in (fc.stage_extract, fc.stage_validate, fc.stage_filter):
+        stage(a, wh)
+    built = fc.stage_build_dataset(a, wh)
+    assert built["path"] == f"{root}/datasets/{a.cycle_id}"
+    shutil.rmtree(tmp_path / "a")
+
+    b = machine("b")
+    trained = fc.stage_train(b, wh)
+    assert trained["adapter_path"] == f"{root}/adapters/{b.challenger_version}"
+    challenger = registry.get_model(wh, b.challenger_version)
+    assert challenger.adapter_path == trained["adapter_path"] and challenger.base_model == f"{root}/base_models/tiny-llama"
+    shutil.rmtree(tmp_path / "b")
+
+    c = machine("c")
+    assert not c.config.artefacts_root.exists()
+    evaluated = fc.stage_evaluate(c, wh)
+    assert evaluated["challenger_version"] == b.challenger_version and 0.0 <= evaluated["challenger_accuracy"] <= 1.0
+    fetched = c.config.artefacts_root
+    assert (fetched / "adapters" / b.challenger_version / "adapter_model.safetensors").is_file()
+    assert (fetched / "datasets" / a.cycle_id).is_dir()  # the decontamination check read it from the bucket
+    assert wh.count("evaluations", {"cycle_id": c.cycle_id}) == 2
