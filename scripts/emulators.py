@@ -1,4 +1,5 @@
-"""Local warehouse emulators for the tests: install them, start them, point connections at them.
+"""Local emulators for the tests (warehouses, object storage): install them, start them, point
+connections at them.
 
     python scripts/emulators.py install              # idempotent; `make emulators` runs it
     python scripts/emulators.py serve bigquery PORT GRPC_PORT DATA_DIR
@@ -11,6 +12,9 @@
   gets its own venv under ``.cache/emulators``. Its DuckDB cannot download extensions here, so
   they come from PyPI wheels (``duckdb-extension-*``) and are installed from those files into a
   DuckDB home of its own (``HOME`` for that process only).
+- GCS: `gcp-storage-emulator` (pinned in requirements.txt), driven by the real `gcsfs` through
+  Airflow's `ObjectStoragePath`; the artefact-store tests publish to its bucket
+  ``GCS_BUCKET``. gcsfs finds it through ``STORAGE_EMULATOR_HOST`` (the emulator's ``env``).
 
 The pytest session fixtures in ``tests/contract/conftest.py`` call `start` and `stop`; nothing
 here is imported by the flywheel itself.
@@ -35,6 +39,7 @@ BQ_DUCKDB_HOME = HOME / "bigquery-home"
 BQ_REQUIREMENTS = Path(__file__).with_name("bigquery-emulator-requirements.txt")
 # DuckDB extensions the emulator loads (time zones, its catalog, geography, Avro loads).
 BQ_EXTENSIONS = ("icu", "ducklake", "spatial", "avro", "json", "parquet")
+GCS_BUCKET = "flywheel-artefacts"
 
 
 def _python313() -> str:
@@ -164,12 +169,19 @@ def start(name: str, workdir: Path) -> Emulator:
             "extra": {"project": "flywheel-local", "api_endpoint": f"http://127.0.0.1:{port}",
                       "storage_endpoint": f"127.0.0.1:{grpc_port}"},
         })  # fmt: skip
+    elif name == "gcs":
+        cmd = [str(Path(sys.executable).with_name("gcp-storage-emulator")), "start", "--host", "127.0.0.1",
+               "--port", str(port), "--default-bucket", GCS_BUCKET, "--in-memory", "--quiet"]  # fmt: skip
+        env = dict(os.environ)
+        # No credentials at all: gcsfs talks to the emulator anonymously (artefacts.conn_id unset).
+        connection = json.dumps({"conn_type": "google_cloud_platform", "extra": {"project": "flywheel-local"}})
     else:
-        raise SystemExit(f"unknown emulator {name!r}: bigquery or snowflake")
+        raise SystemExit(f"unknown emulator {name!r}: bigquery, snowflake or gcs")
     with log.open("wb") as out:
         process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     _wait_for(port, process, log)
-    return Emulator(name, process, connection, log)
+    client_env = {"STORAGE_EMULATOR_HOST": f"http://127.0.0.1:{port}"} if name == "gcs" else {}
+    return Emulator(name, process, connection, log, client_env)
 
 
 def stop(emulator: Emulator) -> None:

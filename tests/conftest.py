@@ -10,6 +10,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="flywheel-tests-"))
 
@@ -31,3 +33,24 @@ if str(ROOT / "plugins") not in sys.path:
 # Helpers shared by test folders (`airflow_server`).
 if str(ROOT / "tests") not in sys.path:
     sys.path.insert(0, str(ROOT / "tests"))
+
+
+@pytest.fixture(scope="session")
+def gcs_bucket(tmp_path_factory):
+    """A local GCS (`scripts/emulators.py`'s gcp-storage-emulator) that gcsfs, and so
+    `ObjectStoragePath("gs://...")`, reaches through STORAGE_EMULATOR_HOST; yields its bucket."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import emulators
+
+    emulator = emulators.start("gcs", tmp_path_factory.mktemp("gcs"))
+    saved = {k: os.environ.get(k) for k in emulator.env}
+    os.environ.update(emulator.env)
+    try:
+        yield emulators.GCS_BUCKET
+    finally:
+        emulators.stop(emulator)
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from flywheel.artefacts import split_root
 from flywheel.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +47,23 @@ class WarehouseConfig(_Section):
 
 
 class ArtefactsConfig(_Section):
+    """Where datasets, adapters, base models and reports live (`flywheel.artefacts`): a local
+    folder (relative to FLYWHEEL_HOME), ``file://``, ``s3://bucket/prefix`` or
+    ``gs://bucket/prefix``. Credentials never live here: a bucket is reached through the Airflow
+    connection ``conn_id`` (none: the cloud SDK's default credentials)."""
+
     root: str = "artefacts"
+    conn_id: str | None = None
+    # With a bucket root: this machine's working copy of the artefacts it writes and fetches.
+    cache_dir: str = "artefacts-cache"
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> ArtefactsConfig:
+        try:
+            split_root(self.root)
+        except ConfigError as e:
+            raise ValueError(str(e)) from None
+        return self
 
 
 class ExtractConfig(_Section):
@@ -388,7 +405,10 @@ class FlywheelConfig(_Section):
 
     @property
     def artefacts_root(self) -> Path:
-        return self.resolve(self.artefacts.root)
+        """The local folder artefacts are written to and read from: the root itself, or, for a
+        bucket root, this machine's cache of it (`flywheel.artefacts.ArtefactStore`)."""
+        scheme, location = split_root(self.artefacts.root)
+        return self.resolve(self.artefacts.cache_dir if scheme else location)
 
     @property
     def duckdb_path(self) -> Path:

@@ -202,10 +202,12 @@ def _unreadable(cycle: CycleSpec) -> list[dict[str, Any]]:
 
 def _gate(cycle: CycleSpec, wh: Warehouse, gate: str, frame: Any, expectations: list[Any]) -> dict[str, Any]:
     from flywheel import gates
+    from flywheel.artefacts import ArtefactStore
 
     result = gates.run_gate(
         gate, frame, expectations, docs_dir=cycle.config.artefacts_root / "data_docs", run_name=f"{cycle.cycle_id}-{gate}"
     )
+    ArtefactStore(cycle.config).publish(cycle.config.artefacts_root / "data_docs")  # a bucket root: shared
     wh.replace_partition(
         "gate_results",
         {"cycle_id": cycle.cycle_id, "gate": gate},
@@ -237,6 +239,7 @@ def stage_gate_raw_window(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 def stage_gate_training_set(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Great Expectations on the built training set: no PII, no golden overlap, balance, length."""
     from flywheel import gates
+    from flywheel.artefacts import ArtefactStore
     from flywheel.dataset import load_chat_dataset
     from flywheel.filters import golden_index
     from flywheel.pii import default_scanner
@@ -244,7 +247,7 @@ def stage_gate_training_set(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     if not cycle.config.gates.enabled:
         return {"gate": "training_set", "skipped": "gates.enabled is false"}
     f = cycle.config.filters
-    data = load_chat_dataset(cycle.dataset_dir)
+    data = load_chat_dataset(ArtefactStore(cycle.config).fetch(cycle.dataset_dir))
     rows = [*data["train"], *data["validation"]]
     golden = golden_index(f, golden_inputs(cycle.config))
     frame = gates.training_set_profile(
@@ -440,6 +443,8 @@ def _decisions_table(cycle: CycleSpec, decisions: list[Any], now: datetime) -> p
 def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Kept candidates → the chat dataset, after the human review: rejected items are left out
     (a `review` decision records it), approved ones train as gold, with the reviewer's edit."""
+    from flywheel.artefacts import ArtefactStore
+
     kept = _candidates(cycle.file("kept.parquet"))
     reviewed = _apply_reviews(cycle, wh, kept)
     kept = [c for c in kept if reviewed.get(c.request_id, True) is not False]
@@ -461,7 +466,7 @@ def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     row = {
         "dataset_id": cycle.cycle_id,
         "cycle_id": cycle.cycle_id,
-        "path": str(info.path),
+        "path": ArtefactStore(cycle.config).publish(info.path),  # the local path, or its URI in a bucket
         "n_train": info.n_train,
         "n_val": info.n_val,
         "n_corrections": info.n_corrections,
@@ -602,16 +607,18 @@ def stage_sample_for_review(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 
 def _model_signals(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]):
     """The champion's uncertainty on each kept answer, and how far it moved from its parent."""
+    from flywheel.artefacts import ArtefactStore
     from flywheel.inference import load_model
     from flywheel.prioritize import answer_token_stats
 
     ensure_base_model(cycle.config, wh)
+    store = ArtefactStore(cycle.config)
     champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
-    loaded = load_model(champion.base_model, champion.adapter_path, version=champion.version)
+    loaded = load_model(champion.base_model, champion.adapter_path, version=champion.version, store=store)
     parent = None
     if champion.parent_version:
         p = registry.get_model(wh, champion.parent_version)
-        parent = load_model(p.base_model, p.adapter_path, version=p.version)
+        parent = load_model(p.base_model, p.adapter_path, version=p.version, store=store)
     return answer_token_stats(loaded, kept, reference=parent)
 
 
@@ -710,9 +717,11 @@ def _dataset_row(wh: Warehouse, cycle: CycleSpec, dataset_id: str) -> dict[str, 
 
 def _train_version(cycle: CycleSpec, wh: Warehouse, *, version: str, dataset: dict[str, Any], output_dir: Path) -> dict[str, Any]:
     """LoRA on ``dataset``, continuing from the champion's adapter; registered as ``version``."""
+    from flywheel.artefacts import ArtefactStore
     from flywheel.training import train_lora_in_subprocess
 
     base = ensure_base_model(cycle.config, wh)
+    store = ArtefactStore(cycle.config)  # a bucket root: inputs fetched here, the adapter published
     champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
     if champion.base_model != base:
         raise registry.RegistryError(
@@ -720,11 +729,11 @@ def _train_version(cycle: CycleSpec, wh: Warehouse, *, version: str, dataset: di
             f"resolves to {base!r}; an adapter cannot continue across base models"
         )
     result = train_lora_in_subprocess(
-        base_model=base,
-        dataset_path=Path(dataset["path"]),
+        base_model=str(store.local(base)),
+        dataset_path=Path(str(store.local(dataset["path"]))),
         output_dir=output_dir,
         config=cycle.config.training,
-        parent_adapter=champion.adapter_path,
+        parent_adapter=store.local(champion.adapter_path),
         lineage={
             "cycle_id": cycle.cycle_id,
             "parent_version": champion.version,
@@ -732,12 +741,13 @@ def _train_version(cycle: CycleSpec, wh: Warehouse, *, version: str, dataset: di
             "window": [cycle.window.start.isoformat(), cycle.window.end.isoformat()],
         },
     )
+    store.publish(result.adapter_path)  # before it is registered: a registered adapter is fetchable
     registry.register_model(
         wh,
         registry.ModelVersion(
             version=version,
             base_model=base,
-            adapter_path=str(result.adapter_path),
+            adapter_path=store.uri(result.adapter_path),
             parent_version=champion.version,
             cycle_id=cycle.cycle_id,
             dataset_id=dataset["dataset_id"],
@@ -754,7 +764,7 @@ def _train_version(cycle: CycleSpec, wh: Warehouse, *, version: str, dataset: di
     )
     return {
         "version": version,
-        "adapter_path": str(result.adapter_path),
+        "adapter_path": store.uri(result.adapter_path),
         "parent_version": champion.version,
         "train_loss": round(result.train_loss, 5),
         "steps": result.steps,
@@ -770,6 +780,7 @@ def stage_train_twin(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     `stage_evaluate` scores it with the others and `stage_promote` compares it with the
     challenger. Nothing to do (and any earlier twin of this cycle forgotten) unless
     `evaluation.compare_new_data` is on and the window reaches further back than its newest days."""
+    from flywheel.artefacts import ArtefactStore
     from flywheel.dataset import subset_chat_dataset
 
     wh.execute("DELETE FROM datasets WHERE dataset_id = $d", {"d": cycle.twin_version})
@@ -781,15 +792,16 @@ def stage_train_twin(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
                            "the champion stands for the twin, and the offline gate already compares with it"}  # fmt: skip
     dataset = _dataset_row(wh, cycle, cycle.cycle_id)
     newest_ids = {c.request_id for c in _candidates(cycle.file("kept.parquet")) if c.timestamp in newest}
-    twin_dir = Path(dataset["path"]).with_name(cycle.twin_version)
-    info = subset_chat_dataset(Path(dataset["path"]), twin_dir, drop=newest_ids)
+    store = ArtefactStore(cycle.config)  # a bucket root: the dataset fetched here, the twin's published
+    source = store.fetch(cycle.dataset_dir)
+    info = subset_chat_dataset(source, source.with_name(cycle.twin_version), drop=newest_ids)
     n_newest = dataset["n_train"] + dataset["n_val"] - info.n_train - info.n_val
     if n_newest == 0:
         return {"skipped": f"no example of the dataset is from the newest window [{newest.start:%Y-%m-%d}, {newest.end:%Y-%m-%d})"}
     if info.n_train < cycle.config.training.min_examples:
         return {"skipped": f"without the newest window only {info.n_train} examples remain "
                            f"(< training.min_examples={cycle.config.training.min_examples}): no twin to compare with"}  # fmt: skip
-    row = {**dataset, "dataset_id": cycle.twin_version, "path": str(info.path), "n_train": info.n_train,
+    row = {**dataset, "dataset_id": cycle.twin_version, "path": store.publish(info.path), "n_train": info.n_train,
            "n_val": info.n_val, "n_corrections": info.n_corrections, "content_hash": info.content_hash,
            "window_end": newest.start, "created_at": _now()}  # fmt: skip
     wh.merge("datasets", rows_to_table("datasets", [row]))
@@ -801,6 +813,7 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Champion and challenger on the golden set, each with its bootstrap interval and its score
     per item (kept for the paired comparison of the offline gate). First, the golden set must be
     the registered version, and the challenger's training set must hold none of its inputs."""
+    from flywheel.artefacts import ArtefactStore
     from flywheel.evaluate import (
         bootstrap_interval,
         check_golden_unchanged,
@@ -822,7 +835,7 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     now = _now()
     rows, out = [], {"golden_hash": golden.content_hash, "golden_items": len(golden.tasks)}
     for role, mv in models:
-        loaded = load_model(mv.base_model, mv.adapter_path, version=mv.version)
+        loaded = load_model(mv.base_model, mv.adapter_path, version=mv.version, store=ArtefactStore(cycle.config))
         result = evaluate_answer_fn(answer_fn(loaded, max_new_tokens=ev.max_new_tokens), golden)
         low, high = bootstrap_interval(result.item_scores, samples=ev.bootstrap_samples, confidence=ev.confidence,
                                        seed=ev.bootstrap_seed)  # fmt: skip
@@ -854,13 +867,15 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 def _check_training_set_decontaminated(cycle: CycleSpec) -> None:
     """The set the challenger trained on holds no golden input (exact or near): verified on
     every cycle, whatever the filters and gates upstream did."""
+    from flywheel.artefacts import ArtefactStore
     from flywheel.dataset import load_chat_dataset
     from flywheel.evaluate import check_decontaminated
     from flywheel.filters import golden_index
 
-    if not cycle.dataset_dir.exists():
+    store = ArtefactStore(cycle.config)
+    if not store.published(cycle.dataset_dir):
         return  # no dataset: the challenger was registered by other means (nothing to check)
-    data = load_chat_dataset(cycle.dataset_dir)
+    data = load_chat_dataset(store.fetch(cycle.dataset_dir))
     rows = [*data["train"], *data["validation"]]
     check_decontaminated([r["messages"][0]["content"] for r in rows], [r["request_id"] for r in rows],
                          golden_index(cycle.config.filters, golden_inputs(cycle.config)))  # fmt: skip
@@ -1091,11 +1106,14 @@ def _review_throughput(cycle: CycleSpec, wh: Warehouse) -> dict[str, float]:
 def stage_report(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """The cycle's report (Markdown + PNG plots) in ``reports/<cycle_id>/``. Monthly cycles
     (`extract.include_gold`) add the broader evaluation: every task type with intervals."""
+    from flywheel.artefacts import ArtefactStore
     from flywheel.report import write_cycle_report
 
     out = cycle.config.artefacts_root / "reports" / cycle.cycle_id
     path = write_cycle_report(wh, cycle.cycle_id, out, broad=cycle.config.extract.include_gold)
-    return {"report": str(path), "plots": sorted(p.name for p in out.glob("*.png"))}
+    store = ArtefactStore(cycle.config)
+    shared = {"report_uri": store.publish(out) + "/" + path.name} if store.remote else {}
+    return {"report": str(path), "plots": sorted(p.name for p in out.glob("*.png"))} | shared
 
 
 def _last_accuracy(wh: Warehouse, version: str, before: datetime) -> float | None:

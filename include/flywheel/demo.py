@@ -88,14 +88,16 @@ def serve_week(
 def _model_answers(config: FlywheelConfig, wh: Warehouse) -> Callable[[str], AnswerFn]:
     """Answer functions of registered versions, each model loaded once."""
     from flywheel import registry
+    from flywheel.artefacts import ArtefactStore
     from flywheel.inference import answer_fn, load_model
 
     loaded: dict[str, AnswerFn] = {}
+    store = ArtefactStore(config)  # adapters kept in a bucket are fetched once, then cached
 
     def answers(version: str) -> AnswerFn:
         if version not in loaded:
             mv = registry.get_model(wh, version)
-            model = load_model(mv.base_model, mv.adapter_path, version=mv.version)
+            model = load_model(mv.base_model, mv.adapter_path, version=mv.version, store=store)
             loaded[version] = answer_fn(model, max_new_tokens=config.evaluation.max_new_tokens)
         return loaded[version]
 

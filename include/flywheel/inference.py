@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flywheel.dataset import user_message
+
+if TYPE_CHECKING:
+    from flywheel.artefacts import ArtefactStore
 
 
 @dataclass
@@ -20,12 +23,18 @@ class LoadedModel:
     version: str
 
 
-def load_model(base_model: str, adapter_path: str | None = None, *, version: str = "") -> LoadedModel:
+def load_model(
+    base_model: str, adapter_path: str | None = None, *, version: str = "", store: ArtefactStore | None = None
+) -> LoadedModel:
+    """``base_model`` and ``adapter_path`` as the registry keeps them: with a ``store``, a URI in
+    the artefact store is fetched first (a hub name or a local path is used as it is)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    if store is not None:
+        base_model, adapter_path = str(store.local(base_model)), store.local(adapter_path)
     tokenizer = AutoTokenizer.from_pretrained(base_model)
     model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     if adapter_path:

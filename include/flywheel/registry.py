@@ -8,14 +8,17 @@ history, and a rerun or backfill of a date sees the same champion it saw the fir
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from flywheel.errors import RegistryError
 from flywheel.schema import rows_to_table
 from flywheel.warehouse import Warehouse
+
+if TYPE_CHECKING:
+    from flywheel.artefacts import ArtefactStore
 
 # The bootstrap decision sits before any real logical date.
 BOOTSTRAP_DATE = datetime(1970, 1, 1, tzinfo=UTC)
@@ -191,9 +194,10 @@ def training_data(wh: Warehouse, version: str) -> list[TrainingData]:
     return out
 
 
-def export_merged(wh: Warehouse, version: str, out_dir: Path) -> Path:
+def export_merged(wh: Warehouse, version: str, out_dir: Path, *, store: ArtefactStore | None = None) -> Path:
     """The version as one plain model (adapter merged into the base weights) for serving
-    engines without LoRA support; written whole, then moved into place."""
+    engines without LoRA support; written whole, then moved into place. With a ``store``, a
+    base model or adapter kept in a bucket is fetched first."""
     import shutil
 
     import torch
@@ -201,6 +205,8 @@ def export_merged(wh: Warehouse, version: str, out_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     mv = get_model(wh, version)
+    if store is not None:
+        mv = replace(mv, base_model=str(store.local(mv.base_model)), adapter_path=store.local(mv.adapter_path))
     model: Any = AutoModelForCausalLM.from_pretrained(mv.base_model, dtype=torch.float32)
     if mv.adapter_path:
         model = PeftModel.from_pretrained(model, mv.adapter_path).merge_and_unload()

@@ -50,10 +50,13 @@ def tiny_model_dir(config: FlywheelConfig) -> Path:
 
 
 def resolve_base_model(config: FlywheelConfig) -> str:
-    """The path or hub name the training config's ``base_model`` stands for."""
+    """The path or hub name the training config's ``base_model`` stands for (the tiny model's
+    URI when the artefact store is a bucket: every worker then registers the same base)."""
+    from flywheel.artefacts import ArtefactStore
+
     name = config.training.base_model
     if name == TINY_MODEL_NAME:
-        return str(tiny_model_dir(config))
+        return ArtefactStore(config).uri(tiny_model_dir(config))
     return name
 
 
@@ -94,13 +97,20 @@ def build_tokenizer(texts: list[str], vocab_size: int):  # -> PreTrainedTokenize
 
 
 def build_tiny_model(config: FlywheelConfig, *, force: bool = False) -> TinyModelInfo:
-    """Build (or reuse, when its config is unchanged) the tiny model in the artefact store."""
+    """Build (or reuse, when its config is unchanged) the tiny model in the artefact store.
+    With a bucket root the first worker's build is published and the others fetch it."""
+    from flywheel.artefacts import ArtefactStore
+
     cfg = config.tiny_model
     out = tiny_model_dir(config)
+    store = ArtefactStore(config)
+    if store.remote and not force and store.published(out):
+        store.fetch(out)
     stamp = out / "flywheel_build.json"
     if not force and stamp.is_file():
         info = json.loads(stamp.read_text())
         if info.get("config_hash") == _config_hash(cfg):
+            store.publish(out)  # a no-op when the store already holds this build
             return TinyModelInfo(out, info["parameters"], info["build_seconds"], info["pretrain_tokens"], False)
 
     import torch
@@ -156,6 +166,7 @@ def build_tiny_model(config: FlywheelConfig, *, force: bool = False) -> TinyMode
     )
     shutil.rmtree(out, ignore_errors=True)
     tmp.replace(out)
+    store.publish(out)
     log.info("built %s: %d parameters, %d pre-training tokens in %.1fs", out, params, pretrain_tokens, seconds)
     return TinyModelInfo(out, params, seconds, pretrain_tokens, True)
 
