@@ -1006,6 +1006,7 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Write the cycle's summary row, phase and velocity metrics; check that the counts add up.
 
     Unreadable lines of a labels file count as rows in the window (each is quarantined)."""
+    from flywheel.metrics import ab_promotion_metrics, days_since_last_gain
     from flywheel.phases import classify, examples_collected
 
     rows_in_window = pq.read_metadata(cycle.file("extract.parquet")).num_rows + len(_unreadable(cycle))
@@ -1060,7 +1061,9 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     for task_type, n in Counter(t for t in task_types if t).items():
         metrics[f"mix.{task_type}"] = n / len(task_types)
     if promoted:
-        metrics["time_to_improvement_days"] = _days_since_last_gain(cycle, wh)
+        metrics["time_to_improvement_days"] = days_since_last_gain(wh, cycle.logical_date, cycle.dag_id)
+    else:  # a rerun after ab_monitor promoted the challenger keeps what the monitor recorded
+        metrics |= ab_promotion_metrics(wh, cycle.cycle_id, cycle.dag_id)
     metrics["examples_collected"] = float(collected)
     metrics |= _review_throughput(cycle, wh)
     metrics["phase_index"] = float(PHASES.index(row["phase"]))
@@ -1124,19 +1127,6 @@ def _last_accuracy(wh: Warehouse, version: str, before: datetime) -> float | Non
         {"v": version, "t": before},
     ).to_pylist()
     return rows[0]["accuracy"] if rows else None
-
-
-def _days_since_last_gain(cycle: CycleSpec, wh: Warehouse) -> float:
-    """Days from the previous promotion (or this DAG's first cycle) to this one's."""
-    rows = wh.query(
-        "SELECT MAX(logical_date) AS t FROM promotions WHERE promoted AND logical_date < $before AND cycle_id <> $boot",
-        {"before": cycle.logical_date, "boot": registry.BOOTSTRAP_CYCLE},
-    ).to_pylist()
-    since = rows[0]["t"] if rows and rows[0]["t"] else None
-    if since is None:
-        first = wh.query("SELECT MIN(logical_date) AS t FROM cycles WHERE dag_id = $d", {"d": cycle.dag_id}).to_pylist()
-        since = first[0]["t"] or cycle.logical_date
-    return (cycle.logical_date - since).total_seconds() / 86400
 
 
 def _diagnose(cycle: CycleSpec, wh: Warehouse, champion_eval: dict[str, Any] | None):  # -> StagnationDiagnosis

@@ -348,9 +348,23 @@ def _judge_experiment(wh: Warehouse, cfg: ExperimentConfig, exp: Experiment, as_
         "rate_challenger": _nan_none(chall.rate("acceptance")), "p_value": _nan_none(p), "required_per_arm": required,
         "metrics_json": json.dumps(arms), "decided_at": now}]))  # fmt: skip
     _materialise(wh, exp.experiment_id, now)
+    if status == "promoted":
+        _credit_cycle(wh, exp.cycle_id, now)
     after = exp.challenger if status == "promoted" else champion_now
     log.info("%s as of %s: %s (%s)", exp.experiment_id, as_of.isoformat(), action, reason)
     return MonitorDecision(exp.experiment_id, action, reason, champion_now, after, share, _nan_none(p), required, arms)
+
+
+def _credit_cycle(wh: Warehouse, cycle_id: str, now: datetime) -> None:
+    """The velocity metrics credit the cycle whose challenger won: its time to improvement runs
+    to this promotion (the cycle itself ended with the champion kept while the test ran)."""
+    from flywheel.metrics import ab_promotion_metrics
+
+    cycle = wh.select("cycles", {"cycle_id": cycle_id}).to_pylist()
+    credit = ab_promotion_metrics(wh, cycle_id, cycle[0]["dag_id"]) if cycle else {}
+    if credit:
+        wh.merge("metrics", rows_to_table("metrics", [{"cycle_id": cycle_id, "name": k, "value": v, "recorded_at": now}
+                                                      for k, v in credit.items()]))  # fmt: skip
 
 
 def _nan_none(x: float) -> float | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from statistics import median
 from typing import Any
 
@@ -28,6 +29,34 @@ def cycle_metrics(cycle_row: dict[str, Any], *, window_days: float) -> dict[str,
     if champ is not None and chall is not None:
         out["quality_delta"] = float(chall) - float(champ)
     return out
+
+
+def days_since_last_gain(wh: Warehouse, when: datetime, dag_id: str) -> float:
+    """Days from the previous promotion (by a cycle or an A/B test; not the cold-start pointer),
+    or from the DAG's first cycle, to a promotion at ``when``."""
+    from flywheel.registry import BOOTSTRAP_CYCLE
+
+    rows = wh.query(
+        "SELECT MAX(logical_date) AS t FROM promotions WHERE promoted AND logical_date < $before AND cycle_id <> $boot",
+        {"before": when, "boot": BOOTSTRAP_CYCLE},
+    ).to_pylist()
+    since = rows[0]["t"] if rows and rows[0]["t"] else None
+    if since is None:
+        first = wh.query("SELECT MIN(logical_date) AS t FROM cycles WHERE dag_id = $d", {"d": dag_id}).to_pylist()
+        since = first[0]["t"] or when
+    return (when - since).total_seconds() / 86400
+
+
+def ab_promotion_metrics(wh: Warehouse, cycle_id: str, dag_id: str) -> dict[str, float]:
+    """For a cycle whose challenger won its A/B test: the time to improvement, measured to the
+    monitor's promotion (the cycle itself kept the champion while the test ran). Empty otherwise."""
+    from flywheel.experiment import experiment_id_for
+
+    rows = wh.query("SELECT logical_date FROM promotions WHERE cycle_id = $c AND promoted AND reason LIKE 'A/B win%'",
+                    {"c": experiment_id_for(cycle_id)}).to_pylist()  # fmt: skip
+    if not rows:
+        return {}
+    return {"time_to_improvement_days": days_since_last_gain(wh, rows[0]["logical_date"], dag_id), "promoted_by_ab": 1.0}
 
 
 def cycles_report(wh: Warehouse, dag_id: str | None = None) -> list[dict[str, Any]]:

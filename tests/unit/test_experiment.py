@@ -77,6 +77,12 @@ def _run(wh, config, answers, start, days, monitor_every=1.0):
 
 def test_a_better_challenger_ramps_up_and_is_promoted(wh, tmp_path, answer_fns):
     config, base = _setup(wh, tmp_path)
+    from flywheel.schema import rows_to_table
+
+    wh.merge("cycles", rows_to_table("cycles", [{  # the cycle that started it: it kept the champion
+        "cycle_id": "c1", "dag_id": "flywheel_weekly", "logical_date": T, "window_start": T, "window_end": T,
+        "rows_in_window": 1, "quarantined": 0, "kept": 1, "rejected": 0, "pass_rate": 1.0, "promoted": False,
+        "champion_before": base, "champion_after": base, "challenger": "v-new", "finished_at": T}]))  # fmt: skip
     exp = experiment.start_experiment(wh, cycle_id="c1", logical_date=T, champion=base, challenger="v-new",
                                       config=config.experiment)  # fmt: skip
     assert exp.traffic_share == 0.05 and experiment.running_experiment(wh, T, inclusive=True) == exp
@@ -90,6 +96,9 @@ def test_a_better_challenger_ramps_up_and_is_promoted(wh, tmp_path, answer_fns):
     assert registry.champion_as_of(wh, promoted_at + timedelta(microseconds=1)) == "v-new"
     (row,) = wh.select("experiments").to_pylist()
     assert row["status"] == "promoted" and row["traffic_share"] == 0.5
+    # The velocity metrics credit the cycle: its time to improvement runs to the A/B's promotion.
+    credit = {m["name"]: m["value"] for m in wh.select("metrics", {"cycle_id": "c1"}).to_pylist()}
+    assert credit == {"time_to_improvement_days": pytest.approx(len(actions)), "promoted_by_ab": 1.0}
     # Rows really were served by both arms, each share by hash of the user.
     served = wh.query("SELECT model_version, COUNT(*) AS n FROM production_logs GROUP BY 1").to_pylist()
     assert {r["model_version"] for r in served} == {base, "v-new"}
