@@ -155,14 +155,19 @@ def test_no_twin_where_there_is_nothing_to_compare(world, monkeypatch, overrides
     assert why in out["skipped"] and not calls and wh.count("datasets", {"dataset_id": cycle.twin_version}) == 0
 
 
-def test_newest_window_that_helped_is_kept(world, monkeypatch):
+def _compared(world, monkeypatch, right_every: dict[str, int]):
+    """Data stages, the twin (training replaced) and the promotion, with the scores given."""
     tmp_path, wh = world
     _fake_training(monkeypatch)
     cycle = _cycle(tmp_path)
     _data_stages(cycle, wh)
     fc.stage_train_twin(cycle, wh)
-    _evaluations(cycle, wh, {"champion": 5, "challenger": 2, "twin": 3})
-    out = fc.stage_promote(cycle, wh)
+    _evaluations(cycle, wh, right_every)
+    return cycle, wh, fc.stage_promote(cycle, wh)
+
+
+def test_newest_window_that_helped_is_kept(world, monkeypatch):
+    cycle, wh, out = _compared(world, monkeypatch, {"champion": 5, "challenger": 2, "twin": 3})
     (c,) = wh.select("new_data_comparisons", {"cycle_id": cycle.cycle_id}).to_pylist()
     assert c["verdict"] == "helped" and not c["flagged"] and c["delta"] == pytest.approx(c["challenger_accuracy"] - c["twin_accuracy"])
     assert c["delta_low"] <= c["delta"] <= c["delta_high"] and "the new data helped" in c["reason"]
@@ -172,15 +177,10 @@ def test_newest_window_that_helped_is_kept(world, monkeypatch):
 
 
 def test_newest_window_that_hurt_is_flagged_and_kept_out(world, monkeypatch):
-    tmp_path, wh = world
-    _fake_training(monkeypatch)
-    cycle = _cycle(tmp_path)
-    _data_stages(cycle, wh)
-    newest = _newest_in_dataset(cycle, wh)
-    fc.stage_train_twin(cycle, wh)
+    tmp_path = world[0]
     # The whole window is worse than the twin without its newest week, and both beat the champion.
-    _evaluations(cycle, wh, {"champion": 7, "challenger": 3, "twin": 2})
-    out = fc.stage_promote(cycle, wh)
+    cycle, wh, out = _compared(world, monkeypatch, {"champion": 7, "challenger": 3, "twin": 2})
+    newest = _newest_in_dataset(cycle, wh)
     (c,) = wh.select("new_data_comparisons", {"cycle_id": cycle.cycle_id}).to_pylist()
     assert c["verdict"] == "hurt" and c["flagged"] and c["n_newest"] == len(newest)
     assert (c["newest_start"], c["newest_end"]) == (NEWEST, W_END)
@@ -219,13 +219,8 @@ def test_newest_window_that_hurt_is_flagged_and_kept_out(world, monkeypatch):
 
 
 def test_rerun_without_a_twin_forgets_the_comparison(world, monkeypatch):
-    tmp_path, wh = world
-    _fake_training(monkeypatch)
-    cycle = _cycle(tmp_path)
-    _data_stages(cycle, wh)
-    fc.stage_train_twin(cycle, wh)
-    _evaluations(cycle, wh, {"champion": 7, "challenger": 3, "twin": 2})
-    fc.stage_promote(cycle, wh)
+    tmp_path = world[0]
+    cycle, wh, _ = _compared(world, monkeypatch, {"champion": 7, "challenger": 3, "twin": 2})
     assert wh.count("decisions", {"cycle_id": cycle.cycle_id, "rule": "new_data_check"}) > 0
     off = _cycle(tmp_path, **{"evaluation.compare_new_data": False})
     assert "skipped" in fc.stage_train_twin(off, wh)
