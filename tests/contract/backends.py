@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import itertools
 import os
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from log_rows import T0, log_row  # noqa: F401 - the contract tests' rows
 
 from flywheel.config import FlywheelConfig
 from flywheel.warehouse import Warehouse
 
 BACKENDS = ("duckdb", "snowflake", "bigquery")
-T0 = datetime(2026, 2, 2, tzinfo=UTC)
 _namespace = itertools.count()
 
 
@@ -33,24 +33,3 @@ def open_warehouse(config: FlywheelConfig, run: dict[str, str] | None = None) ->
     from flywheel_airflow.hooks import FlywheelWarehouseHook
 
     return FlywheelWarehouseHook(config, run=run or {}).get_warehouse()
-
-
-def log_row(request_id: str | None, ts: datetime | None, **overrides: Any) -> dict[str, Any]:
-    """A well-formed production-log row."""
-    row: dict[str, Any] = {
-        "request_id": request_id,
-        "timestamp": ts,
-        "user_id": "user-0001",
-        "prompt": "Please rewrite the word garden in capital letters for the heading of my school poster.",
-        "response": "GARDEN",
-        "user_action": "accepted",
-        "correction": None,
-        "task_type": "uppercase",
-        "quality_score": 0.9,
-        "included_in_training": False,
-        "model_version": "base:tiny-llama",
-        "context": None,
-        "ingested_at": (ts or T0) + timedelta(seconds=5),
-    }
-    row.update(overrides)
-    return row

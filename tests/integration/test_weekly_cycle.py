@@ -33,23 +33,13 @@ TABLES_PER_CYCLE = (
 
 
 def _malformed_rows() -> pa.Table:
+    from log_rows import log_row
+
     from flywheel.schema import PRODUCTION_LOGS
 
     ts = WINDOW_START + timedelta(days=2)
-    good = {
-        "timestamp": ts,
-        "user_id": "user-bad",
-        "prompt": "Please rewrite the word apple in capital letters for the heading of my school poster, I want it to stand out.",
-        "response": "APPLE",
-        "user_action": "accepted",
-        "correction": None,
-        "task_type": "uppercase",
-        "quality_score": 0.9,
-        "included_in_training": False,
-        "model_version": "base:tiny-llama",
-        "context": None,
-        "ingested_at": ts,
-    }
+    good = log_row(None, ts, user_id="user-bad", response="APPLE", ingested_at=ts, prompt=(
+        "Please rewrite the word apple in capital letters for the heading of my school poster, I want it to stand out."))
     rows = [
         {**good, "request_id": "bad-missing-prompt", "prompt": None},
         {**good, "request_id": "bad-action", "user_action": "liked"},

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from log_rows import log_row
 
 from flywheel.simulate import SHORT_WORDS, WORDS
 from flywheel.warehouse import DuckDBWarehouse
@@ -71,30 +71,6 @@ def wh(tmp_path: Path) -> DuckDBWarehouse:
     warehouse = DuckDBWarehouse(tmp_path / "wh" / "warehouse.duckdb", lock_timeout_s=5)
     warehouse.ensure_schema()
     return warehouse
-
-
-T0 = datetime(2026, 2, 2, tzinfo=UTC)  # a Monday
-
-
-def log_row(request_id: str | None, ts: datetime | None, **overrides: Any) -> dict[str, Any]:
-    """A well-formed production-log row (long enough to pass the length filter)."""
-    row: dict[str, Any] = {
-        "request_id": request_id,
-        "timestamp": ts,
-        "user_id": "user-0001",
-        "prompt": "Please rewrite the word garden in capital letters for the heading of my school poster, I want it to stand out.",
-        "response": "GARDEN",
-        "user_action": "accepted",
-        "correction": None,
-        "task_type": "uppercase",
-        "quality_score": 0.9,
-        "included_in_training": False,
-        "model_version": "base:tiny-llama",
-        "context": None,
-        "ingested_at": (ts or T0) + timedelta(seconds=5),
-    }
-    row.update(overrides)
-    return row
 
 
 @pytest.fixture(scope="session")
