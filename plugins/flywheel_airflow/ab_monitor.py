@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from airflow.exceptions import AirflowFailException, AirflowSkipException
+from airflow.exceptions import AirflowSkipException
 from airflow.sdk import BaseOperator, Context
+
+from flywheel_airflow.operators import FlywheelOperator
 
 log = logging.getLogger(__name__)
 
@@ -30,25 +31,10 @@ def as_of_from_context(context: Context) -> datetime:
     return as_utc(when if when is not None else context["dag_run"].run_after)
 
 
-class MonitorExperimentsOperator(BaseOperator):
+class MonitorExperimentsOperator(FlywheelOperator):
     """Judge the running A/B experiment and the newly promoted champion; apply and alert."""
 
-    template_fields: Sequence[str] = ("config_path",)
     ui_color = "#fde8e8"
-    failure_reason: str | None = None
-
-    def __init__(
-        self,
-        *,
-        config_path: str | None = None,
-        config_overrides: dict[str, Any] | None = None,
-        warehouse_conn_id: str = "flywheel_warehouse",
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.config_path = config_path
-        self.config_overrides = dict(config_overrides or {})
-        self.warehouse_conn_id = warehouse_conn_id
 
     def execute(self, context: Context) -> dict[str, Any]:
         from flywheel import experiment
@@ -60,8 +46,7 @@ class MonitorExperimentsOperator(BaseOperator):
         try:
             config = config_for_run(dict(context.get("params") or {}), self.config_path, self.config_overrides)
         except (ConfigError, ValueError) as exc:
-            self.failure_reason = f"{self.task_id} [{type(exc).__name__}]: {exc}"
-            raise AirflowFailException(self.failure_reason) from exc
+            raise self.fail_now(exc) from exc
         wh = FlywheelWarehouseHook(config, self.warehouse_conn_id).get_warehouse()
         wh.ensure_schema()
         as_of = as_of_from_context(context)
@@ -71,8 +56,7 @@ class MonitorExperimentsOperator(BaseOperator):
         try:
             decisions = experiment.monitor(wh, config, as_of)
         except (RegistryError, experiment.ExperimentError) as exc:
-            self.failure_reason = f"{self.task_id} [{type(exc).__name__}]: {exc}"
-            raise AirflowFailException(self.failure_reason) from exc
+            raise self.fail_now(exc) from exc
         ti = context["ti"]
         for d in decisions:
             log.info("%s: %s (%s)", d.subject, d.action, d.reason)

@@ -94,13 +94,12 @@ def cycle_from_context(
     return replace(cycle, phase=phase), warehouse
 
 
-class FlywheelStageOperator(BaseOperator):
-    """Runs one stage of the cycle for the run's logical date and returns its summary."""
+class FlywheelOperator(BaseOperator):
+    """What every flywheel operator takes: the config file, the DAG's fixed config overrides
+    and the warehouse connection; and how it fails when a retry would fail the same way."""
 
     template_fields: Sequence[str] = ("config_path",)
-    ui_color = "#e8f0fe"
-    stage_name: ClassVar[str] = ""
-    # Set when the stage fails deterministically: the failure notifier reads it where the run
+    # Set when the task fails deterministically: the failure notifier reads it where the run
     # does not pass the exception in the callback's context (`airflow dags test` runs in-process).
     failure_reason: str | None = None
 
@@ -118,6 +117,18 @@ class FlywheelStageOperator(BaseOperator):
         self.config_overrides = dict(config_overrides or {})
         self.warehouse_conn_id = warehouse_conn_id
 
+    def fail_now(self, exc: Exception) -> AirflowFailException:
+        """The exception to raise for a deterministic failure: no retry, the reason recorded."""
+        self.failure_reason = f"{self.task_id} [{type(exc).__name__}]: {exc}"
+        return AirflowFailException(self.failure_reason)
+
+
+class FlywheelStageOperator(FlywheelOperator):
+    """Runs one stage of the cycle for the run's logical date and returns its summary."""
+
+    ui_color = "#e8f0fe"
+    stage_name: ClassVar[str] = ""
+
     def stage(self) -> Callable[..., dict[str, Any]]:
         from flywheel import cycle
 
@@ -134,8 +145,7 @@ class FlywheelStageOperator(BaseOperator):
         try:
             cycle, warehouse = cycle_from_context(context, self.config_path, self.config_overrides, self.warehouse_conn_id)
         except (ConfigError, WindowError, ValueError) as exc:
-            self.failure_reason = f"{self.task_id} [{type(exc).__name__}]: {exc}"
-            raise AirflowFailException(self.failure_reason) from exc
+            raise self.fail_now(exc) from exc
         self._warehouse = warehouse
         log.info("cycle %s, window [%s, %s), phase policy %s%s", cycle.cycle_id, cycle.window.start, cycle.window.end,
                  cycle.phase, " (dry run)" if cycle.dry_run else "")  # fmt: skip
@@ -143,8 +153,7 @@ class FlywheelStageOperator(BaseOperator):
             result = self.stage()(cycle, warehouse)
         except (ConfigError, GateError, RegistryError, TrainingError, WindowError) as exc:
             # Deterministic failures: a retry would fail the same way, so fail now, loudly.
-            self.failure_reason = f"{self.task_id} [{type(exc).__name__}]: {exc}"
-            raise AirflowFailException(self.failure_reason) from exc
+            raise self.fail_now(exc) from exc
         log.info("%s: %s", self.stage_name, result)
         return result
 
