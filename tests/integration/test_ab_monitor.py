@@ -19,7 +19,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -59,30 +58,22 @@ ANSWERS = {BASE: _half, BETTER: _right, WORSE: _wrong}
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from flywheel import registry
-    from flywheel.config import load_config
-    from flywheel.localenv import airflow_env
-    from flywheel.registry import ModelVersion
-    from flywheel.warehouse import warehouse_from_config
+    from flywheel_env import flywheel_env
 
-    root = tmp_path_factory.mktemp("ab")
-    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "include/config/flywheel.yaml").read_text())
-    data["simulate"]["requests_per_week"] = 10500
-    data["experiment"]["min_rows_per_step"] = 40
-    config_path = root / "flywheel.yaml"
-    config_path.write_text(yaml.safe_dump(data))
-    config = load_config(config_path).model_copy(update={"home": root / "flywheel"})
-    wh = warehouse_from_config(config)
-    wh.ensure_schema()
-    base = registry.ensure_bootstrap_champion(wh, "stand-in")
-    assert base == BASE
-    for v in (BETTER, WORSE):
-        registry.register_model(wh, ModelVersion(v, "stand-in", f"/adapters/{v}", parent_version=BASE))
-    run_env = airflow_env(root / "airflow", root / "flywheel", config_path=config_path)
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    subprocess.run([airflow, "db", "migrate"], env=run_env, check=True, capture_output=True)
-    subprocess.run([airflow, "dags", "reserialize"], env=run_env, check=True, capture_output=True)
-    return {"config": config, "wh": wh, "env": run_env, "airflow": airflow}
+    from flywheel import registry
+    from flywheel.registry import ModelVersion
+
+    def edit(cfg):
+        cfg["simulate"]["requests_per_week"] = 10500
+        cfg["experiment"]["min_rows_per_step"] = 40
+
+    with flywheel_env(tmp_path_factory.mktemp("ab"), edit, reserialize=True) as env:
+        wh = env["wh"]
+        base = registry.ensure_bootstrap_champion(wh, "stand-in")
+        assert base == BASE
+        for v in (BETTER, WORSE):
+            registry.register_model(wh, ModelVersion(v, "stand-in", f"/adapters/{v}", parent_version=BASE))
+        yield env
 
 
 def _serve(env, start: datetime, days: float = EVERY) -> None:
@@ -93,9 +84,9 @@ def _serve(env, start: datetime, days: float = EVERY) -> None:
 
 def _monitor(env, when: datetime) -> dict:
     """One `ab_monitor` run; its task states and the monitor's XCom summary."""
-    proc = subprocess.run([env["airflow"], "dags", "test", "ab_monitor", when.isoformat()], env=env["env"],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    from flywheel_env import dags_test
+
+    dags_test(env, "ab_monitor", when)
     code = (
         "import json, sys\n"
         "from datetime import datetime\n"

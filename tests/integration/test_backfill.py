@@ -9,14 +9,9 @@ of every per-cycle table is compared, bar the wall-clock stamps, and so are the 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -36,40 +31,31 @@ def _answers(pairs):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from flywheel import registry
-    from flywheel.config import load_config
-    from flywheel.localenv import airflow_env
-    from flywheel.simulate import simulate_traffic
-    from flywheel.warehouse import warehouse_from_config
+    from flywheel_env import flywheel_env
 
-    root = tmp_path_factory.mktemp("backfill")
-    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "include/config/flywheel.yaml").read_text())
-    data["simulate"]["requests_per_week"] = 200
-    data["evaluation"]["golden_set_size"] = 60
-    data["review"]["enabled"] = False  # the review stage has its own test (test_review_cycle)
-    config_path = root / "flywheel.yaml"
-    config_path.write_text(yaml.safe_dump(data))
-    run_env = airflow_env(root / "airflow", root / "flywheel", config_path=config_path)
-    config = load_config(config_path).model_copy(update={"home": root / "flywheel"})
-    wh = warehouse_from_config(config)
-    wh.ensure_schema()
-    registry.ensure_bootstrap_champion(wh, "tiny-llama-stand-in")
-    first_window = MONDAYS[0] - timedelta(days=21)
-    for k in range(len(MONDAYS)):
-        wh.merge("production_logs", simulate_traffic(first_window + timedelta(weeks=k), _answers, model_version="stand-in",
-                                                     n_requests=200, seed=11, malformed_rate=0.02, pii_rate=0.05))  # fmt: skip
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    subprocess.run([airflow, "db", "migrate"], env=run_env, check=True, capture_output=True)
-    return {"wh": wh, "env": run_env, "airflow": airflow}
+    from flywheel import registry
+    from flywheel.simulate import simulate_traffic
+
+    def edit(cfg):
+        cfg["simulate"]["requests_per_week"] = 200
+        cfg["evaluation"]["golden_set_size"] = 60
+        cfg["review"]["enabled"] = False  # the review stage has its own test (test_review_cycle)
+
+    with flywheel_env(tmp_path_factory.mktemp("backfill"), edit) as env:
+        wh = env["wh"]
+        registry.ensure_bootstrap_champion(wh, "tiny-llama-stand-in")
+        first_window = MONDAYS[0] - timedelta(days=21)
+        for k in range(len(MONDAYS)):
+            wh.merge("production_logs", simulate_traffic(first_window + timedelta(weeks=k), _answers, model_version="stand-in",
+                                                         n_requests=200, seed=11, malformed_rate=0.02, pii_rate=0.05))  # fmt: skip
+        yield env
 
 
 def _backfill(env) -> None:
+    from flywheel_env import dags_test
+
     for monday in MONDAYS:
-        proc = subprocess.run(
-            [env["airflow"], "dags", "test", DAG_ID, monday.isoformat(), "-c", json.dumps({"skip_training": True})],
-            env=env["env"], capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        dags_test(env, DAG_ID, monday, {"skip_training": True})
 
 
 def _snapshot(wh) -> dict[str, list[tuple]]:

@@ -12,15 +12,9 @@ champion before it.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-import yaml
 
 # About 5 minutes on 2 cores (the default tiny model is built and trained for 3 epochs): left out
 # of `make test`; `make test-all` runs it. `make test` covers the rollback within one monitor run
@@ -35,52 +29,35 @@ POISON_RATE = 0.2
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from flywheel import registry
-    from flywheel.config import load_config
-    from flywheel.demo import serve_week
-    from flywheel.localenv import airflow_env
-    from flywheel.tinymodel import build_tiny_model, resolve_base_model
-    from flywheel.warehouse import warehouse_from_config
+    from flywheel_env import flywheel_env
 
-    root = tmp_path_factory.mktemp("poison")
-    data = yaml.safe_load((Path(__file__).resolve().parents[2] / "include/config/flywheel.yaml").read_text())
-    data["simulate"]["requests_per_week"] = 400
-    data["evaluation"]["golden_set_size"] = 120
-    # The defences measured here are the filters, the offline gate and the A/B; the human review
-    # (which would also catch poisoned rows) has its own test (test_review_cycle), and with
-    # nobody reviewing, the cycle would wait out the review deadline.
-    data["review"]["enabled"] = False
-    # The project's default tiny model: pre-trained enough to get some golden items right, so
-    # that "worse" can show.
-    config_path = root / "flywheel.yaml"
-    config_path.write_text(yaml.safe_dump(data))
-    old = {k: os.environ.get(k) for k in ("FLYWHEEL_HOME", "FLYWHEEL_CONFIG")}
-    os.environ["FLYWHEEL_HOME"] = str(root / "flywheel")
-    os.environ["FLYWHEEL_CONFIG"] = str(config_path)
-    try:
-        config = load_config()
+    from flywheel import registry
+    from flywheel.demo import serve_week
+    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+
+    def edit(cfg):
+        cfg["simulate"]["requests_per_week"] = 400
+        cfg["evaluation"]["golden_set_size"] = 120
+        # The defences measured here are the filters, the offline gate and the A/B; the human
+        # review (which would also catch poisoned rows) has its own test (test_review_cycle), and
+        # with nobody reviewing, the cycle would wait out the review deadline.
+        cfg["review"]["enabled"] = False
+        # The project's default tiny model: pre-trained enough to get some golden items right,
+        # so that "worse" can show.
+
+    with flywheel_env(tmp_path_factory.mktemp("poison"), edit) as env:
+        config, wh = env["config"], env["wh"]
         build_tiny_model(config)
-        wh = warehouse_from_config(config)
-        wh.ensure_schema()
         base = registry.ensure_bootstrap_champion(wh, resolve_base_model(config))
         for w in range(3):  # the window's week is poisoned; the two after it are not
             serve_week(config, wh, WINDOW_START + timedelta(weeks=w), poison_rate=POISON_RATE if w == 0 else 0.0)
-        run_env = airflow_env(root / "airflow", root / "flywheel", config_path=config_path)
-        airflow = str(Path(sys.executable).with_name("airflow"))
-        subprocess.run([airflow, "db", "migrate"], env=run_env, check=True, capture_output=True)
-        yield {"config": config, "wh": wh, "env": run_env, "airflow": airflow, "base": base}
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        yield env | {"base": base}
 
 
 def _dags_test(env, dag_id: str, when: datetime, conf: dict | None = None) -> None:
-    cmd = [env["airflow"], "dags", "test", dag_id, when.isoformat()] + (["-c", json.dumps(conf)] if conf else [])
-    proc = subprocess.run(cmd, env=env["env"], capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    from flywheel_env import dags_test
+
+    dags_test(env, dag_id, when, conf)
 
 
 def _poisoners(config) -> set[str]:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
-import yaml
 
 pytestmark = pytest.mark.integration
 
@@ -51,61 +50,36 @@ def _malformed_rows() -> pa.Table:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Temporary homes, a small config, a built tiny model, and three weeks of traffic."""
+    from flywheel_env import flywheel_env
+
     from flywheel import registry
-    from flywheel.config import load_config
     from flywheel.demo import serve_week
-    from flywheel.localenv import airflow_env
     from flywheel.tinymodel import build_tiny_model, resolve_base_model
-    from flywheel.warehouse import warehouse_from_config
 
-    root = tmp_path_factory.mktemp("cycle")
-    cfg_data = yaml.safe_load((Path(__file__).resolve().parents[2] / "include/config/flywheel.yaml").read_text())
-    cfg_data["simulate"]["requests_per_week"] = 300
-    cfg_data["review"]["enabled"] = False  # the review stage has its own test (test_review_cycle)
-    cfg_data["evaluation"]["golden_set_size"] = 80
-    # The offline-only path: a challenger that passes the gate is promoted at once (the A/B path
-    # is tested in test_ab_monitor and test_negative_flywheel).
-    cfg_data["experiment"]["enabled"] = False
-    cfg_data["tiny_model"].update({"pretrain_examples": 600, "pretrain_epochs": 2})
-    cfg_data["alerts"].update({"email_to": ["ml-oncall@example.com"], "airflow_base_url": "http://airflow.test:8080"})
-    config_path = root / "flywheel.yaml"
-    config_path.write_text(yaml.safe_dump(cfg_data))
+    def edit(cfg):
+        cfg["simulate"]["requests_per_week"] = 300
+        cfg["review"]["enabled"] = False  # the review stage has its own test (test_review_cycle)
+        cfg["evaluation"]["golden_set_size"] = 80
+        # The offline-only path: a challenger that passes the gate is promoted at once (the A/B
+        # path is tested in test_ab_monitor and test_negative_flywheel).
+        cfg["experiment"]["enabled"] = False
+        cfg["tiny_model"].update({"pretrain_examples": 600, "pretrain_epochs": 2})
+        cfg["alerts"].update({"email_to": ["ml-oncall@example.com"], "airflow_base_url": "http://airflow.test:8080"})
 
-    import os
-
-    old = {k: os.environ.get(k) for k in ("FLYWHEEL_HOME", "FLYWHEEL_CONFIG")}
-    os.environ["FLYWHEEL_HOME"] = str(root / "flywheel")
-    os.environ["FLYWHEEL_CONFIG"] = str(config_path)
-    try:
-        config = load_config()
+    with flywheel_env(tmp_path_factory.mktemp("cycle"), edit, reserialize=True) as env:
+        config, wh = env["config"], env["wh"]
         build_tiny_model(config)
-        wh = warehouse_from_config(config)
-        wh.ensure_schema()
         base = registry.ensure_bootstrap_champion(wh, resolve_base_model(config))
         for w in range(3):
             serve_week(config, wh, WINDOW_START + timedelta(weeks=w))
         wh.merge("production_logs", _malformed_rows())
-        run_env = airflow_env(root / "airflow", root / "flywheel", config_path=config_path)
-        airflow = str(Path(sys.executable).with_name("airflow"))
-        subprocess.run([airflow, "db", "migrate"], env=run_env, check=True, capture_output=True)
-        # Parse the DAG files into the metadata DB, as the dag-processor would.
-        subprocess.run([airflow, "dags", "reserialize"], env=run_env, check=True, capture_output=True)
-        yield {"config": config, "wh": wh, "env": run_env, "airflow": airflow, "base": base, "root": root}
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+        yield env | {"base": base}
 
 
 def _dags_test(env: dict, conf: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [env["airflow"], "dags", "test", DAG_ID, LOGICAL_DATE.isoformat()]
-    if conf:
-        cmd += ["-c", json.dumps(conf)]
-    proc = subprocess.run(cmd, env=env["env"], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
-    return proc
+    from flywheel_env import dags_test
+
+    return dags_test(env, DAG_ID, LOGICAL_DATE, conf)
 
 
 def _cycle_counts(wh) -> dict[str, int]:
@@ -284,13 +258,10 @@ def test_compare_new_data_trains_a_twin_without_the_newest_week(env, first_run):
     """Trigger a two-week window with `compare_new_data`: the twin is trained (a real LoRA run)
     on the dataset less the newest week, scored on the golden set beside the challenger, and the
     comparison and its verdict are stored and reported; the gate judges whichever went on."""
+    from flywheel_env import dags_test
+
     wh = env["wh"]
-    proc = subprocess.run(
-        [env["airflow"], "dags", "test", DAG_ID, NEW_DATA_DATE.isoformat(), "-c",
-         json.dumps({"window_days": 14, "compare_new_data": True})],
-        env=env["env"], capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    dags_test(env, DAG_ID, NEW_DATA_DATE, {"window_days": 14, "compare_new_data": True})
     states = _task_states(env, NEW_DATA_DATE)
     assert states["run"] == "success" and states["train_twin_without_newest_window"] == "success", states
     twin = f"{NEW_DATA_CYCLE}-twin"
@@ -349,14 +320,11 @@ class _SmtpSink:
     """A local SMTP server (aiosmtpd) on loopback that keeps what it receives."""
 
     def __init__(self) -> None:
-        import socket
-
         from aiosmtpd.controller import Controller
+        from airflow_server import free_port
 
         self.messages: list[bytes] = []
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = free_port()
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 (aiosmtpd's hook name)
@@ -375,6 +343,8 @@ def test_a_failed_gate_fails_the_run_and_nothing_downstream_runs(env, first_run)
     import email
     from email import policy
 
+    from flywheel_env import dags_test
+
     from flywheel import registry
     from flywheel.schema import PRODUCTION_LOGS
 
@@ -392,10 +362,7 @@ def test_a_failed_gate_fails_the_run_and_nothing_downstream_runs(env, first_run)
     sink = _SmtpSink()
     sink.controller.start()
     try:
-        proc = subprocess.run(
-            [env["airflow"], "dags", "test", DAG_ID, BROKEN_DATE.isoformat()],
-            env={**env["env"], **sink.connection_env()}, capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
+        proc = dags_test(env, DAG_ID, BROKEN_DATE, extra_env=sink.connection_env(), check=False)
     finally:
         sink.controller.stop()
     output = proc.stdout + proc.stderr

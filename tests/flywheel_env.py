@@ -1,0 +1,64 @@
+"""A flywheel and an Airflow of their own for the integration tests: a config edited from the
+project's YAML, a warehouse, an AIRFLOW_HOME with a migrated metadata DB, and `airflow dags
+test` runs in it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+@contextmanager
+def flywheel_env(root: Path, edit: Callable[[dict[str, Any]], None], *, reserialize: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield ``{"root", "config", "wh", "env", "airflow"}``: ``edit`` changes the project's
+    config (as a dict) before it is written to ``root``; this process's FLYWHEEL_HOME and
+    FLYWHEEL_CONFIG point at it until the block ends (the simulator and the tiny model read
+    them), and ``env`` is the environment `airflow` commands run in. ``reserialize`` parses
+    the DAGs into the metadata DB, as the dag-processor would."""
+    from flywheel.config import load_config
+    from flywheel.localenv import airflow_env
+    from flywheel.warehouse import warehouse_from_config
+
+    data = yaml.safe_load((ROOT / "include/config/flywheel.yaml").read_text())
+    edit(data)
+    config_path = root / "flywheel.yaml"
+    config_path.write_text(yaml.safe_dump(data))
+    saved = {k: os.environ.get(k) for k in ("FLYWHEEL_HOME", "FLYWHEEL_CONFIG")}
+    os.environ.update({"FLYWHEEL_HOME": str(root / "flywheel"), "FLYWHEEL_CONFIG": str(config_path)})
+    try:
+        config = load_config()
+        wh = warehouse_from_config(config)
+        wh.ensure_schema()
+        run_env = airflow_env(root / "airflow", root / "flywheel", config_path=config_path)
+        subprocess.run([AIRFLOW, "db", "migrate"], env=run_env, check=True, capture_output=True)
+        if reserialize:
+            subprocess.run([AIRFLOW, "dags", "reserialize"], env=run_env, check=True, capture_output=True)
+        yield {"root": root, "config": config, "wh": wh, "env": run_env, "airflow": AIRFLOW}
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def dags_test(env: dict[str, Any], dag_id: str, when: datetime, conf: dict[str, Any] | None = None, *,
+              extra_env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
+    """`airflow dags test <dag_id> <when>` in the test's Airflow; with ``check``, it must succeed."""
+    cmd = [AIRFLOW, "dags", "test", dag_id, when.isoformat()] + (["-c", json.dumps(conf)] if conf else [])
+    proc = subprocess.run(cmd, env={**env["env"], **(extra_env or {})}, capture_output=True, text=True, timeout=900)
+    if check:
+        assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return proc
