@@ -1,7 +1,7 @@
 """The flywheel dashboard: a FastAPI app the Airflow API server serves under ``/flywheel``.
 
 Velocity plots over cycles (with phases), the champion and its lineage, every model's status,
-running A/B tests, recent gate failures, alerts and rollbacks, read from the warehouse through
+running A/B tests, new-data checks, recent gate failures, alerts and rollbacks, read from the warehouse through
 `flywheel.report` (the functions the cycle reports use). Airflow does not authenticate plugin
 apps, so every route here depends on Airflow's own `requires_authenticated`: without a valid
 Airflow token (the UI's session cookie, or a bearer token from ``/auth/token``) it answers 401.
@@ -70,9 +70,14 @@ def dashboard_data(wh: Any) -> dict[str, Any]:
     )
 
     rows = velocity_rows(wh)
+    tables = {r["table_name"] for r in wh.query("SELECT table_name FROM information_schema.tables").to_pylist()}
     experiments: list[dict[str, Any]] = []
-    if "experiments" in {r["table_name"] for r in wh.query("SELECT table_name FROM information_schema.tables").to_pylist()}:
+    if "experiments" in tables:
         experiments = wh.query("SELECT * FROM experiments WHERE status = 'running'").to_pylist()
+    new_data: list[dict[str, Any]] = []
+    if "new_data_comparisons" in tables:
+        new_data = wh.query("SELECT cycle_id, newest_start, newest_end, n_newest, twin_accuracy, challenger_accuracy, "
+                            "delta, verdict, flagged FROM new_data_comparisons ORDER BY logical_date").to_pylist()  # fmt: skip
     return {
         "cycles": [
             {"cycle_id": r.cycle_id, "dag_id": r.dag_id, "logical_date": r.logical_date, "phase": r.phase,
@@ -88,6 +93,7 @@ def dashboard_data(wh: Any) -> dict[str, Any]:
         "gate_failures": recent_gate_failures(wh),
         "alerts": recent_alerts(wh),
         "rollbacks": rollbacks(wh),
+        "new_data": new_data,
     }  # fmt: skip
 
 
@@ -113,6 +119,7 @@ def render_dashboard(wh: Any) -> str:
 <h2>Champion lineage</h2>{_table(data["lineage"], ["version", "cycle_id", "window_start", "window_end", "dataset_hash"], "No champion yet.")}
 <h2>Models</h2>{_table(data["statuses"], ["version", "status"], "No model registered yet.")}
 <h2>Running A/B tests</h2>{_table(data["experiments"], ["experiment_id", "challenger", "champion", "traffic_share", "started_at"], "No A/B test running.")}
+<h2>New data vs old data</h2>{_table(data["new_data"], ["cycle_id", "newest_start", "newest_end", "n_newest", "twin_accuracy", "challenger_accuracy", "delta", "verdict", "flagged"], "No twin trained yet (monthly cycles, or the compare_new_data param).")}
 <h2>Recent gate failures</h2>{_table(data["gate_failures"], ["cycle_id", "gate", "n_failed", "docs_url", "evaluated_at"], "No gate has failed.")}
 <h2>Rollbacks</h2>{_table(data["rollbacks"], ["cycle_id", "champion_before", "champion_after", "reason", "decided_at"], "No rollback.")}
 <h2>Recent alerts</h2>{_table(data["alerts"], ["raised_at", "dag_id", "task_id", "kind", "message"], "No alert.")}

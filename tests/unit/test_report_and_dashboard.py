@@ -123,10 +123,24 @@ def test_dashboard_shows_velocity_champion_failures_and_alerts(recorded, wh, cli
         assert c.cycle_id in body
     assert "Champion: <b>base:some-base</b>" in body
     assert "flywheel_weekly-broken" in body and "No A/B test running." in body
+    assert "No twin trained yet" in body
     assert "&lt;script&gt;" in body and "<script>" not in body  # messages are escaped
     summary = client.get("/api/summary", headers={"Authorization": f"Bearer {token}"}).json()
     assert [c["cycle_id"] for c in summary["cycles"]] == [c.cycle_id for c in recorded]
     assert summary["champion"] == "base:some-base" and summary["gate_failures"][0]["gate"] == "raw_window"
+    # A new-data check shows up once a cycle has one.
+    from datetime import UTC, datetime
+
+    from flywheel.schema import rows_to_table
+
+    t = datetime(2026, 3, 2, tzinfo=UTC)
+    wh.merge("new_data_comparisons", rows_to_table("new_data_comparisons", [{
+        "cycle_id": "flywheel_monthly-x", "logical_date": t, "challenger": "flywheel_monthly-x", "twin": "flywheel_monthly-x-twin",
+        "newest_start": t, "newest_end": t, "n_newest": 42, "challenger_accuracy": 0.3, "twin_accuracy": 0.35, "delta": -0.05,
+        "delta_low": -0.1, "delta_high": 0.0, "verdict": "hurt", "flagged": True, "reason": "r", "compared_at": t}]))  # fmt: skip
+    (row,) = client.get("/api/summary", headers={"Authorization": f"Bearer {token}"}).json()["new_data"]
+    assert row["cycle_id"] == "flywheel_monthly-x" and row["flagged"] is True and row["verdict"] == "hurt"
+    assert "flywheel_monthly-x" in client.get("/", cookies={"_token": token}).text
 
 
 def _config_pointing_at(tmp_path, duckdb_path):
