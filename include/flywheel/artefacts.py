@@ -147,6 +147,10 @@ class ArtefactStore:
             dst = target / name if name else target
             with src.open("rb") as fin, dst.open("wb") as fout:
                 shutil.copyfileobj(fin, fout, _CHUNK)
+        for name in set(there) - set(manifest["files"]):  # files the new version no longer has
+            stale = target / name if name else target
+            if stale.exists():
+                stale.unlink()
         marker.write_text(json.dumps(manifest, sort_keys=True))
         return self.uri(local)
 

@@ -87,9 +87,13 @@ def test_a_changed_artefact_replaces_the_old_one(remote):
     a.publish(d)
     b.fetch(b.local_root / "adapters" / "v1")
     (d / "adapter_config.json").write_text('{"r": 8}')
+    (d / "sub" / "notes.txt").unlink()
     a.publish(d)
     got = b.fetch(b.local_root / "adapters" / "v1")  # the stale cached copy is replaced
-    assert (got / "adapter_config.json").read_text() == '{"r": 8}'
+    assert (got / "adapter_config.json").read_text() == '{"r": 8}' and not (got / "sub" / "notes.txt").exists()
+    # The file the new version dropped is gone from the bucket too, not left behind unlisted.
+    assert not (a._root() / "adapters" / "v1" / "sub" / "notes.txt").exists()
+    assert (a._root() / "adapters" / "v1" / "adapter_config.json").exists()
 
 
 def test_cache_is_reused_when_hashes_match_and_repaired_when_not(remote):
