@@ -300,6 +300,10 @@ class EvaluationConfig(_Section):
     bootstrap_seed: int = 17
     max_slice_regression: float = Field(0.05, ge=0.0, le=1.0)
     require_significant: bool = False
+    # A curated golden set (JSONL: task_type, prompt, answer[, context]; see `flywheel.golden`)
+    # instead of the simulator's; and the task types it must cover (None: the simulator's).
+    golden_path: str | None = None
+    required_task_types: list[str] | None = None
     # New data vs old data: train a twin without the window's newest `newest_window_days` and
     # compare both on the golden set. A newest window whose model is worse than the twin by more
     # than `max_new_data_regression` is flagged and kept out (the twin goes on in its place).

@@ -339,11 +339,9 @@ def _candidates(path: Path) -> list[TrainingCandidate]:
 def golden_inputs(config: FlywheelConfig) -> list[str]:
     """The golden set's model inputs: what no training example may duplicate."""
     from flywheel.dataset import user_message
-    from flywheel.evaluate import load_golden_set
+    from flywheel.golden import golden_for
 
-    ev = config.evaluation
-    golden = load_golden_set(config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
-    return [user_message(t.prompt, t.context) for t in golden.tasks]
+    return [user_message(t.prompt, t.context) for t in golden_for(config).tasks]
 
 
 def training_history(cycle: CycleSpec, wh: Warehouse):  # -> DedupIndex
@@ -818,12 +816,12 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         bootstrap_interval,
         check_golden_unchanged,
         evaluate_answer_fn,
-        load_golden_set,
     )
+    from flywheel.golden import golden_for
     from flywheel.inference import answer_fn, load_model
 
     ev = cycle.config.evaluation
-    golden = load_golden_set(cycle.config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
+    golden = golden_for(cycle.config)
     registered = wh.query("SELECT golden_hash FROM golden_sets WHERE path = $p ORDER BY created_at LIMIT 1",
                           {"p": str(golden.path)}).to_pylist()  # fmt: skip
     check_golden_unchanged(golden, registered[0]["golden_hash"] if registered else None)
@@ -900,13 +898,14 @@ def stage_promote(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     (`experiment.enabled`): the pointer moves later, when `ab_monitor` sees a significant win.
     With experiments off, passing the gate promotes at once."""
     from flywheel import experiment
-    from flywheel.evaluate import EvalResult, compare_offline, load_golden_set
+    from flywheel.evaluate import EvalResult, compare_offline
+    from flywheel.golden import golden_for
 
     evals = {r["role"]: r for r in wh.select("evaluations", {"cycle_id": cycle.cycle_id}).to_pylist()}
     if not {"champion", "challenger"} <= set(evals):
         raise FlywheelError(f"{cycle.cycle_id}: evaluations missing ({sorted(evals)}); run evaluate first")
     ev = cycle.config.evaluation
-    golden = load_golden_set(cycle.config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
+    golden = golden_for(cycle.config)
     results = {}
     for role, e in evals.items():
         if e["golden_hash"] != golden.content_hash or not e.get("item_scores_json"):
