@@ -70,14 +70,10 @@ def dashboard_data(wh: Any) -> dict[str, Any]:
     )
 
     rows = velocity_rows(wh)
-    tables = {r["table_name"] for r in wh.query("SELECT table_name FROM information_schema.tables").to_pylist()}
-    experiments: list[dict[str, Any]] = []
-    if "experiments" in tables:
-        experiments = wh.query("SELECT * FROM experiments WHERE status = 'running'").to_pylist()
-    new_data: list[dict[str, Any]] = []
-    if "new_data_comparisons" in tables:
-        new_data = wh.query("SELECT cycle_id, newest_start, newest_end, n_newest, twin_accuracy, challenger_accuracy, "
-                            "delta, verdict, flagged FROM new_data_comparisons ORDER BY logical_date").to_pylist()  # fmt: skip
+    # Every table exists: the app opens the warehouse with `ensure_schema` (`_warehouse`).
+    experiments = wh.query("SELECT * FROM experiments WHERE status = 'running'").to_pylist()
+    new_data = wh.query("SELECT cycle_id, newest_start, newest_end, n_newest, twin_accuracy, challenger_accuracy, "
+                        "delta, verdict, flagged FROM new_data_comparisons ORDER BY logical_date").to_pylist()  # fmt: skip
     return {
         "cycles": [
             {"cycle_id": r.cycle_id, "dag_id": r.dag_id, "logical_date": r.logical_date, "phase": r.phase,
