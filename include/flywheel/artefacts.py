@@ -126,8 +126,12 @@ class ArtefactStore:
         """The stable reference to store (registry, datasets table): a URI, or the local path."""
         return f"{self.location}/{self.key(local)}" if self.remote else str(local)
 
-    def publish(self, local: Path) -> str:
-        """Upload a local artefact under its key (a no-op when local); returns its reference."""
+    def publish(self, local: Path, *, prune: bool = True) -> str:
+        """Upload a local artefact under its key (a no-op when local); returns its reference.
+
+        ``prune`` removes the files a changed artefact no longer has. A key that several
+        workers write in part (the Data Docs site: each worker holds only its own runs' pages)
+        is published with ``prune=False``, so no worker deletes another's files."""
         if not self.remote:
             return str(local)
         key = self.key(local)
@@ -147,7 +151,8 @@ class ArtefactStore:
             dst = target / name if name else target
             with src.open("rb") as fin, dst.open("wb") as fout:
                 shutil.copyfileobj(fin, fout, _CHUNK)
-        for name in set(there) - set(manifest["files"]):  # files the new version no longer has
+        gone = set(there) - set(manifest["files"]) if prune else set()  # files the new version no longer has
+        for name in sorted(gone):
             stale = target / name if name else target
             if stale.exists():
                 stale.unlink()

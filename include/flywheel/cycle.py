@@ -207,7 +207,8 @@ def _gate(cycle: CycleSpec, wh: Warehouse, gate: str, frame: Any, expectations: 
     result = gates.run_gate(
         gate, frame, expectations, docs_dir=cycle.config.artefacts_root / "data_docs", run_name=f"{cycle.cycle_id}-{gate}"
     )
-    ArtefactStore(cycle.config).publish(cycle.config.artefacts_root / "data_docs")  # a bucket root: shared
+    # A bucket root: the pages are shared; other workers' runs are not here, so nothing is pruned.
+    ArtefactStore(cycle.config).publish(cycle.config.artefacts_root / "data_docs", prune=False)
     wh.replace_partition(
         "gate_results",
         {"cycle_id": cycle.cycle_id, "gate": gate},

@@ -96,6 +96,18 @@ def test_a_changed_artefact_replaces_the_old_one(remote):
     assert (a._root() / "adapters" / "v1" / "adapter_config.json").exists()
 
 
+def test_a_key_several_workers_write_in_part_is_never_pruned(remote):
+    """The Data Docs site: each worker holds only its own runs' pages and publishes the folder."""
+    a, b = remote("a"), remote("b")
+    for store, run in ((a, "run-a"), (b, "run-b")):
+        page = store.local_root / "data_docs" / "validations" / run / "index.html"
+        page.parent.mkdir(parents=True)
+        page.write_text(run)
+        store.publish(store.local_root / "data_docs", prune=False)
+    site = a._root() / "data_docs" / "validations"
+    assert (site / "run-a" / "index.html").read_text() == "run-a" and (site / "run-b" / "index.html").exists()
+
+
 def test_cache_is_reused_when_hashes_match_and_repaired_when_not(remote):
     a, b = remote("a"), remote("b")
     d = _adapter(a.local_root)
