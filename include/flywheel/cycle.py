@@ -24,7 +24,7 @@ from flywheel import registry
 from flywheel.bootstrap import MANUAL_MODEL_VERSION
 from flywheel.config import PHASES, FlywheelConfig
 from flywheel.dataset import build_chat_dataset
-from flywheel.errors import FlywheelError, WindowError
+from flywheel.errors import FlywheelError, TrainingError, WindowError
 from flywheel.extract import Window, as_utc, extract_window_snapshot, lagged_window
 from flywheel.schema import (
     PRODUCTION_LOGS,
@@ -481,6 +481,20 @@ def stage_build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _gold_ids_before(wh: Warehouse, logical_date: datetime) -> set[str]:
+    """Gold examples accepted before this run: old data whatever their window (the monthly
+    cycle re-reads them with the accepting cycle's date as their timestamp)."""
+    return set(wh.query("SELECT request_id FROM gold_examples WHERE logical_date < $t", {"t": logical_date})
+               .column("request_id").to_pylist())  # fmt: skip
+
+
+def _newest_ids(cycle: CycleSpec, wh: Warehouse) -> set[str]:
+    """The kept candidates logged in the window's newest days, gold examples aside."""
+    gold = _gold_ids_before(wh, cycle.logical_date)
+    return {c.request_id for c in _candidates(cycle.file("kept.parquet"))
+            if c.timestamp in cycle.newest_window and c.request_id not in gold}  # fmt: skip
+
+
 def flagged_windows(wh: Warehouse, before: datetime) -> list[dict[str, Any]]:
     """Newest windows that earlier cycles' new-data checks flagged (their model was worse than
     the twin trained without them), oldest first."""
@@ -492,9 +506,10 @@ def _keep_out_flagged_windows(cycle: CycleSpec, wh: Warehouse, kept: list[Traini
     """Kept candidates from a flagged window leave the dataset, each with a `flagged_window`
     decision naming the cycle that flagged it (so the cycle's counts still add up)."""
     flags = [(Window(as_utc(f["newest_start"]), as_utc(f["newest_end"])), f) for f in flagged_windows(wh, cycle.logical_date)]
+    gold = _gold_ids_before(wh, cycle.logical_date) if flags else set()  # people vouched for these: they stay
     now, rows, out = _now(), [], []
     for c in kept:
-        hit = next((f for w, f in flags if c.timestamp in w), None)
+        hit = None if c.request_id in gold else next((f for w, f in flags if c.timestamp in w), None)
         if hit is None:
             out.append(c)
             continue
@@ -714,8 +729,11 @@ def _dataset_row(wh: Warehouse, cycle: CycleSpec, dataset_id: str) -> dict[str, 
     return ds[0]
 
 
-def _train_version(cycle: CycleSpec, wh: Warehouse, *, version: str, dataset: dict[str, Any], output_dir: Path) -> dict[str, Any]:
-    """LoRA on ``dataset``, continuing from the champion's adapter; registered as ``version``."""
+def _train_version(
+    cycle: CycleSpec, wh: Warehouse, *, version: str, dataset: dict[str, Any], output_dir: Path, window_end: datetime | None = None
+) -> dict[str, Any]:
+    """LoRA on ``dataset``, continuing from the champion's adapter; registered as ``version``
+    with the window its data came from (the twin's ends where the newest days begin)."""
     from flywheel.artefacts import ArtefactStore
     from flywheel.training import train_lora_in_subprocess
 
@@ -737,7 +755,7 @@ def _train_version(cycle: CycleSpec, wh: Warehouse, *, version: str, dataset: di
             "cycle_id": cycle.cycle_id,
             "parent_version": champion.version,
             "dataset_hash": dataset["content_hash"],
-            "window": [cycle.window.start.isoformat(), cycle.window.end.isoformat()],
+            "window": [cycle.window.start.isoformat(), (window_end or cycle.window.end).isoformat()],
         },
     )
     store.publish(result.adapter_path)  # before it is registered: a registered adapter is fetchable
@@ -752,7 +770,7 @@ def _train_version(cycle: CycleSpec, wh: Warehouse, *, version: str, dataset: di
             dataset_id=dataset["dataset_id"],
             dataset_hash=dataset["content_hash"],
             window_start=cycle.window.start,
-            window_end=cycle.window.end,
+            window_end=window_end or cycle.window.end,
             train_loss=result.train_loss,
             config_json=cycle.config.training.model_dump_json(),
             metrics_json=json.dumps(
@@ -790,7 +808,7 @@ def stage_train_twin(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         return {"skipped": f"the window ({cycle.window.days:g} days) is no longer than evaluation.newest_window_days: "
                            "the champion stands for the twin, and the offline gate already compares with it"}  # fmt: skip
     dataset = _dataset_row(wh, cycle, cycle.cycle_id)
-    newest_ids = {c.request_id for c in _candidates(cycle.file("kept.parquet")) if c.timestamp in newest}
+    newest_ids = _newest_ids(cycle, wh)
     store = ArtefactStore(cycle.config)  # a bucket root: the dataset fetched here, the twin's published
     source = store.fetch(cycle.dataset_dir)
     info = subset_chat_dataset(source, source.with_name(cycle.twin_version), drop=newest_ids)
@@ -804,7 +822,15 @@ def stage_train_twin(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
            "n_val": info.n_val, "n_corrections": info.n_corrections, "content_hash": info.content_hash,
            "window_end": newest.start, "created_at": _now()}  # fmt: skip
     wh.merge("datasets", rows_to_table("datasets", [row]))
-    out = _train_version(cycle, wh, version=cycle.twin_version, dataset=row, output_dir=cycle.adapter_dir.with_name(cycle.twin_version))
+    try:
+        out = _train_version(cycle, wh, version=cycle.twin_version, dataset=row, window_end=newest.start,
+                             output_dir=cycle.adapter_dir.with_name(cycle.twin_version))  # fmt: skip
+    except TrainingError as exc:
+        # The twin is a diagnostic: its failure is reported (the operator alerts), and the cycle
+        # goes on with its challenger, judged as if no twin had been asked for.
+        wh.execute("DELETE FROM datasets WHERE dataset_id = $d", {"d": cycle.twin_version})
+        log.error("%s: the twin could not be trained: %s", cycle.cycle_id, exc)
+        return {"skipped": f"the twin could not be trained: {exc}", "failed": True}
     return out | {"n_newest": n_newest, "newest_window": [newest.start.isoformat(), newest.end.isoformat()]}
 
 
@@ -971,17 +997,20 @@ def _compare_new_data(cycle: CycleSpec, wh: Warehouse, golden: Any, evals: dict[
     cmp = compare_offline(golden.tasks, results["twin"], results["challenger"], champion_version=twin,
                           challenger_version=challenger, config=ev)  # fmt: skip
     tolerance = ev.max_new_data_regression
-    flagged = cmp.delta < -tolerance and not math.isclose(cmp.delta, -tolerance, abs_tol=1e-12)
+    hurt = cmp.delta < -tolerance and not math.isclose(cmp.delta, -tolerance, abs_tol=1e-12)
+    flagged = hurt and not cycle.dry_run  # a dry run changes nothing later cycles read
     verdict = "helped" if cmp.delta > 0 else "hurt" if cmp.delta < 0 else "no_gain"
     span = f"[{newest.start:%Y-%m-%d}, {newest.end:%Y-%m-%d})"
     ci = f"[{cmp.delta_interval[0]:+.3f}, {cmp.delta_interval[1]:+.3f}]"
-    newest_ids = sorted({c.request_id for c in _candidates(cycle.file("kept.parquet")) if c.timestamp in newest})
+    newest_ids = sorted(_newest_ids(cycle, wh))
     full, twin_set = (_dataset_row(wh, cycle, d) for d in (cycle.cycle_id, cycle.twin_version))
     n_newest = full["n_train"] + full["n_val"] - twin_set["n_train"] - twin_set["n_val"]
     reason = (f"newest window {span} ({n_newest} examples): challenger {cmp.challenger_accuracy:.4f} vs twin without it "
               f"{cmp.champion_accuracy:.4f}, {cmp.delta:+.4f} {ci}; ")  # fmt: skip
     if flagged:
         reason += f"the new data made the model worse by more than {tolerance}: window flagged and kept out, the twin goes to the gate"
+    elif hurt:
+        reason += f"the new data made the model worse by more than {tolerance}: a dry run, so nothing is flagged (the twin goes to the gate)"
     else:
         reason += "the new data helped" if verdict == "helped" else f"the new data did not help (within the tolerance {tolerance}): kept"
     now = _now()
@@ -991,10 +1020,12 @@ def _compare_new_data(cycle: CycleSpec, wh: Warehouse, golden: Any, evals: dict[
         "challenger_accuracy": cmp.challenger_accuracy, "twin_accuracy": cmp.champion_accuracy, "delta": cmp.delta,
         "delta_low": cmp.delta_interval[0], "delta_high": cmp.delta_interval[1], "verdict": verdict, "flagged": flagged,
         "reason": reason, "compared_at": now}]))  # fmt: skip
-    if not flagged:
+    if not hurt:
         log.info("%s: %s", cycle.cycle_id, reason)
         return "challenger"
     log.warning("%s: %s", cycle.cycle_id, reason)
+    if not flagged:
+        return "twin"
     wh.merge("decisions", rows_to_table("decisions", [
         {"cycle_id": cycle.cycle_id, "request_id": rid, "rule": "new_data_check", "kept": False, "score": cmp.delta,
          "threshold": -tolerance, "reason": f"newest window {span} flagged: {cmp.delta:+.4f} {ci} against the twin", "decided_at": now}

@@ -8,8 +8,8 @@ place fails every evaluation (`check_golden_unchanged`); a new version is a new 
 are kept out of every training set by the decontamination filter and re-checked on every cycle.
 
 `golden_from_reviews` writes such a file from the review store: items people approved (with
-their edit as the reference, if any) that the filters had rejected, so no model was ever
-trained on them. ``python -m flywheel.golden from-reviews OUT`` runs it against the configured
+their edit as the reference, if any) that the filters had rejected and that no training set
+has held since, so no model was ever trained on them. ``python -m flywheel.golden from-reviews OUT`` runs it against the configured
 warehouse; an operator reads the file, then points `evaluation.golden_path` at it.
 """
 
@@ -84,8 +84,13 @@ def golden_from_reviews(wh: Warehouse, out: Path, *, per_task_type: int, seed: i
         raise GoldenSetError(f"{out} exists: a golden set version is immutable; write a new file")
     from flywheel.review import verdicts
 
-    items = wh.query("SELECT cycle_id, request_id, task_type, prompt, context, response, correction, user_action "
-                     "FROM review_items WHERE NOT filter_kept ORDER BY cycle_id, request_id").to_pylist()  # fmt: skip
+    # Rejected by the filters of the cycle that sampled it, and in no training set since (a
+    # monthly cycle re-filters its weeks and may keep what a weekly one rejected), nor gold.
+    items = wh.query(
+        "SELECT cycle_id, request_id, task_type, prompt, context, response, correction, user_action FROM review_items i "
+        "WHERE NOT filter_kept AND NOT EXISTS (SELECT 1 FROM training_fingerprints t WHERE t.request_id = i.request_id) "
+        "AND NOT EXISTS (SELECT 1 FROM gold_examples g WHERE g.request_id = i.request_id) ORDER BY cycle_id, request_id"
+    ).to_pylist()
     by_cycle: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for item in items:
         by_cycle[item["cycle_id"]].append(item)

@@ -255,7 +255,7 @@ def new_data_section(wh: Warehouse, cycle_id: str) -> list[str]:
     if c["flagged"]:
         lines.append(f"**Flagged:** {c['reason']}")
     flagged = wh.query("SELECT cycle_id, newest_start, newest_end, delta FROM new_data_comparisons WHERE flagged "
-                       "ORDER BY newest_start").to_pylist()  # fmt: skip
+                       "AND logical_date <= $t ORDER BY newest_start", {"t": c["logical_date"]}).to_pylist()  # fmt: skip
     if flagged:
         lines += ["", "Windows flagged and kept out of training so far: " + ", ".join(
             f"{f['newest_start']:%Y-%m-%d} .. {f['newest_end']:%Y-%m-%d} ({f['delta']:+.3f}, by {f['cycle_id']})" for f in flagged)]  # fmt: skip

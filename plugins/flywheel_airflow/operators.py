@@ -146,7 +146,7 @@ class FlywheelStageOperator(FlywheelOperator):
             cycle, warehouse = cycle_from_context(context, self.config_path, self.config_overrides, self.warehouse_conn_id)
         except (ConfigError, WindowError, ValueError) as exc:
             raise self.fail_now(exc) from exc
-        self._warehouse = warehouse
+        self._warehouse, self._config = warehouse, cycle.config
         log.info("cycle %s, window [%s, %s), phase policy %s%s", cycle.cycle_id, cycle.window.start, cycle.window.end,
                  cycle.phase, " (dry run)" if cycle.dry_run else "")  # fmt: skip
         try:
@@ -256,6 +256,22 @@ class TrainTwinOperator(FlywheelStageOperator):
 
     stage_name = "train_twin"
     ui_color = "#fff4e0"
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        result = super().execute(context)
+        if result.get("failed"):  # the cycle goes on without a twin; operators hear of it
+            import hashlib
+            from datetime import UTC
+
+            from flywheel_airflow.notifiers import deliver_alert
+
+            ti = context["ti"]
+            message = f"[{ti.dag_id}] {result['skipped']}; the cycle goes on without the new-data check"
+            alert = {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "logical_date": context.get("logical_date"),
+                     "kind": "twin_failed", "message": message, "link": None}  # fmt: skip
+            alert_id = hashlib.sha256(f"twin_failed|{ti.dag_id}|{ti.run_id}".encode()).hexdigest()[:24]
+            deliver_alert(self._config, alert, alert_id=alert_id, raised_at=datetime.now(UTC))
+        return result
 
 
 class EvaluateGoldenSetOperator(FlywheelStageOperator):

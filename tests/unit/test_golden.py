@@ -105,6 +105,13 @@ def test_golden_from_reviews_takes_approved_items_no_model_trained_on(tmp_path, 
     _review(wh, "d", "req-d", kept=False, verdicts=["approve", "reject"])                  # a tie rejects: out
     _review(wh, "e", "req-e", kept=False, verdicts=["approve"], action="corrected", correction="fixed",
             task_type="shipping")  # in, the user's correction as the reference
+    _review(wh, "f", "req-f", kept=False, verdicts=["approve"])  # a later (monthly) cycle trained on it: out
+    wh.merge("training_fingerprints", rows_to_table("training_fingerprints", [
+        {"cycle_id": "m1", "logical_date": T, "request_id": "req-f", "exact_key": 1, "signature": b"x", "fingerprint_spec": "s"}]))  # fmt: skip
+    _review(wh, "g", "req-g", kept=False, verdicts=["approve"])  # already gold (trained on with weight): out
+    wh.merge("gold_examples", rows_to_table("gold_examples", [
+        {"request_id": "req-g", "source": "review", "cycle_id": "m1", "logical_date": T, "task_type": "refund",
+         "prompt": "question g?", "response": "answer g", "created_at": T}]))  # fmt: skip
     out = tmp_path / "golden-reviews-v1.jsonl"
     counts = golden_from_reviews(wh, out, per_task_type=10)
     assert counts == {"refund": 2, "shipping": 1}

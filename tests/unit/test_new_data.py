@@ -58,8 +58,8 @@ def _fake_training(monkeypatch) -> list[dict]:
     given, as the real one does (the real one is exercised through Airflow)."""
     calls: list[dict] = []
 
-    def train(cycle, wh, *, version, dataset, output_dir):
-        calls.append({"version": version, "dataset": dataset, "output_dir": output_dir})
+    def train(cycle, wh, *, version, dataset, output_dir, window_end=None):
+        calls.append({"version": version, "dataset": dataset, "output_dir": output_dir, "window_end": window_end})
         registry.register_model(wh, registry.ModelVersion(
             version=version, base_model=BASE, adapter_path=str(output_dir), parent_version=registry.base_version_name(BASE),
             cycle_id=cycle.cycle_id, dataset_id=dataset["dataset_id"], dataset_hash=dataset["content_hash"]))  # fmt: skip
@@ -122,7 +122,7 @@ def test_twin_is_trained_without_the_newest_window(world, monkeypatch):
     (call,) = calls
     newest = _newest_in_dataset(cycle, wh)
     assert newest and out["n_newest"] == len(newest)
-    assert call["version"] == out["version"] == cycle.twin_version
+    assert call["version"] == out["version"] == cycle.twin_version and call["window_end"] == NEWEST
     twin_rows = load_chat_dataset(call["dataset"]["path"])
     twin_ids = {r["request_id"] for split in ("train", "validation") for r in twin_rows[split]}
     assert not twin_ids & newest and len(twin_ids) == full["n_train"] + full["n_val"] - len(newest)
@@ -230,3 +230,82 @@ def test_rerun_without_a_twin_forgets_the_comparison(world, monkeypatch):
     assert wh.count("decisions", {"cycle_id": cycle.cycle_id, "rule": "new_data_check"}) == 0
     assert wh.select("offline_comparisons", {"cycle_id": cycle.cycle_id}).to_pylist()[0]["challenger"] == cycle.challenger_version
     assert out["champion_after"] == cycle.challenger_version
+
+
+def test_gold_examples_are_old_data_whatever_their_timestamp(world, monkeypatch):
+    """Gold accepted by earlier cycles is old data: the twin keeps it, and a flag never drops it
+    (the monthly cycle re-reads gold stamped with the accepting cycle's date)."""
+    tmp_path, wh = world
+    calls = _fake_training(monkeypatch)
+    cycle = _cycle(tmp_path)
+    _data_stages(cycle, wh)
+    newest = sorted(_newest_in_dataset(cycle, wh))
+    gold_id = newest[0]
+    wh.merge("gold_examples", rows_to_table("gold_examples", [{
+        "request_id": gold_id, "source": "review", "cycle_id": "earlier", "logical_date": END - timedelta(days=1),
+        "task_type": "uppercase", "prompt": "p", "response": "r", "created_at": END}]))  # fmt: skip
+    out = fc.stage_train_twin(cycle, wh)
+    assert out["n_newest"] == len(newest) - 1
+    twin_rows = load_chat_dataset(calls[0]["dataset"]["path"])
+    assert gold_id in {r["request_id"] for split in ("train", "validation") for r in twin_rows[split]}
+    _evaluations(cycle, wh, {"champion": 7, "challenger": 3, "twin": 2})
+    fc.stage_promote(cycle, wh)
+    dropped = {d["request_id"] for d in wh.select("decisions", {"cycle_id": cycle.cycle_id, "rule": "new_data_check"}).to_pylist()}
+    assert dropped == set(newest) - {gold_id}
+    later = _cycle(tmp_path, end=END + timedelta(days=7), **{"filters.dedup_against_history": False})
+    _data_stages(later, wh)
+    kept_out = {d["request_id"] for d in wh.select("decisions", {"cycle_id": later.cycle_id, "rule": "flagged_window"}).to_pylist()}
+    assert kept_out and gold_id not in kept_out
+
+
+def test_a_dry_run_flags_nothing(world, monkeypatch):
+    tmp_path, wh = world
+    _fake_training(monkeypatch)
+    cycle = fc.make_cycle("flywheel_weekly", data_interval_end=END, logical_date=END, config=_config(tmp_path), dry_run=True)
+    _data_stages(cycle, wh)
+    fc.stage_train_twin(cycle, wh)
+    _evaluations(cycle, wh, {"champion": 7, "challenger": 3, "twin": 2})
+    out = fc.stage_promote(cycle, wh)
+    (c,) = wh.select("new_data_comparisons", {"cycle_id": cycle.cycle_id}).to_pylist()
+    assert c["verdict"] == "hurt" and not c["flagged"] and "a dry run, so nothing is flagged" in c["reason"]
+    assert wh.count("decisions", {"cycle_id": cycle.cycle_id, "rule": "new_data_check"}) == 0
+    assert fc.flagged_windows(wh, END + timedelta(days=30)) == []
+    assert not out["promoted"] and registry.current_champion(wh) == registry.base_version_name(BASE)
+
+
+def test_a_twin_that_cannot_be_trained_leaves_the_cycle_to_its_challenger(world, monkeypatch):
+    from flywheel.errors import TrainingError
+
+    tmp_path, wh = world
+
+    def broken(*args, **kwargs):
+        raise TrainingError("training of the twin failed (exit 137): killed")
+
+    monkeypatch.setattr(fc, "_train_version", broken)
+    cycle = _cycle(tmp_path)
+    _data_stages(cycle, wh)
+    out = fc.stage_train_twin(cycle, wh)
+    assert out["failed"] and "exit 137" in out["skipped"]
+    assert wh.count("datasets", {"dataset_id": cycle.twin_version}) == 0  # evaluate will not look for a twin
+
+
+def test_the_twin_task_alerts_when_the_twin_failed_and_succeeds(tmp_path, wh, monkeypatch):
+    """`TrainTwinOperator` turns a failed twin into an alert (warehouse, log, channels) and lets
+    the run go on to evaluation."""
+    from types import SimpleNamespace
+
+    from flywheel_airflow import operators
+
+    config = FlywheelConfig(home=wh.path.parent)
+    op = operators.TrainTwinOperator(task_id="train_twin_without_newest_window")
+
+    def stage_ran(self, context):
+        self._config = config
+        return {"skipped": "the twin could not be trained: exit 137", "failed": True}
+
+    monkeypatch.setattr(operators.FlywheelStageOperator, "execute", stage_ran)
+    ti = SimpleNamespace(dag_id="flywheel_monthly", task_id=op.task_id, run_id="scheduled__2026-03-01")
+    out = op.execute({"ti": ti, "logical_date": END})
+    assert out["failed"]
+    (alert,) = wh.select("alerts").to_pylist()
+    assert alert["kind"] == "twin_failed" and "exit 137" in alert["message"] and alert["dag_id"] == "flywheel_monthly"
