@@ -32,12 +32,14 @@ def cycle_metrics(cycle_row: dict[str, Any], *, window_days: float) -> dict[str,
 
 
 def days_since_last_gain(wh: Warehouse, when: datetime, dag_id: str) -> float:
-    """Days from the previous promotion (by a cycle or an A/B test; not the cold-start pointer),
-    or from the DAG's first cycle, to a promotion at ``when``."""
+    """Days from the previous gain (a promotion by a cycle or an A/B test; not the cold-start
+    pointer, and not a rollback, which moves the pointer back), or from the DAG's first cycle,
+    to a promotion at ``when``."""
     from flywheel.registry import BOOTSTRAP_CYCLE
 
     rows = wh.query(
-        "SELECT MAX(logical_date) AS t FROM promotions WHERE promoted AND logical_date < $before AND cycle_id <> $boot",
+        "SELECT MAX(logical_date) AS t FROM promotions WHERE promoted AND logical_date < $before AND cycle_id <> $boot "
+        "AND COALESCE(lower(reason), '') NOT LIKE 'rollback%'",
         {"before": when, "boot": BOOTSTRAP_CYCLE},
     ).to_pylist()
     since = rows[0]["t"] if rows and rows[0]["t"] else None

@@ -59,3 +59,18 @@ def test_cycles_table_says_what_became_of_each_challenger(wh):
     decisions = {line.split()[0]: line for line in format_cycles_table(cycles_report(wh)).splitlines()[2:]}
     assert "A/B rolled back" in decisions["c-ab"] and "promoted" in decisions["c-offline"]
     assert "kept champion" in decisions["c-kept"] and "no challenger" in decisions["c-none"]
+
+
+def test_time_to_improvement_runs_from_the_last_gain_not_a_rollback(wh):
+    from datetime import UTC, datetime, timedelta
+
+    from flywheel import registry
+    from flywheel.metrics import days_since_last_gain
+
+    t0 = datetime(2026, 3, 2, tzinfo=UTC)
+    registry.ensure_bootstrap_champion(wh, "base")
+    registry.record_decision(wh, cycle_id="c1", logical_date=t0, champion_before="base:base", challenger="c1",
+                             promoted=True, reason="offline gate passed")  # fmt: skip
+    registry.record_decision(wh, cycle_id="rollback-c1", logical_date=t0 + timedelta(days=3), champion_before="c1",
+                             challenger="base:base", promoted=True, reason="rollback: champion c1 breached guardrails")  # fmt: skip
+    assert days_since_last_gain(wh, t0 + timedelta(days=10), "flywheel_weekly") == 10
