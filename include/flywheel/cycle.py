@@ -849,8 +849,10 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 
     ev = cycle.config.evaluation
     golden = golden_for(cycle.config)
-    registered = wh.query("SELECT golden_hash FROM golden_sets WHERE path = $p ORDER BY created_at LIMIT 1",
-                          {"p": str(golden.path)}).to_pylist()  # fmt: skip
+    # A version is known by its file's name, not its absolute path: with a bucket root the
+    # simulator's set lives in each worker's cache, wherever that worker keeps it.
+    registered = [r for r in wh.query("SELECT path, golden_hash FROM golden_sets ORDER BY created_at").to_pylist()
+                  if Path(r["path"]).name == golden.path.name]  # fmt: skip
     check_golden_unchanged(golden, registered[0]["golden_hash"] if registered else None)
     _check_training_set_decontaminated(cycle)
     champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))

@@ -141,3 +141,17 @@ def test_golden_cli_builds_from_the_configured_warehouse(tmp_path, wh, monkeypat
     assert main(["from-reviews", str(out), "--per-task-type", "3"]) == 0
     assert "1 tasks (refund 1)" in capsys.readouterr().out and out.exists()
     assert main(["from-reviews", str(out)]) == 2 and "immutable" in capsys.readouterr().err
+
+
+def test_a_golden_set_registered_from_another_worker_path_is_still_held_to_its_hash(tmp_path, wh):
+    """With a bucket root the simulator's set sits in each worker's cache: a worker whose cache
+    is elsewhere must still find the registered version (by name), and refuse a changed file."""
+    config = FlywheelConfig(home=tmp_path).with_overrides({"evaluation.golden_set_size": 60})
+    golden = golden_for(config)
+    elsewhere = f"/var/cache/other-worker/golden/{golden.path.name}"
+    wh.merge("golden_sets", rows_to_table("golden_sets", [{
+        "golden_hash": "0" * 64, "path": elsewhere, "n_items": 60, "task_types_json": "{}", "first_cycle_id": "c0",
+        "created_at": T}]))  # fmt: skip
+    cycle = fc.make_cycle("flywheel_weekly", data_interval_end=T, logical_date=T, config=config)
+    with pytest.raises(GoldenSetError, match="changed since it was registered"):
+        fc.stage_evaluate(cycle, wh)
