@@ -30,12 +30,12 @@ demo: install
 ## cycles through real Airflow, the review UI in a browser). The Postgres stack test has its own
 ## target (`make test-postgres`), which CI runs after this one (.ci/run).
 test: install emulators
-	$(BIN)/python -m pytest -m "not slow and not postgres"
+	$(BIN)/python -m pytest -m "not slow and not postgres" --durations=15
 
 ## The slow suites (the negative flywheel: a poisoned week through the cycle and the A/B, on the
 ## default tiny model); CI runs them after `make test` and `make test-postgres`.
 test-slow: install
-	$(BIN)/python -m pytest -m "slow and not postgres"
+	$(BIN)/python -m pytest -m "slow and not postgres" --durations=5
 
 test-all: install emulators
 	$(BIN)/python -m pytest
