@@ -20,24 +20,43 @@ ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
-@contextmanager
-def flywheel_env(root: Path, edit: Callable[[dict[str, Any]], None], *, reserialize: bool = False) -> Iterator[dict[str, Any]]:
-    """Yield ``{"root", "config", "wh", "env", "airflow"}``: ``edit`` changes the project's
-    config (as a dict) before it is written to ``root``; this process's FLYWHEEL_HOME and
-    FLYWHEEL_CONFIG point at it until the block ends (the simulator and the tiny model read
-    them), and ``env`` is the environment `airflow` commands run in. ``reserialize`` parses
-    the DAGs into the metadata DB, as the dag-processor would."""
-    from flywheel.config import load_config
-    from flywheel.localenv import airflow_env
-    from flywheel.warehouse import warehouse_from_config
-
+def write_config(root: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """The project's config, changed by ``edit`` (as a dict), written to ``root/flywheel.yaml``."""
     data = yaml.safe_load((ROOT / "include/config/flywheel.yaml").read_text())
     edit(data)
     config_path = root / "flywheel.yaml"
     config_path.write_text(yaml.safe_dump(data))
+    return config_path
+
+
+@contextmanager
+def pointed_at(home: Path, config_path: Path) -> Iterator[None]:
+    """This process's FLYWHEEL_HOME and FLYWHEEL_CONFIG point at a test's own until the block
+    ends (the simulator and the tiny model read them); then they are as they were."""
     saved = {k: os.environ.get(k) for k in ("FLYWHEEL_HOME", "FLYWHEEL_CONFIG")}
-    os.environ.update({"FLYWHEEL_HOME": str(root / "flywheel"), "FLYWHEEL_CONFIG": str(config_path)})
+    os.environ.update({"FLYWHEEL_HOME": str(home), "FLYWHEEL_CONFIG": str(config_path)})
     try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def flywheel_env(root: Path, edit: Callable[[dict[str, Any]], None], *, reserialize: bool = False) -> Iterator[dict[str, Any]]:
+    """Yield ``{"root", "config", "wh", "env", "airflow"}``: ``edit`` changes the project's
+    config before it is written to ``root`` (`write_config`), the process points at it while
+    the block runs (`pointed_at`), and ``env`` is the environment `airflow` commands run in.
+    ``reserialize`` parses the DAGs into the metadata DB, as the dag-processor would."""
+    from flywheel.config import load_config
+    from flywheel.localenv import airflow_env
+    from flywheel.warehouse import warehouse_from_config
+
+    config_path = write_config(root, edit)
+    with pointed_at(root / "flywheel", config_path):
         config = load_config()
         wh = warehouse_from_config(config)
         wh.ensure_schema()
@@ -46,12 +65,6 @@ def flywheel_env(root: Path, edit: Callable[[dict[str, Any]], None], *, reserial
         if reserialize:
             subprocess.run([AIRFLOW, "dags", "reserialize"], env=run_env, check=True, capture_output=True)
         yield {"root": root, "config": config, "wh": wh, "env": run_env, "airflow": AIRFLOW}
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def dags_test(env: dict[str, Any], dag_id: str, when: datetime, conf: dict[str, Any] | None = None, *,

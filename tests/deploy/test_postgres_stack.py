@@ -33,7 +33,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]
 
@@ -81,6 +80,8 @@ def postgres() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def flywheel(tmp_path_factory) -> dict[str, Any]:
     """A small config, the tiny model, and the four weeks of simulated traffic the runs read."""
+    from flywheel_env import pointed_at, write_config
+
     from flywheel import registry
     from flywheel.config import load_config
     from flywheel.demo import serve_week
@@ -88,21 +89,19 @@ def flywheel(tmp_path_factory) -> dict[str, Any]:
     from flywheel.warehouse import warehouse_from_config
 
     root = tmp_path_factory.mktemp("stack")
-    cfg = yaml.safe_load((ROOT / "include/config/flywheel.yaml").read_text())
-    cfg["simulate"]["requests_per_week"] = 300
-    # Human review and the online A/B test wait on people and traffic (their own tests cover
-    # them); this test is about the services, so each run goes straight through.
-    cfg["review"]["enabled"] = False
-    cfg["experiment"]["enabled"] = False
-    cfg["evaluation"]["golden_set_size"] = 80
-    cfg["tiny_model"].update({"pretrain_examples": 600, "pretrain_epochs": 2})
-    config_path = root / "flywheel.yaml"
-    config_path.write_text(yaml.safe_dump(cfg))
-    home = root / "flywheel"
 
-    saved = {k: os.environ.get(k) for k in ("FLYWHEEL_HOME", "FLYWHEEL_CONFIG")}
-    os.environ.update({"FLYWHEEL_HOME": str(home), "FLYWHEEL_CONFIG": str(config_path)})
-    try:
+    def edit(cfg):
+        cfg["simulate"]["requests_per_week"] = 300
+        # Human review and the online A/B test wait on people and traffic (their own tests cover
+        # them); this test is about the services, so each run goes straight through.
+        cfg["review"]["enabled"] = False
+        cfg["experiment"]["enabled"] = False
+        cfg["evaluation"]["golden_set_size"] = 80
+        cfg["tiny_model"].update({"pretrain_examples": 600, "pretrain_epochs": 2})
+
+    config_path = write_config(root, edit)
+    home = root / "flywheel"
+    with pointed_at(home, config_path):
         config = load_config()
         build_tiny_model(config)
         wh = warehouse_from_config(config)
@@ -111,12 +110,6 @@ def flywheel(tmp_path_factory) -> dict[str, Any]:
         first_week = min(BACKFILLED) - timedelta(weeks=LAG_WEEKS)
         for w in range(len(BACKFILLED) + 1):
             serve_week(config, wh, first_week + timedelta(weeks=w))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return {"root": root, "home": home, "config_path": config_path, "config": config, "wh": wh}
 
 
