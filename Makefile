@@ -24,7 +24,7 @@ emulators: install
 
 ## Build the tiny model, simulate the product and run weekly cycles through Airflow.
 demo: install
-	$(BIN)/python -m flywheel.demo
+	$(BIN)/python -m flywheel.sim.demo
 
 ## The test suite (unit, DAG integrity, the warehouse contract on DuckDB and both emulators,
 ## cycles through real Airflow, the review UI in a browser). The Postgres stack test has its own
@@ -52,7 +52,7 @@ compose-config: install
 
 ## The Airflow UI on http://localhost:8080 over the demo's warehouse (airflow standalone).
 airflow: install
-	$(BIN)/python -m flywheel.localenv standalone
+	$(BIN)/python -m flywheel.sim.localenv standalone
 
 lint: install
 	$(BIN)/ruff check .

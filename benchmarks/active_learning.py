@@ -3,7 +3,7 @@
 The simulator serves a pool of weeks with the base model (the project's tiny model). From the
 pool's candidates (the data filters' survivors, PII redacted), three review samples are drawn:
 
-- **prioritised, B**: `flywheel.prioritize` (the champion's uncertainty, filters near their
+- **prioritised, B**: `flywheel.review.prioritize` (the champion's uncertainty, filters near their
   thresholds, rare task types, corrections), stratified by task type and user action;
 - **random, B** and **random, 10 x B**: uniform.
 
@@ -35,17 +35,17 @@ def main() -> int:
     args = parser.parse_args()
 
     from flywheel import cycle as fc
-    from flywheel import registry
+    from flywheel.model import registry
     from flywheel.config import FlywheelConfig
-    from flywheel.dataset import build_chat_dataset
-    from flywheel.evaluate import evaluate_answer_fn, load_golden_set
-    from flywheel.inference import answer_fn, load_model
-    from flywheel.prioritize import answer_token_stats, prioritise
-    from flywheel.review import draw_sample, simulated_review
+    from flywheel.data.dataset import build_chat_dataset
+    from flywheel.evaluation.offline import evaluate_answer_fn, load_golden_set
+    from flywheel.model.inference import answer_fn, load_model
+    from flywheel.review.prioritize import answer_token_stats, prioritise
+    from flywheel.review.items import draw_sample, simulated_review
     from flywheel.schema import candidate_from_row
-    from flywheel.simulate import simulate_traffic
-    from flywheel.tinymodel import build_tiny_model, resolve_base_model
-    from flywheel.training import train_lora
+    from flywheel.sim.traffic import simulate_traffic
+    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.model.training import train_lora
     from flywheel.warehouse import DuckDBWarehouse
 
     started = time.monotonic()
@@ -77,7 +77,7 @@ def main() -> int:
         if d["rule"] in ("quality_score", "toxicity", "grounding"):
             scores.setdefault(d["request_id"], {})[d["rule"]] = d["score"]
     uncertainty, _ = answer_token_stats(model, pool)
-    from flywheel.calibrate import current_thresholds
+    from flywheel.review.calibrate import current_thresholds
 
     priorities = {p.request_id: p for p in prioritise(
         pool, weights=config.review.priority_weights, filter_scores=scores, thresholds=current_thresholds(config.filters),

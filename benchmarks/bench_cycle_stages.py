@@ -29,7 +29,7 @@ def main() -> None:
     os.environ["FLYWHEEL_HOME"] = str(home)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from flywheel import registry
+    from flywheel.model import registry
     from flywheel.config import load_config
     from flywheel.cycle import (
         make_cycle,
@@ -39,8 +39,8 @@ def main() -> None:
         stage_train,
         stage_validate,
     )
-    from flywheel.simulate import simulate_traffic
-    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.sim.traffic import simulate_traffic
+    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
     from flywheel.warehouse import warehouse_from_config
 
     config = load_config()
@@ -72,8 +72,8 @@ def main() -> None:
     print(f"LoRA train, 1 epoch, tiny model   {tr['n_examples'] / t_train:12,.0f} examples/s "
           f"({tr['steps']} steps, {t_train:.1f}s incl. load; model {info.parameters:,} params)")
 
-    from flywheel.evaluate import evaluate_answer_fn, load_golden_set
-    from flywheel.inference import answer_fn, load_model
+    from flywheel.evaluation.offline import evaluate_answer_fn, load_golden_set
+    from flywheel.model.inference import answer_fn, load_model
 
     golden = load_golden_set(config.artefacts_root, n=config.evaluation.golden_set_size, seed=config.evaluation.golden_seed)
     model = load_model(tr["adapter_path"] and resolve_base_model(config), tr["adapter_path"])

@@ -39,7 +39,7 @@ def make_data(path: Path, rows: int, batch: int) -> None:
     import pyarrow.parquet as pq
 
     from flywheel.schema import PRODUCTION_LOGS
-    from flywheel.simulate import simulate_traffic
+    from flywheel.sim.traffic import simulate_traffic
 
     rng = random.Random(rows)
     writer = pq.ParquetWriter(path, PRODUCTION_LOGS)
@@ -73,8 +73,8 @@ def _batches(path: Path, batch: int):
 
 
 def _golden() -> list[str]:
-    from flywheel.dataset import user_message
-    from flywheel.simulate import golden_set
+    from flywheel.data.dataset import user_message
+    from flywheel.sim.traffic import golden_set
 
     return [user_message(t.prompt, t.context) for t in golden_set(240, 20260101)]
 
@@ -85,7 +85,7 @@ def worker(what: str, path: Path, batch: int) -> dict[str, float]:
     import pyarrow.parquet as pq
 
     from flywheel.config import load_config
-    from flywheel.dedup import DedupIndex, MinHasher
+    from flywheel.filters.dedup import DedupIndex, MinHasher
     from flywheel.filters import (
         FilterBatch,
         FilterChain,
@@ -96,9 +96,9 @@ def worker(what: str, path: Path, batch: int) -> dict[str, float]:
         interaction_text,
         select_top,
     )
-    from flywheel.pii import default_scanner
+    from flywheel.filters.pii import default_scanner
     from flywheel.schema import rows_to_table
-    from flywheel.scorers import make_grounding_scorer, make_toxicity_scorer
+    from flywheel.filters.scorers import make_grounding_scorer, make_toxicity_scorer
 
     cfg = load_config().filters
     golden = _golden()

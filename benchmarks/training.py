@@ -29,8 +29,8 @@ def bare_loop(base: str, dataset_path: Path, cfg) -> tuple[float, int]:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, set_seed
 
-    from flywheel.dataset import load_chat_dataset
-    from flywheel.training import _PadCollator, tokenize_chat
+    from flywheel.data.dataset import load_chat_dataset
+    from flywheel.model.training import _PadCollator, tokenize_chat
 
     set_seed(cfg.seed)
     tok = AutoTokenizer.from_pretrained(base)
@@ -67,8 +67,8 @@ def bare_loop(base: str, dataset_path: Path, cfg) -> tuple[float, int]:
 def project_loop(base: str, dataset_path: Path, cfg, out: Path) -> tuple[float, int]:
     from transformers import AutoTokenizer
 
-    from flywheel.dataset import load_chat_dataset
-    from flywheel.training import tokenize_chat, train_lora
+    from flywheel.data.dataset import load_chat_dataset
+    from flywheel.model.training import tokenize_chat, train_lora
 
     tok = AutoTokenizer.from_pretrained(base)
     train = load_chat_dataset(dataset_path)["train"]
@@ -92,10 +92,10 @@ def main() -> None:
     logging.disable(logging.INFO)
 
     from flywheel.config import load_config
-    from flywheel.dataset import build_chat_dataset
+    from flywheel.data.dataset import build_chat_dataset
     from flywheel.schema import candidate_from_row
-    from flywheel.simulate import simulate_traffic
-    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.sim.traffic import simulate_traffic
+    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
 
     config = load_config()
     info = build_tiny_model(config)

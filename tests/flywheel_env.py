@@ -52,7 +52,7 @@ def flywheel_env(root: Path, edit: Callable[[dict[str, Any]], None], *, reserial
     the block runs (`pointed_at`), and ``env`` is the environment `airflow` commands run in.
     ``reserialize`` parses the DAGs into the metadata DB, as the dag-processor would."""
     from flywheel.config import load_config
-    from flywheel.localenv import airflow_env
+    from flywheel.sim.localenv import airflow_env
     from flywheel.warehouse import warehouse_from_config
 
     config_path = write_config(root, edit)

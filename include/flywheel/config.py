@@ -172,7 +172,7 @@ class VelocityConfig(_Section):
 
 
 class ReviewConfig(_Section):
-    """Human review of a 5-10% sample of each window's candidates (`flywheel.review`)."""
+    """Human review of a 5-10% sample of each window's candidates (`flywheel.review.items`)."""
 
     enabled: bool = True
     sample_rate: float = Field(0.08, gt=0.0, le=0.5)  # of the window's valid candidates
@@ -203,7 +203,7 @@ class ReviewConfig(_Section):
 
 
 class CalibrationConfig(_Section):
-    """Filter thresholds fitted to human verdicts on the random review slice (`flywheel.calibrate`)."""
+    """Filter thresholds fitted to human verdicts on the random review slice (`flywheel.review.calibrate`)."""
 
     enabled: bool = True
     lookback_days: int = Field(28, gt=0)  # random-slice reviews of the cycles this far back
@@ -300,7 +300,7 @@ class EvaluationConfig(_Section):
     bootstrap_seed: int = 17
     max_slice_regression: float = Field(0.05, ge=0.0, le=1.0)
     require_significant: bool = False
-    # A curated golden set (JSONL: task_type, prompt, answer[, context]; see `flywheel.golden`)
+    # A curated golden set (JSONL: task_type, prompt, answer[, context]; see `flywheel.evaluation.golden`)
     # instead of the simulator's; and the task types it must cover (None: the simulator's).
     golden_path: str | None = None
     required_task_types: list[str] | None = None
@@ -313,7 +313,7 @@ class EvaluationConfig(_Section):
 
 
 class ExperimentConfig(_Section):
-    """Online A/B test (`flywheel.experiment`) and the guardrails `ab_monitor` enforces."""
+    """Online A/B test (`flywheel.evaluation.experiment`) and the guardrails `ab_monitor` enforces."""
 
     # False: a challenger that passes the offline gate is promoted at once (no A/B).
     enabled: bool = True

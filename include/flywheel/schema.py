@@ -222,7 +222,7 @@ CYCLES = pa.schema(
         ("promoted", pa.bool_()),
         ("champion_after", pa.string()),
         ("finished_at", TS),
-        # The method's phase measured at the end of the cycle (see `flywheel.phases`); the next
+        # The method's phase measured at the end of the cycle (see `flywheel.ops.phases`); the next
         # cycle runs under that phase's capture policy.
         ("phase", pa.string()),
     ]
@@ -295,7 +295,7 @@ GOLDEN_SETS = pa.schema(
     ]
 )
 
-# Human review (`flywheel.review`): the sampled items (text already PII-redacted), who was handed
+# Human review (`flywheel.review.items`): the sampled items (text already PII-redacted), who was handed
 # which item, and the reviews.
 REVIEW_ITEMS = pa.schema(
     [
@@ -373,7 +373,7 @@ ALERTS = pa.schema(
 )
 
 
-# --- Issue 8: offline gate and online A/B (flywheel.evaluate, flywheel.experiment) -----------
+# --- Issue 8: offline gate and online A/B (flywheel.evaluation.offline, flywheel.evaluation.experiment) -----------
 
 OFFLINE_COMPARISONS = pa.schema(
     [

@@ -1,6 +1,6 @@
 """The A/B monitor's operators: judge experiments and the live champion, alert, publish.
 
-`MonitorExperimentsOperator` calls `flywheel.experiment.monitor` for the run's date: it ramps,
+`MonitorExperimentsOperator` calls `flywheel.evaluation.experiment.monitor` for the run's date: it ramps,
 promotes, stops or rolls back, and sends every rollback to operators through the same channels
 as a failed gate (warehouse `alerts`, log, e-mail, Slack). `PublishChampionOperator` updates the
 `flywheel://registry/champion` asset only when the champion pointer moved, so DAGs and serving
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 def as_of_from_context(context: Context) -> datetime:
     """The instant the run judges: its logical date, or, for a run an asset event triggered
     (which has none), when the run was due."""
-    from flywheel.extract import as_utc
+    from flywheel.data.extract import as_utc
 
     when: datetime | None = context.get("logical_date") or context.get("data_interval_end")
     return as_utc(when if when is not None else context["dag_run"].run_after)
@@ -37,7 +37,7 @@ class MonitorExperimentsOperator(FlywheelOperator):
     ui_color = "#fde8e8"
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from flywheel import experiment
+        from flywheel.evaluation import experiment
         from flywheel.errors import ConfigError, RegistryError
         from flywheel_airflow.hooks import FlywheelWarehouseHook
         from flywheel_airflow.notifiers import deliver_alert

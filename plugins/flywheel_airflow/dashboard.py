@@ -2,7 +2,7 @@
 
 Velocity plots over cycles (with phases), the champion and its lineage, every model's status,
 running A/B tests, new-data checks, recent gate failures, alerts and rollbacks, read from the warehouse through
-`flywheel.report` (the functions the cycle reports use). Airflow does not authenticate plugin
+`flywheel.ops.report` (the functions the cycle reports use). Airflow does not authenticate plugin
 apps, so every route here depends on Airflow's own `requires_authenticated`: without a valid
 Airflow token (the UI's session cookie, or a bearer token from ``/auth/token``) it answers 401.
 """
@@ -60,8 +60,8 @@ def _cell(value: Any) -> str:
 
 def dashboard_data(wh: Any) -> dict[str, Any]:
     """Everything the page shows, as plain data (also served as JSON)."""
-    from flywheel import registry
-    from flywheel.report import (
+    from flywheel.model import registry
+    from flywheel.ops.report import (
         champion_lineage,
         recent_alerts,
         recent_gate_failures,
@@ -102,7 +102,7 @@ th { background: #f0f3f7; text-align: left; } .empty { color: #6b7785; } img { m
 
 
 def render_dashboard(wh: Any) -> str:
-    from flywheel.report import plot_rule_pass_rates, plot_velocity, velocity_rows
+    from flywheel.ops.report import plot_rule_pass_rates, plot_velocity, velocity_rows
 
     data = dashboard_data(wh)
     rows = velocity_rows(wh)

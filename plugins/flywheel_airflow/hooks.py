@@ -109,7 +109,7 @@ class FlywheelWarehouseHook(BaseHook):
     def get_warehouse(self) -> Warehouse:
         cfg = self.config.warehouse
         if cfg.backend == "bigquery":
-            from flywheel.bigquery_warehouse import BigQueryWarehouse
+            from flywheel.warehouse.bigquery import BigQueryWarehouse
 
             hook = FlywheelBigQueryHook(gcp_conn_id=self.warehouse_conn_id, use_legacy_sql=False, location=cfg.bigquery_location)
             client = hook.get_client(project_id=cfg.bigquery_project, location=cfg.bigquery_location)
@@ -122,7 +122,7 @@ class FlywheelWarehouseHook(BaseHook):
                 write_batch_rows=cfg.write_batch_rows,
             )
         if cfg.backend == "snowflake":
-            from flywheel.snowflake_warehouse import SnowflakeWarehouse
+            from flywheel.warehouse.snowflake import SnowflakeWarehouse
 
             session = {"QUERY_TAG": json.dumps({"app": "flywheel", **self.run}, sort_keys=True)} if self.run else None
             sf = FlywheelSnowflakeHook(snowflake_conn_id=self.warehouse_conn_id, session_parameters=session)

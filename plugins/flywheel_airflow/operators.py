@@ -65,11 +65,11 @@ def cycle_from_context(
     policy of the phase the flywheel was in before this logical date, the filter thresholds
     calibrated on reviews before it, the DAG's fixed overrides (the monthly window, ...), and
     this run's params."""
-    from flywheel.calibrate import overrides_before
+    from flywheel.review.calibrate import overrides_before
     from flywheel.config import load_config
     from flywheel.cycle import make_cycle
-    from flywheel.extract import as_utc
-    from flywheel.phases import apply_policy, phase_before
+    from flywheel.data.extract import as_utc
+    from flywheel.ops.phases import apply_policy, phase_before
     from flywheel_airflow.hooks import FlywheelWarehouseHook
 
     params = dict(context.get("params") or {})

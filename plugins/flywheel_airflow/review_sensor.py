@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 def _review_state(config_path: str | None, cycle_id: str, reviewers_per_item: int) -> dict[str, Any]:
     from flywheel.config import load_config
-    from flywheel.review import progress
+    from flywheel.review.items import progress
     from flywheel_airflow.hooks import FlywheelWarehouseHook
 
     wh = FlywheelWarehouseHook(load_config(config_path)).get_warehouse()

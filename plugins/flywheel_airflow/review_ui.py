@@ -5,7 +5,7 @@ app, only to a logged-in Airflow user (the reviewer is that user). A reviewer se
 time: the redacted prompt, context, response and the user's correction, why it was picked, and
 scores it with the keyboard: ``1``-``5`` score accuracy, then helpfulness, then safety; ``a``
 approves, ``r`` rejects (each submits); ``e`` edits the answer. Items come from
-`flywheel.review.next_item` (oldest cycle first, highest priority first, leased to the reviewer).
+`flywheel.review.items.next_item` (oldest cycle first, highest priority first, leased to the reviewer).
 
 Teams on Label Studio can export the waiting items as Label Studio tasks and import the
 annotations back as reviews.
@@ -115,7 +115,7 @@ def create_router() -> APIRouter:
 
     @router.get("/", response_class=HTMLResponse)
     def review_page(reviewer: str = _reviewer()) -> str:
-        from flywheel.review import next_item
+        from flywheel.review.items import next_item
 
         config, wh = _store()
         now = datetime.now(UTC)
@@ -139,7 +139,7 @@ def create_router() -> APIRouter:
         seconds_spent: float | None = Form(None),
         reviewer: str = _reviewer(),
     ) -> RedirectResponse:
-        from flywheel.review import ReviewError, submit_review
+        from flywheel.review.items import ReviewError, submit_review
 
         _, wh = _store()
         try:
@@ -151,14 +151,14 @@ def create_router() -> APIRouter:
 
     @router.get("/export/label-studio")
     def export_label_studio(cycle_id: str) -> list[dict[str, Any]]:
-        from flywheel.review import to_label_studio
+        from flywheel.review.items import to_label_studio
 
         _, wh = _store()
         return to_label_studio(wh.select("review_items", {"cycle_id": cycle_id}, order_by="item_id").to_pylist())
 
     @router.post("/import/label-studio")
     def import_label_studio(tasks: Annotated[list[dict[str, Any]], Body()], reviewer: str = _reviewer()) -> dict[str, Any]:
-        from flywheel.review import ReviewError, from_label_studio, submit_review
+        from flywheel.review.items import ReviewError, from_label_studio, submit_review
 
         _, wh = _store()
         stored, refused = 0, []

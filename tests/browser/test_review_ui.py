@@ -31,10 +31,10 @@ def _answers(pairs):
 def server(tmp_path_factory):
 
     from flywheel import cycle as fc
-    from flywheel import registry
+    from flywheel.model import registry
     from flywheel.config import load_config
-    from flywheel.localenv import airflow_env
-    from flywheel.simulate import simulate_traffic
+    from flywheel.sim.localenv import airflow_env
+    from flywheel.sim.traffic import simulate_traffic
     from flywheel.warehouse import warehouse_from_config
 
     subprocess.run([str(ROOT / "scripts" / "install_chromium.sh")], check=True)

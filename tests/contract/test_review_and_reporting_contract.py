@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from backends import T0
 
-from flywheel import review
+from flywheel.review.items import items as review
 from flywheel.schema import rows_to_table
 
 pytestmark = pytest.mark.contract
@@ -27,7 +27,7 @@ def _items(wh) -> None:
 
 
 def test_review_store_leases_verdicts_and_golden_set(wh, tmp_path):
-    from flywheel.golden import golden_from_reviews
+    from flywheel.evaluation.golden import golden_from_reviews
 
     _items(wh)
     now = T0 + timedelta(hours=1)
@@ -55,8 +55,9 @@ def test_review_store_leases_verdicts_and_golden_set(wh, tmp_path):
 
 def test_flagged_windows_ab_table_and_dashboard(wh):
     from flywheel import cycle as fc
-    from flywheel import experiment, registry
-    from flywheel.metrics import cycles_report
+    from flywheel.evaluation import experiment
+    from flywheel.model import registry
+    from flywheel.ops.metrics import cycles_report
     from flywheel_airflow.dashboard import dashboard_data
 
     registry.ensure_bootstrap_champion(wh, "base")

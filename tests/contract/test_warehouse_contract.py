@@ -168,7 +168,7 @@ def test_pushdown_withholds_exactly_the_rejected_rows(wh):
 
 
 def test_named_queries_run_on_every_backend(wh):
-    from flywheel import registry
+    from flywheel.model import registry
 
     registry.ensure_bootstrap_champion(wh, "some-base")
     champion = wh.named_query("champion_as_of", {"as_of": T0 + 1000 * H}).to_pylist()

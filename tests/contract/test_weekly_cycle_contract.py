@@ -12,10 +12,10 @@ import pytest
 from backends import backend_config, open_warehouse
 
 from flywheel import cycle as fc
-from flywheel import registry
+from flywheel.model import registry
 from flywheel.config import FlywheelConfig
 from flywheel.schema import rows_to_table
-from flywheel.simulate import simulate_traffic
+from flywheel.sim.traffic import simulate_traffic
 
 pytestmark = pytest.mark.contract
 END = datetime(2026, 3, 2, tzinfo=UTC)
@@ -26,7 +26,7 @@ STAGES = ("extract", "gate_raw_window", "validate", "filter", "build_dataset", "
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> dict:
     """Settings small enough for a CPU in seconds, and the tiny model, built once."""
-    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
 
     overrides = {
         "evaluation.golden_set_size": 40,

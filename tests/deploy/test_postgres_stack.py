@@ -82,10 +82,10 @@ def flywheel(tmp_path_factory) -> dict[str, Any]:
     """A small config, the tiny model, and the four weeks of simulated traffic the runs read."""
     from flywheel_env import pointed_at, write_config
 
-    from flywheel import registry
+    from flywheel.model import registry
     from flywheel.config import load_config
-    from flywheel.demo import serve_week
-    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.sim.demo import serve_week
+    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
     from flywheel.warehouse import warehouse_from_config
 
     root = tmp_path_factory.mktemp("stack")
@@ -194,7 +194,7 @@ def _wait(what: str, check, timeout_s: float, stack: AirflowStack, every_s: floa
 @pytest.fixture(scope="module")
 def stack(postgres, flywheel) -> Iterator[dict[str, Any]]:
     """The stack up, the admin logged in through the API, the DAG parsed and unpaused."""
-    from flywheel.localenv import airflow_env
+    from flywheel.sim.localenv import airflow_env
 
     root = flywheel["root"] / "airflow"
     root.mkdir()

@@ -60,8 +60,8 @@ ANSWERS = {BASE: _half, BETTER: _right, WORSE: _wrong}
 def env(tmp_path_factory):
     from flywheel_env import flywheel_env
 
-    from flywheel import registry
-    from flywheel.registry import ModelVersion
+    from flywheel.model import registry
+    from flywheel.model.registry import ModelVersion
 
     def edit(cfg):
         cfg["simulate"]["requests_per_week"] = 10500
@@ -77,7 +77,7 @@ def env(tmp_path_factory):
 
 
 def _serve(env, start: datetime, days: float = EVERY) -> None:
-    from flywheel.demo import serve_week
+    from flywheel.sim.demo import serve_week
 
     serve_week(env["config"], env["wh"], start, days=days, answer_for=ANSWERS.__getitem__)
 
@@ -111,7 +111,8 @@ def _monitor(env, when: datetime) -> dict:
 
 
 def test_a_better_challenger_is_promoted_after_a_significant_ab_test(env):
-    from flywheel import experiment, registry
+    from flywheel.evaluation import experiment
+    from flywheel.model import registry
 
     wh = env["wh"]
     experiment.start_experiment(wh, cycle_id="flywheel_weekly-20260302T0000", logical_date=T, champion=BASE,
@@ -141,7 +142,8 @@ def test_a_better_challenger_is_promoted_after_a_significant_ab_test(env):
 
 
 def test_a_challenger_that_degrades_live_metrics_is_rolled_back_with_an_alert(env):
-    from flywheel import experiment, registry
+    from flywheel.evaluation import experiment
+    from flywheel.model import registry
 
     wh = env["wh"]
     start = env["promoted_at"] + timedelta(days=EVERY)
@@ -165,7 +167,7 @@ def test_a_challenger_that_degrades_live_metrics_is_rolled_back_with_an_alert(en
 def test_a_champion_that_degrades_live_metrics_is_rolled_back_within_one_run(env):
     """A worse model made champion without an A/B (the offline-only path) is caught by the next
     monitor run from its live metrics, and the pointer goes back to its predecessor."""
-    from flywheel import registry
+    from flywheel.model import registry
 
     wh = env["wh"]
     t = env["rolled_back_at"]

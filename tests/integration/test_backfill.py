@@ -33,8 +33,8 @@ def _answers(pairs):
 def env(tmp_path_factory):
     from flywheel_env import flywheel_env
 
-    from flywheel import registry
-    from flywheel.simulate import simulate_traffic
+    from flywheel.model import registry
+    from flywheel.sim.traffic import simulate_traffic
 
     def edit(cfg):
         cfg["simulate"]["requests_per_week"] = 200

@@ -11,7 +11,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from flywheel.localenv import airflow_env
+    from flywheel.sim.localenv import airflow_env
 
     root = tmp_path_factory.mktemp("dashboard")
     with api_server(airflow_env(root / "airflow", root / "flywheel"), root, user="operator") as running:

@@ -18,7 +18,7 @@ import pytest
 
 # About 5 minutes on 2 cores (the default tiny model is built and trained for 3 epochs): left out
 # of `make test`; `make test-all` runs it. `make test` covers the rollback within one monitor run
-# (test_ab_monitor) and the offline gate on worse challengers (unit tests of `flywheel.evaluate`).
+# (test_ab_monitor) and the offline gate on worse challengers (unit tests of `flywheel.evaluation.offline`).
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 T = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday
@@ -31,9 +31,9 @@ POISON_RATE = 0.2
 def env(tmp_path_factory):
     from flywheel_env import flywheel_env
 
-    from flywheel import registry
-    from flywheel.demo import serve_week
-    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.model import registry
+    from flywheel.sim.demo import serve_week
+    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
 
     def edit(cfg):
         cfg["simulate"]["requests_per_week"] = 400
@@ -61,14 +61,15 @@ def _dags_test(env, dag_id: str, when: datetime, conf: dict | None = None) -> No
 
 
 def _poisoners(config) -> set[str]:
-    from flywheel.simulate import _users
+    from flywheel.sim.traffic import _users
 
     return {u.user_id for u in _users(config.simulate.seed, poison_rate=POISON_RATE) if u.poisoner}
 
 
 def test_a_poisoned_cycle_never_leaves_a_worse_champion(env):
-    from flywheel import experiment, registry
-    from flywheel.demo import serve_week
+    from flywheel.evaluation import experiment
+    from flywheel.model import registry
+    from flywheel.sim.demo import serve_week
 
     wh, base = env["wh"], env["base"]
     poisoners = _poisoners(env["config"])
@@ -108,7 +109,7 @@ def test_a_worse_challenger_is_rejected_offline(env):
     """A recipe that wrecks the adapter (a learning rate a thousand times too high) trains a
     challenger that is worse on the golden set: the offline gate rejects it, nothing goes live,
     and the champion stays where it was."""
-    from flywheel import registry
+    from flywheel.model import registry
 
     wh = env["wh"]
     when = T + timedelta(weeks=1)  # reads the clean week after the poisoned one

@@ -47,11 +47,11 @@ def _wait(what: str, check, timeout: float, procs, logs: Path):
 def airflow(tmp_path_factory):
     import httpx
 
-    from flywheel import registry
+    from flywheel.model import registry
     from flywheel.config import load_config
-    from flywheel.demo import serve_week
-    from flywheel.localenv import airflow_env
-    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.sim.demo import serve_week
+    from flywheel.sim.localenv import airflow_env
+    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
     from flywheel.warehouse import warehouse_from_config
 
     root = tmp_path_factory.mktemp("review")
@@ -119,7 +119,7 @@ def _tis(client, run_id: str) -> dict[str, dict]:
 
 
 def test_the_cycle_defers_while_people_review_then_goes_on(airflow):
-    from flywheel import review
+    from flywheel.review.items import items as review
 
     client, wh, procs, logs = airflow["client"], airflow["wh"], airflow["procs"], airflow["logs"]
     assert client.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).status_code == 200

@@ -52,9 +52,9 @@ def env(tmp_path_factory):
     """Temporary homes, a small config, a built tiny model, and three weeks of traffic."""
     from flywheel_env import flywheel_env
 
-    from flywheel import registry
-    from flywheel.demo import serve_week
-    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.model import registry
+    from flywheel.sim.demo import serve_week
+    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
 
     def edit(cfg):
         cfg["simulate"]["requests_per_week"] = 300
@@ -197,7 +197,7 @@ def test_challenger_adapter_loads_in_a_fresh_process(env, first_run):
 
 
 def test_champion_moves_only_when_the_challenger_is_better(env, first_run):
-    from flywheel import registry
+    from flywheel.model import registry
 
     wh = env["wh"]
     evals = {r["role"]: r for r in wh.select("evaluations", {"cycle_id": CYCLE_ID}).to_pylist()}
@@ -236,7 +236,7 @@ def test_rerun_of_the_same_logical_date_adds_no_duplicates(env, first_run):
 
 def test_a_challenger_that_is_not_better_is_not_promoted(env, first_run):
     """Rerun the date with a margin no challenger can beat: the champion stays the base."""
-    from flywheel import registry
+    from flywheel.model import registry
 
     wh = env["wh"]
     _dags_test(env, {"min_improvement": 1.0})
@@ -268,7 +268,7 @@ def test_compare_new_data_trains_a_twin_without_the_newest_week(env, first_run):
     newest = (NEW_DATA_DATE - timedelta(days=21), NEW_DATA_DATE - timedelta(days=14))
     full, twin_ds = (wh.select("datasets", {"dataset_id": d}).to_pylist()[0] for d in (NEW_DATA_CYCLE, twin))
     # The twin's examples are the challenger's less those of the newest week.
-    from flywheel.dataset import load_chat_dataset
+    from flywheel.data.dataset import load_chat_dataset
 
     ids = {d: {r["request_id"] for split in ("train", "validation") for r in load_chat_dataset(Path(ds["path"]))[split]}
            for d, ds in ((NEW_DATA_CYCLE, full), (twin, twin_ds))}  # fmt: skip
@@ -345,7 +345,7 @@ def test_a_failed_gate_fails_the_run_and_nothing_downstream_runs(env, first_run)
 
     from flywheel_env import dags_test
 
-    from flywheel import registry
+    from flywheel.model import registry
     from flywheel.schema import PRODUCTION_LOGS
 
     wh = env["wh"]

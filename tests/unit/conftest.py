@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from log_rows import log_row
 
-from flywheel.simulate import SHORT_WORDS, WORDS
+from flywheel.sim.traffic import SHORT_WORDS, WORDS
 from flywheel.warehouse import DuckDBWarehouse
 
 _WORDS = set(WORDS)

@@ -161,9 +161,9 @@ def test_cycle_stages_on_three_machines_share_only_the_bucket(tmp_path, gcs_buck
     from datetime import UTC, datetime
 
     from flywheel import cycle as fc
-    from flywheel import registry
+    from flywheel.model import registry
     from flywheel.schema import rows_to_table
-    from flywheel.simulate import simulate_traffic
+    from flywheel.sim.traffic import simulate_traffic
     from flywheel.warehouse import DuckDBWarehouse
 
     root = f"gs://{gcs_bucket}/{uuid.uuid4().hex[:10]}"

@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel import bootstrap, phases, registry
+from flywheel.data import bootstrap
+from flywheel.ops import phases
+from flywheel.model import registry
 from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig, PhasesConfig
 from flywheel.errors import ConfigError, FlywheelError, WindowError
 from flywheel.schema import rows_to_table
-from flywheel.simulate import TASK_TYPES, is_correct, simulate_traffic
+from flywheel.sim.traffic import TASK_TYPES, is_correct, simulate_traffic
 
 BOOT = datetime(2026, 1, 5, tzinfo=UTC)
 BASE = "some-base-path"
@@ -180,7 +182,7 @@ def test_dry_run_records_the_decision_but_keeps_the_champion(tmp_path, wh):
                           dry_run=True)  # fmt: skip
     # The offline gate compares item by item on the golden set: a champion right on every fifth
     # item, a challenger right on all of them.
-    from flywheel.evaluate import load_golden_set, score_answers
+    from flywheel.evaluation.offline import load_golden_set, score_answers
 
     ev = cycle.config.evaluation
     golden = load_golden_set(cycle.config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)

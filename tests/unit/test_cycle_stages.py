@@ -12,12 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from flywheel import cycle as fc
-from flywheel import registry
+from flywheel.model import registry
 from flywheel.config import FlywheelConfig
-from flywheel.dataset import load_chat_dataset
+from flywheel.data.dataset import load_chat_dataset
 from flywheel.errors import FlywheelError, WindowError
 from flywheel.schema import WINDOW_SNAPSHOT, rows_to_table
-from flywheel.simulate import simulate_traffic
+from flywheel.sim.traffic import simulate_traffic
 from flywheel.warehouse import DuckDBWarehouse
 
 DAG = "flywheel_weekly"
@@ -495,7 +495,7 @@ def test_rows_trained_on_in_an_earlier_cycle_are_duplicates_later(tmp_path, make
 
 
 def test_dataset_without_a_validation_split(tmp_path, make_log_row):
-    from flywheel.dataset import build_chat_dataset
+    from flywheel.data.dataset import build_chat_dataset
     from flywheel.schema import candidate_from_row
 
     rows = [candidate_from_row(make_log_row(f"r{i}", W_START)) for i in range(3)]

@@ -8,11 +8,12 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from flywheel import experiment, registry
+from flywheel.evaluation import experiment
+from flywheel.model import registry
 from flywheel.config import ExperimentConfig, load_config
-from flywheel.demo import serve_week
-from flywheel.experiment import ArmMetrics, bucket, required_sample_size
-from flywheel.registry import ModelVersion
+from flywheel.sim.demo import serve_week
+from flywheel.evaluation.experiment import ArmMetrics, bucket, required_sample_size
+from flywheel.model.registry import ModelVersion
 from flywheel.schema import rows_to_table
 
 T = datetime(2026, 3, 2, tzinfo=UTC)
@@ -122,7 +123,7 @@ def test_a_challenger_that_degrades_live_metrics_is_rolled_back(wh, tmp_path, an
     assert final.action == "rollback" and final.alert and "guardrail" in final.reason
     assert registry.current_champion(wh) == base
     assert wh.select("experiments").to_pylist()[0]["status"] == "rolled_back"
-    assert [r["cycle_id"] for r in __import__("flywheel.report", fromlist=["rollbacks"]).rollbacks(wh)] == ["ab-c1"]
+    assert [r["cycle_id"] for r in __import__("flywheel.ops.report", fromlist=["rollbacks"]).rollbacks(wh)] == ["ab-c1"]
     # Traffic afterwards is all the champion's.
     t = T + 4 * DAY
     serve_week(config, wh, t, days=1, answer_for={base: answer_fns["half"]}.__getitem__)
@@ -158,7 +159,7 @@ def test_a_newer_challenger_supersedes_the_running_experiment_and_a_failed_rerun
 
 
 def test_malformed_log_rows_are_left_out_of_the_arm_metrics(wh, tmp_path):
-    from flywheel.scorers import make_toxicity_scorer
+    from flywheel.filters.scorers import make_toxicity_scorer
 
     rows = [{"request_id": f"r{i}", "timestamp": T + timedelta(hours=i), "user_id": "u", "prompt": "p", "response": "x",
              "user_action": action, "model_version": "m", "task_type": "arithmetic", "quality_score": 0.5}

@@ -13,7 +13,7 @@ from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig
 from flywheel.errors import GateError
 from flywheel.schema import PRODUCTION_LOGS, rows_to_table
-from flywheel.simulate import simulate_traffic
+from flywheel.sim.traffic import simulate_traffic
 from flywheel.warehouse import DuckDBWarehouse
 
 END = datetime(2026, 3, 2, tzinfo=UTC)
@@ -134,8 +134,8 @@ def test_training_gate_catches_pii_and_golden_overlap_that_bypassed_the_filters(
     """If a bug let PII or a golden item through the filters, the gate still stops training."""
     import pyarrow.parquet as pq
 
-    from flywheel.dataset import build_chat_dataset
-    from flywheel.evaluate import load_golden_set
+    from flywheel.data.dataset import build_chat_dataset
+    from flywheel.evaluation.offline import load_golden_set
     from flywheel.schema import candidate_from_row
 
     cycle, wh = _built(setup)

@@ -10,8 +10,8 @@ import pytest
 
 from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig
-from flywheel.evaluate import GoldenSetError, check_golden_unchanged
-from flywheel.golden import golden_for, golden_from_reviews, load_curated_golden_set
+from flywheel.evaluation.offline import GoldenSetError, check_golden_unchanged
+from flywheel.evaluation.golden import golden_for, golden_from_reviews, load_curated_golden_set
 from flywheel.schema import rows_to_table
 
 T = datetime(2026, 3, 2, tzinfo=UTC)
@@ -132,7 +132,7 @@ def test_golden_from_reviews_with_nothing_to_take(tmp_path, wh):
 
 
 def test_golden_cli_builds_from_the_configured_warehouse(tmp_path, wh, monkeypatch, capsys):
-    from flywheel.golden import main
+    from flywheel.evaluation.golden import main
 
     _review(wh, "a", "req-a", kept=False, verdicts=["approve"])
     monkeypatch.setenv("FLYWHEEL_HOME", str(wh.path.parent))

@@ -15,13 +15,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flywheel import cycle as fc
-from flywheel import registry
+from flywheel.model import registry
 from flywheel.config import FlywheelConfig
-from flywheel.dataset import build_chat_dataset, load_chat_dataset, subset_chat_dataset
-from flywheel.evaluate import load_golden_set, score_answers
-from flywheel.report import format_new_data_table, new_data_section
+from flywheel.data.dataset import build_chat_dataset, load_chat_dataset, subset_chat_dataset
+from flywheel.evaluation.offline import load_golden_set, score_answers
+from flywheel.ops.report import format_new_data_table, new_data_section
 from flywheel.schema import rows_to_table
-from flywheel.simulate import simulate_traffic
+from flywheel.sim.traffic import simulate_traffic
 
 BASE = "some-base-path"
 END = datetime(2026, 3, 2, tzinfo=UTC)  # 14-day window [2026-02-02, 2026-02-16), newest week from 02-09

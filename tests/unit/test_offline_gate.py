@@ -6,7 +6,7 @@ import pytest
 
 from flywheel.config import EvaluationConfig
 from flywheel.errors import GateError
-from flywheel.evaluate import (
+from flywheel.evaluation.offline import (
     ExactMatchScorer,
     GoldenSetError,
     JudgeScorer,
@@ -18,7 +18,7 @@ from flywheel.evaluate import (
     load_golden_set,
     score_answers,
 )
-from flywheel.simulate import TASK_TYPES, Task, golden_set
+from flywheel.sim.traffic import TASK_TYPES, Task, golden_set
 
 
 def _answers(tasks, right_types=(), right_every=0, oracle=None):
@@ -126,7 +126,7 @@ def test_golden_set_must_cover_every_task_type_and_stay_unchanged(tmp_path):
 
 def test_decontamination_is_verified_on_the_trained_set():
     from flywheel.config import FiltersConfig
-    from flywheel.dataset import user_message
+    from flywheel.data.dataset import user_message
     from flywheel.filters import golden_index
 
     inputs = [user_message(t.prompt, t.context) for t in TASKS]

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flywheel import registry
+from flywheel.model import registry
 from flywheel.errors import RegistryError
-from flywheel.registry import (
+from flywheel.model.registry import (
     BOOTSTRAP_CYCLE,
     ModelVersion,
     base_version_name,

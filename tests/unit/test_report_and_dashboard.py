@@ -9,16 +9,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flywheel import cycle as fc
-from flywheel import registry
+from flywheel.model import registry
 from flywheel.config import FlywheelConfig
-from flywheel.report import (
+from flywheel.ops.report import (
     format_velocity_table,
     velocity_rows,
     wilson_interval,
     write_cycle_report,
 )
 from flywheel.schema import rows_to_table
-from flywheel.simulate import simulate_traffic
+from flywheel.sim.traffic import simulate_traffic
 
 PNG = b"\x89PNG\r\n\x1a\n"
 T1 = datetime(2026, 3, 2, tzinfo=UTC)

@@ -11,13 +11,15 @@ from datetime import UTC, datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel import calibrate, registry, review
+from flywheel.review.items import calibrate
+from flywheel.model import registry
+from flywheel.review.items import items as review
 from flywheel import cycle as fc
 from flywheel.config import CalibrationConfig, FiltersConfig, FlywheelConfig
-from flywheel.dataset import load_chat_dataset
-from flywheel.prioritize import Priority, disagreement, prioritise
+from flywheel.data.dataset import load_chat_dataset
+from flywheel.review.prioritize import Priority, disagreement, prioritise
 from flywheel.schema import TrainingCandidate
-from flywheel.simulate import simulate_traffic
+from flywheel.sim.traffic import simulate_traffic
 
 T = datetime(2026, 3, 2, tzinfo=UTC)
 NOW = datetime(2026, 3, 2, 9, tzinfo=UTC)
@@ -170,7 +172,7 @@ def test_simulated_reviewers_finish_the_batch_knowing_the_right_answers(reviewed
     assert n == 2 * len(items)
     assert review.progress(wh, cycle.cycle_id, 2).share == 1.0
     verdicts = review.verdicts(wh, cycle.cycle_id)
-    from flywheel.simulate import is_correct
+    from flywheel.sim.traffic import is_correct
 
     right = 0
     for i in items:
@@ -221,9 +223,9 @@ def test_calibration_is_recorded_and_adopted_only_when_it_helps(reviewed_world, 
 
 
 def test_model_signals_are_measured_on_the_tiny_model(tmp_path):
-    from flywheel.inference import load_model
-    from flywheel.prioritize import answer_token_stats
-    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.model.inference import load_model
+    from flywheel.review.prioritize import answer_token_stats
+    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
 
     config = FlywheelConfig(home=tmp_path).with_overrides({"tiny_model.pretrain_examples": 200, "tiny_model.pretrain_epochs": 1})
     build_tiny_model(config)

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from flywheel.schema import PRODUCTION_LOGS, validate_row
-from flywheel.simulate import TASK_TYPES, golden_set, is_correct, simulate_traffic
+from flywheel.sim.traffic import TASK_TYPES, golden_set, is_correct, simulate_traffic
 
 WEEK = datetime(2026, 1, 5, tzinfo=UTC)
 

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flywheel.config import FiltersConfig, FlywheelConfig
-from flywheel.dedup import DedupIndex, MinHasher, lsh_bands
+from flywheel.filters.dedup import DedupIndex, MinHasher, lsh_bands
 from flywheel.filters import FilterChain, select_top
-from flywheel.pii import default_scanner, may_hold_pii
+from flywheel.filters.pii import default_scanner, may_hold_pii
 from flywheel.schema import candidate_from_row
-from flywheel.scorers import (
+from flywheel.filters.scorers import (
     LexicalGroundingScorer,
     ProfanityCheckScorer,
     make_grounding_scorer,

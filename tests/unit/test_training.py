@@ -16,15 +16,15 @@ from pathlib import Path
 import pytest
 
 from flywheel.config import FlywheelConfig
-from flywheel.dataset import build_chat_dataset
+from flywheel.data.dataset import build_chat_dataset
 from flywheel.schema import candidate_from_row
-from flywheel.simulate import simulate_traffic
-from flywheel.training import train_lora, train_lora_in_subprocess
+from flywheel.sim.traffic import simulate_traffic
+from flywheel.model.training import train_lora, train_lora_in_subprocess
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, answer_fns):
-    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
 
     root = tmp_path_factory.mktemp("training")
     config = FlywheelConfig(home=root).with_overrides(
@@ -71,7 +71,7 @@ def test_adapter_is_standard_and_reloads_exactly_in_a_fresh_process(setup):
         "import json, sys\n"
         "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         "from peft import PeftModel\n"
-        "from flywheel.training import greedy_token_ids\n"
+        "from flywheel.model.training import greedy_token_ids\n"
         "base, adapter = sys.argv[1], sys.argv[2]\n"
         "tok = AutoTokenizer.from_pretrained(adapter)\n"
         "model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)\n"
@@ -90,7 +90,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(setup):
     path = setup["root"] / "request-b.json"
     path.write_text(json.dumps(req))
     checkpoints = out.with_name(out.name + ".work") / "checkpoints"
-    child = subprocess.Popen([sys.executable, "-m", "flywheel.training", str(path)],
+    child = subprocess.Popen([sys.executable, "-m", "flywheel.model.training", str(path)],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and child.poll() is None:
@@ -139,8 +139,8 @@ def test_a_failing_training_process_is_a_training_error(setup):
 def test_merged_export_answers_like_the_adapter(setup, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flywheel import registry
-    from flywheel.training import greedy_token_ids
+    from flywheel.model import registry
+    from flywheel.model.training import greedy_token_ids
     from flywheel.warehouse import DuckDBWarehouse
 
     out = setup["root"] / "adapter-a"
@@ -157,7 +157,7 @@ def test_merged_export_answers_like_the_adapter(setup, tmp_path):
 
 
 def test_stratified_split_measures_every_task_type():
-    from flywheel.dataset import stratified_split
+    from flywheel.data.dataset import stratified_split
 
     rows = [{"request_id": f"{t}-{i}", "task_type": t} for t, n in (("common", 100), ("rare", 5), ("single", 1)) for i in range(n)]
     train, val = stratified_split(rows, 0.2)
@@ -168,7 +168,7 @@ def test_stratified_split_measures_every_task_type():
 
 
 def test_gold_examples_take_the_reviewers_answer_and_weigh_more(tmp_path, make_log_row):
-    from flywheel.dataset import load_chat_dataset
+    from flywheel.data.dataset import load_chat_dataset
 
     cands = [candidate_from_row(make_log_row(f"r{i}", datetime(2026, 1, 6, tzinfo=UTC), response=f"ANSWER{i}")) for i in range(4)]
     info = build_chat_dataset(cands, tmp_path / "ds", val_fraction=0.0, gold={"r1": "EDITED", "r2": None}, gold_weight=3.0)
@@ -183,7 +183,7 @@ def test_gold_examples_take_the_reviewers_answer_and_weigh_more(tmp_path, make_l
 def test_weighted_loss_counts_gold_tokens_more():
     import torch
 
-    from flywheel.training import weighted_token_loss
+    from flywheel.model.training import weighted_token_loss
 
     torch.manual_seed(0)
     logits = torch.randn(2, 5, 7)
@@ -197,15 +197,15 @@ def test_weighted_loss_counts_gold_tokens_more():
 
 
 def test_curriculum_keeps_the_dataset_order(setup, tmp_path):
-    from flywheel.dataset import load_chat_dataset
+    from flywheel.data.dataset import load_chat_dataset
     from flywheel.schema import candidate_from_row as c_from_row
-    from flywheel.training import _trainer_class
+    from flywheel.model.training import _trainer_class
 
     logs = simulate_traffic(datetime(2026, 1, 5, tzinfo=UTC), lambda p: ["x"] * len(p), model_version="b", n_requests=40,
                             seed=9, malformed_rate=0.0).to_pylist()  # fmt: skip
     build_chat_dataset([c_from_row(r) for r in logs], tmp_path / "cur", val_fraction=0.0, curriculum=True)
     train = load_chat_dataset(tmp_path / "cur")["train"]
-    from flywheel.dataset import difficulty
+    from flywheel.data.dataset import difficulty
 
     lengths = [difficulty(r) for r in train]
     assert lengths == sorted(lengths)

@@ -4,7 +4,7 @@ causes the metrics point to."""
 from __future__ import annotations
 
 from flywheel.config import VelocityConfig
-from flywheel.metrics import diagnose_stagnation
+from flywheel.ops.metrics import diagnose_stagnation
 
 CFG = VelocityConfig(stagnation_min_delta=0.02, stagnation_cycles=3, min_examples_per_day=20, min_pass_rate=0.1)
 MIX = {"arithmetic": 0.3, "uppercase": 0.2, "reverse": 0.2, "extraction": 0.25, "letter_count": 0.05}
@@ -44,7 +44,7 @@ def test_causes_are_named_from_the_metrics():
 def test_cycles_table_says_what_became_of_each_challenger(wh):
     from datetime import UTC, datetime, timedelta
 
-    from flywheel.metrics import cycles_report, format_cycles_table
+    from flywheel.ops.metrics import cycles_report, format_cycles_table
     from flywheel.schema import rows_to_table
 
     t = datetime(2026, 3, 2, tzinfo=UTC)
@@ -64,8 +64,8 @@ def test_cycles_table_says_what_became_of_each_challenger(wh):
 def test_time_to_improvement_runs_from_the_last_gain_not_a_rollback(wh):
     from datetime import UTC, datetime, timedelta
 
-    from flywheel import registry
-    from flywheel.metrics import days_since_last_gain
+    from flywheel.model import registry
+    from flywheel.ops.metrics import days_since_last_gain
 
     t0 = datetime(2026, 3, 2, tzinfo=UTC)
     registry.ensure_bootstrap_champion(wh, "base")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flywheel.errors import WindowError
-from flywheel.extract import Window, lagged_window
+from flywheel.data.extract import Window, lagged_window
 
 END = datetime(2026, 3, 2, tzinfo=UTC)
 US = timedelta(microseconds=1)

@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flywheel import registry
+from flywheel.model import registry
 from flywheel.config import PHASES
 from flywheel.warehouse import Warehouse
 
@@ -151,7 +151,7 @@ def plot_velocity(rows: list[VelocityRow], path: Any) -> Any:
 
 
 def plot_rule_pass_rates(rows: list[VelocityRow], path: Any) -> Any:
-    from flywheel.metrics import RULE_ORDER
+    from flywheel.ops.metrics import RULE_ORDER
 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, 3.8))

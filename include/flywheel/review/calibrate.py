@@ -92,7 +92,7 @@ def current_thresholds(filters: FiltersConfig) -> dict[str, float]:
 
 def judged_items(wh: Warehouse, since: datetime, until: datetime) -> list[Judged]:
     """The random slice's reviewed items of the cycles in ``(since, until]``, with verdicts."""
-    from flywheel.review import verdicts
+    from flywheel.review.items import verdicts
 
     cycles = wh.query(
         "SELECT DISTINCT cycle_id FROM review_items WHERE slice = 'random' AND logical_date > $s AND logical_date <= $u",

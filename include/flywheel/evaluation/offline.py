@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from flywheel.errors import GateError
-from flywheel.simulate import TASK_TYPES, Task, golden_set, is_correct
+from flywheel.sim.traffic import TASK_TYPES, Task, golden_set, is_correct
 
 
 class GoldenSetError(GateError):
@@ -228,7 +228,7 @@ def compare_offline(
     lies above zero). Slices: no task type loses more than ``max_slice_regression``; on a slice
     so small that one item weighs more than that, one item's loss is tolerated, since a gate on
     a single item's noise would block every challenger."""
-    from flywheel.registry import decide_promotion
+    from flywheel.model.registry import decide_promotion
 
     if len(champion.item_scores) != len(tasks) or len(challenger.item_scores) != len(tasks):
         raise ValueError("both results need one score per golden item to be compared")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flywheel.config import FlywheelConfig, TinyModelConfig
-from flywheel.simulate import Task, pretraining_tasks
+from flywheel.sim.traffic import Task, pretraining_tasks
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def _config_hash(cfg: TinyModelConfig) -> str:
 
 
 def _corpus(tasks: list[Task]) -> list[str]:
-    from flywheel.dataset import user_message
+    from flywheel.data.dataset import user_message
 
     return [f"{user_message(t.prompt, t.context)} {t.answer}" for t in tasks]
 
@@ -172,7 +172,7 @@ def build_tiny_model(config: FlywheelConfig, *, force: bool = False) -> TinyMode
 
 
 def _user(task: Task) -> str:
-    from flywheel.dataset import user_message
+    from flywheel.data.dataset import user_message
 
     return user_message(task.prompt, task.context)
 

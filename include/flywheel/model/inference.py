@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from flywheel.dataset import user_message
+from flywheel.data.dataset import user_message
 
 if TYPE_CHECKING:
     from flywheel.artefacts import ArtefactStore

@@ -3,11 +3,11 @@
 Each cycle sends `review.sample_rate` (5-10%) of its window's candidates to reviewers:
 
 - a **random slice** (`review.random_share` of the budget), drawn uniformly from every valid
-  candidate, kept by the filters or not, so that calibration (`flywheel.calibrate`) measures the
+  candidate, kept by the filters or not, so that calibration (`flywheel.review.calibrate`) measures the
   filters without the bias of the prioritised picks;
 - a **prioritised slice** from the candidates the filters kept, stratified by task type and user
   action (each stratum gets its proportional share, at least one), highest priority first
-  (`flywheel.prioritize`). Each item records why it was picked.
+  (`flywheel.review.prioritize`). Each item records why it was picked.
 
 Reviewers see PII-redacted text only. A review scores accuracy, helpfulness and safety (1-5),
 gives a verdict (approve / reject) and may edit the response. An item's verdict is its
@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flywheel.errors import FlywheelError
-from flywheel.prioritize import Priority
+from flywheel.review.prioritize import Priority
 from flywheel.schema import TrainingCandidate, rows_to_table
 from flywheel.warehouse import Warehouse
 
@@ -313,7 +313,7 @@ def simulated_review(item: dict[str, Any], truth: str | None, rng: random.Random
     """What a careful reviewer would say, knowing the task's right answer (the simulator's
     oracle), wrong ``noise`` of the time. A wrong answer is fixed (edited, approved) half the
     time, rejected otherwise."""
-    from flywheel.simulate import is_correct
+    from flywheel.sim.traffic import is_correct
 
     target = item["correction"] if item["user_action"] == "corrected" and item["correction"] else item["response"]
     right = truth is not None and is_correct(target, truth)

@@ -15,7 +15,7 @@ Timeline (weeks are Mondays, UTC):
 Every accuracy printed is measured on the golden set, and every user action in the logs is a
 simulated user's reaction to a real answer of the model that served it.
 
-Run: ``python -m flywheel.demo [--cycles N] [--keep]``.
+Run: ``python -m flywheel.sim.demo [--cycles N] [--keep]``.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from flywheel.config import PROJECT_ROOT, FlywheelConfig, flywheel_home, load_config
-from flywheel.simulate import AnswerFn
+from flywheel.sim.traffic import AnswerFn
 from flywheel.warehouse import Warehouse, warehouse_from_config
 
-log = logging.getLogger("flywheel.demo")
+log = logging.getLogger("flywheel.sim.demo")
 
 DAG_ID = "flywheel_weekly"
 FIRST_WEEK = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday: the bootstrap runs on it
@@ -56,8 +56,9 @@ def serve_week(
     challenger's arm are served by the challenger, and each row names the version that answered.
     ``answer_for`` maps a version to its answer function (default: load the model); ``truth``
     collects each request's right answer, for the simulated reviewers."""
-    from flywheel import experiment, registry
-    from flywheel.simulate import Arm, simulate_traffic
+    from flywheel.evaluation import experiment
+    from flywheel.model import registry
+    from flywheel.sim.traffic import Arm, simulate_traffic
 
     answer_for = answer_for or _model_answers(config, wh)
     champion = registry.champion_as_of(wh, week_start + timedelta(microseconds=1))
@@ -87,9 +88,9 @@ def serve_week(
 
 def _model_answers(config: FlywheelConfig, wh: Warehouse) -> Callable[[str], AnswerFn]:
     """Answer functions of registered versions, each model loaded once."""
-    from flywheel import registry
+    from flywheel.model import registry
     from flywheel.artefacts import ArtefactStore
-    from flywheel.inference import answer_fn, load_model
+    from flywheel.model.inference import answer_fn, load_model
 
     loaded: dict[str, AnswerFn] = {}
     store = ArtefactStore(config)  # adapters kept in a bucket are fetched once, then cached
@@ -131,7 +132,7 @@ def serve_week_with_monitor(
 ) -> None:
     """Serve the week in slices, running `ab_monitor` through Airflow between them, so that a
     ramp, a promotion or a rollback changes who serves the rest of the week."""
-    from flywheel.experiment import needs_monitoring
+    from flywheel.evaluation.experiment import needs_monitoring
 
     t = monday
     for k, days in enumerate(MONITOR_DAYS):
@@ -157,7 +158,7 @@ class SimulatedReviewers:
         self.written = 0
 
     def _run(self) -> None:
-        from flywheel.review import run_simulated_reviewers
+        from flywheel.review.items import run_simulated_reviewers
 
         while not self.stop.wait(2.0):
             try:
@@ -203,7 +204,7 @@ def print_reviews(wh: Warehouse) -> None:
     """Per cycle: the review sample, how much was reviewed, agreement, and the calibration."""
     import json
 
-    from flywheel.review import agreement
+    from flywheel.review.items import agreement
 
     cycles = wh.query("SELECT DISTINCT cycle_id FROM review_items ORDER BY cycle_id").column("cycle_id").to_pylist()
     print("\nHuman review (simulated reviewers: the simulator's oracle with 10% noise, two per item):\n")
@@ -230,8 +231,8 @@ def write_demo_labels(path: Path, *, n: int = 60, seed: int = 5) -> Path:
     lines (not JSON; no prompt) that the bootstrap must quarantine, not drop or crash on."""
     import random
 
-    from flywheel.bootstrap import write_labels_file
-    from flywheel.simulate import sample_task
+    from flywheel.data.bootstrap import write_labels_file
+    from flywheel.sim.traffic import sample_task
 
     rng = random.Random(f"labels:{seed}")
     tasks = [sample_task(rng) for _ in range(n)]
@@ -253,15 +254,15 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "datasets", "transformers", "peft"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from flywheel import registry
-    from flywheel.localenv import airflow_env
-    from flywheel.metrics import (
+    from flywheel.model import registry
+    from flywheel.sim.localenv import airflow_env
+    from flywheel.ops.metrics import (
         cycles_report,
         format_cycles_table,
         format_rule_table,
         rule_pass_rates,
     )
-    from flywheel.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
 
     started = time.monotonic()
     home = flywheel_home()
@@ -350,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         "SELECT field, rule, COUNT(*) AS n FROM quarantine GROUP BY field, rule ORDER BY n DESC"
     ).to_pylist()
     print("Quarantined, by reason: " + ", ".join(f"{q['field']}.{q['rule']}={q['n']}" for q in quarantine))
-    from flywheel.report import format_velocity_table, velocity_rows
+    from flywheel.ops.report import format_velocity_table, velocity_rows
 
     print("\nVelocity per cycle, with the phase each ended in (days to gain: since the previous promotion):\n")
     print(format_velocity_table(velocity_rows(wh)))
@@ -370,9 +371,9 @@ def main(argv: list[str] | None = None) -> int:
 def print_offline_and_ab(wh: Warehouse) -> None:
     """Per cycle: golden-set scores with 95% bootstrap intervals and the offline gate; then each
     A/B test's measurements and decision, and every decision on the champion pointer."""
-    from flywheel.evaluate import format_offline_table
-    from flywheel.experiment import format_experiments_table
-    from flywheel.report import format_new_data_table
+    from flywheel.evaluation.offline import format_offline_table
+    from flywheel.evaluation.experiment import format_experiments_table
+    from flywheel.ops.report import format_new_data_table
 
     print("\nOffline gate per cycle (golden set, paired bootstrap 95% intervals, per-slice rule):\n")
     print(format_offline_table(wh.query("SELECT * FROM offline_comparisons ORDER BY compared_at").to_pylist()))

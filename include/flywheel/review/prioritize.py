@@ -44,7 +44,7 @@ def answer_token_stats(loaded: Any, items: Sequence[TrainingCandidate], *, refer
     ``reference`` model (the parent), ``1 - exp(-mean KL(model || reference))``."""
     import torch
 
-    from flywheel.dataset import user_message
+    from flywheel.data.dataset import user_message
 
     tok = loaded.tokenizer
     if tok.pad_token_id is None:

@@ -6,8 +6,8 @@ Writes are idempotent: `merge` replaces rows by the table's keys and `replace_pa
 a cycle's rows before inserting them again, so a rerun or backfill of a logical date never
 duplicates anything.
 
-Three backends: DuckDB here (the embedded default), `flywheel.bigquery_warehouse` and
-`flywheel.snowflake_warehouse`. The cloud ones are opened through their Airflow connection by
+Three backends: DuckDB here (the embedded default), `flywheel.warehouse.bigquery` and
+`flywheel.warehouse.snowflake`. The cloud ones are opened through their Airflow connection by
 `flywheel_airflow.hooks.FlywheelWarehouseHook`, so that credentials never pass through config.
 """
 

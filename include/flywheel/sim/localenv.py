@@ -40,7 +40,7 @@ def airflow_env(airflow_home: Path, flywheel_home: Path, *, config_path: Path | 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flywheel.localenv ARGS...``: run ``airflow ARGS...`` in the project's local env."""
+    """``python -m flywheel.sim.localenv ARGS...``: run ``airflow ARGS...`` in the project's local env."""
     import subprocess
     import sys
 

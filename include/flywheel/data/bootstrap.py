@@ -129,7 +129,7 @@ def read_manual_labels(path: Path, *, labelled_at: datetime) -> tuple[list[dict[
 
 def synthetic_rows(per_task_type: int, *, seed: int, created_at: datetime) -> list[dict[str, Any]]:
     """``per_task_type`` template examples of every task type, with their checked answers."""
-    from flywheel.simulate import TASK_MIX
+    from flywheel.sim.traffic import TASK_MIX
 
     rows: list[dict[str, Any]] = []
     rng = random.Random(f"synthetic:{seed}")

@@ -21,9 +21,9 @@ from flywheel.config import FiltersConfig
 from flywheel.schema import TrainingCandidate
 
 if TYPE_CHECKING:
-    from flywheel.dedup import DedupIndex
-    from flywheel.pii import PiiScanner
-    from flywheel.scorers import GroundingScorer, ToxicityScorer
+    from flywheel.filters.dedup import DedupIndex
+    from flywheel.filters.pii import PiiScanner
+    from flywheel.filters.scorers import GroundingScorer, ToxicityScorer
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
@@ -130,13 +130,13 @@ def apply_filters(
 
 def interaction_text(c: TrainingCandidate) -> str:
     """What a training example is made of: the user turn (context + prompt) and the target."""
-    from flywheel.dataset import user_message
+    from flywheel.data.dataset import user_message
 
     return f"{user_message(c.prompt, c.context)}\n{c.target}"
 
 
 def input_text(c: TrainingCandidate) -> str:
-    from flywheel.dataset import user_message
+    from flywheel.data.dataset import user_message
 
     return user_message(c.prompt, c.context)
 
@@ -183,7 +183,7 @@ def redact_candidate(c: TrainingCandidate, scanner: Any) -> tuple[TrainingCandid
 
 def golden_index(config: FiltersConfig, golden_inputs: Sequence[str]) -> DedupIndex:
     """The golden set's inputs, indexed for decontamination at its own threshold."""
-    from flywheel.dedup import DedupIndex, MinHasher
+    from flywheel.filters.dedup import DedupIndex, MinHasher
 
     hasher = MinHasher.from_config(config)
     index = DedupIndex(hasher, config.decontamination_threshold)
@@ -210,9 +210,9 @@ class FilterChain:
         grounding: GroundingScorer | None = None,
         pii: PiiScanner | None = None,
     ) -> None:
-        from flywheel.dedup import DedupIndex, MinHasher
-        from flywheel.pii import default_scanner
-        from flywheel.scorers import make_grounding_scorer, make_toxicity_scorer
+        from flywheel.filters.dedup import DedupIndex, MinHasher
+        from flywheel.filters.pii import default_scanner
+        from flywheel.filters.scorers import make_grounding_scorer, make_toxicity_scorer
 
         self.config = config
         self.cheap_rules: list[Rule] = basic_rules(config)

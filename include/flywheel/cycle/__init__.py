@@ -20,12 +20,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flywheel import registry
-from flywheel.bootstrap import MANUAL_MODEL_VERSION
+from flywheel.model import registry
+from flywheel.data.bootstrap import MANUAL_MODEL_VERSION
 from flywheel.config import PHASES, FlywheelConfig
-from flywheel.dataset import build_chat_dataset
+from flywheel.data.dataset import build_chat_dataset
 from flywheel.errors import FlywheelError, TrainingError, WindowError
-from flywheel.extract import Window, as_utc, extract_window_snapshot, lagged_window
+from flywheel.data.extract import Window, as_utc, extract_window_snapshot, lagged_window
 from flywheel.schema import (
     PRODUCTION_LOGS,
     WINDOW_SNAPSHOT,
@@ -56,7 +56,7 @@ class CycleSpec:
     config: FlywheelConfig
     # Run everything, but leave the champion where it is (the decision is recorded as such).
     dry_run: bool = False
-    # The phase whose capture policy the config already carries (see `flywheel.phases`).
+    # The phase whose capture policy the config already carries (see `flywheel.ops.phases`).
     phase: str | None = None
 
     @property
@@ -164,9 +164,9 @@ def stage_extract(cycle: CycleSpec, wh: Warehouse, extra_rows: list[dict[str, An
 
 def stage_extract_bootstrap(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Cold start: the beta users' traffic in the window, plus manual labels and synthetic
-    examples (`flywheel.bootstrap`). Lines of a labels file that cannot be read as a row are
+    examples (`flywheel.data.bootstrap`). Lines of a labels file that cannot be read as a row are
     kept for `stage_validate` to quarantine with their reason."""
-    from flywheel import bootstrap
+    from flywheel.data import bootstrap
 
     cfg = cycle.config.bootstrap
     extra = bootstrap.synthetic_rows(cfg.synthetic_per_task_type, seed=cfg.synthetic_seed, created_at=cycle.window.start)
@@ -241,9 +241,9 @@ def stage_gate_training_set(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Great Expectations on the built training set: no PII, no golden overlap, balance, length."""
     from flywheel import gates
     from flywheel.artefacts import ArtefactStore
-    from flywheel.dataset import load_chat_dataset
+    from flywheel.data.dataset import load_chat_dataset
     from flywheel.filters import golden_index
-    from flywheel.pii import default_scanner
+    from flywheel.filters.pii import default_scanner
 
     if not cycle.config.gates.enabled:
         return {"gate": "training_set", "skipped": "gates.enabled is false"}
@@ -322,7 +322,7 @@ def stage_validate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 
 def redact_row_for_quarantine(row: dict[str, Any], config: FlywheelConfig) -> dict[str, Any]:
     """The quarantined row as kept for operators: its text fields with PII redacted."""
-    from flywheel.pii import default_scanner
+    from flywheel.filters.pii import default_scanner
 
     scanner = default_scanner(config.filters.pii_entities, config.filters.pii_min_score)
     out = dict(row)
@@ -339,8 +339,8 @@ def _candidates(path: Path) -> list[TrainingCandidate]:
 
 def golden_inputs(config: FlywheelConfig) -> list[str]:
     """The golden set's model inputs: what no training example may duplicate."""
-    from flywheel.dataset import user_message
-    from flywheel.golden import golden_for
+    from flywheel.data.dataset import user_message
+    from flywheel.evaluation.golden import golden_for
 
     return [user_message(t.prompt, t.context) for t in golden_for(config).tasks]
 
@@ -351,7 +351,7 @@ def training_history(cycle: CycleSpec, wh: Warehouse):  # -> DedupIndex
     Only strictly earlier cycles count, so a rerun or a backfill sees the same history."""
     import numpy as np
 
-    from flywheel.dedup import DedupIndex, Fingerprints, MinHasher
+    from flywheel.filters.dedup import DedupIndex, Fingerprints, MinHasher
 
     cfg = cycle.config.filters
     hasher = MinHasher.from_config(cfg)
@@ -527,7 +527,7 @@ def _keep_out_flagged_windows(cycle: CycleSpec, wh: Warehouse, kept: list[Traini
 def _apply_reviews(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> dict[str, bool]:
     """{request_id: approved} for the kept candidates humans reviewed; each gets a `review`
     decision (so the cycle's counts stay true: a rejected one is no longer kept)."""
-    from flywheel.review import verdicts
+    from flywheel.review.items import verdicts
 
     if not cycle.config.review.enabled:
         return {}
@@ -549,7 +549,7 @@ def _apply_reviews(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate
 def _gold(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> dict[str, str | None]:
     """Kept rows a person vouched for, with the answer to train on when a reviewer edited it
     (None: the row's own answer): manual labels, gold examples accepted before, approved reviews."""
-    from flywheel.review import verdicts
+    from flywheel.review.items import verdicts
 
     known = set(wh.query("SELECT request_id FROM gold_examples WHERE logical_date < $t", {"t": cycle.logical_date})
                 .column("request_id").to_pylist())  # fmt: skip
@@ -580,11 +580,12 @@ def _record_gold_examples(
 
 
 def stage_sample_for_review(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
-    """Send `review.sample_rate` of the window's candidates to human review (`flywheel.review`):
+    """Send `review.sample_rate` of the window's candidates to human review (`flywheel.review.items`):
     a uniform random slice for calibration and a prioritised, stratified slice of the kept ones.
     Reviewers only ever see PII-redacted text."""
-    from flywheel import prioritize, review
-    from flywheel.calibrate import RULES, current_thresholds
+    from flywheel.review.items import prioritize
+    from flywheel.review.items import items as review
+    from flywheel.review.calibrate import RULES, current_thresholds
 
     cfg = cycle.config.review
     if not cfg.enabled:
@@ -622,8 +623,8 @@ def stage_sample_for_review(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 def _model_signals(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]):
     """The champion's uncertainty on each kept answer, and how far it moved from its parent."""
     from flywheel.artefacts import ArtefactStore
-    from flywheel.inference import load_model
-    from flywheel.prioritize import answer_token_stats
+    from flywheel.model.inference import load_model
+    from flywheel.review.prioritize import answer_token_stats
 
     ensure_base_model(cycle.config, wh)
     store = ArtefactStore(cycle.config)
@@ -644,7 +645,7 @@ def _redacted_texts(
     from dataclasses import replace
 
     from flywheel.filters import redact_candidate
-    from flywheel.pii import default_scanner
+    from flywheel.filters.pii import default_scanner
 
     missing = {c.request_id for c in picked if c.request_id not in already and not c.prompt}
     texts: dict[str, dict[str, Any]] = {}
@@ -670,10 +671,10 @@ def _redacted_texts(
 
 def stage_calibrate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Refit the threshold filters to the random slices' verdicts of the last
-    `calibration.lookback_days` (`flywheel.calibrate`); an adopted fit is the config version the
+    `calibration.lookback_days` (`flywheel.review.calibrate`); an adopted fit is the config version the
     next cycles run under. It runs where the cycle itself sends nothing to review too: the
     monthly cycle recalibrates on its month's weekly reviews."""
-    from flywheel.calibrate import calibrate
+    from flywheel.review.calibrate import calibrate
 
     if not cycle.config.calibration.enabled:
         return {"skipped": "calibration.enabled is false"}
@@ -683,7 +684,7 @@ def stage_calibrate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 
 def _record_training_fingerprints(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> None:
     """What this training set holds, as fingerprints (no text), for later cycles' dedup."""
-    from flywheel.dedup import MinHasher
+    from flywheel.filters.dedup import MinHasher
     from flywheel.filters import interaction_text
 
     cfg = cycle.config.filters
@@ -708,7 +709,7 @@ def ensure_base_model(config: FlywheelConfig, wh: Warehouse) -> str:
 
     With no champion yet (cold start), the base model becomes the first champion.
     """
-    from flywheel.tinymodel import TINY_MODEL_NAME, build_tiny_model, resolve_base_model
+    from flywheel.sim.tinymodel import TINY_MODEL_NAME, build_tiny_model, resolve_base_model
 
     if config.training.base_model == TINY_MODEL_NAME:
         build_tiny_model(config)  # a no-op when the cached build matches the config
@@ -735,7 +736,7 @@ def _train_version(
     """LoRA on ``dataset``, continuing from the champion's adapter; registered as ``version``
     with the window its data came from (the twin's ends where the newest days begin)."""
     from flywheel.artefacts import ArtefactStore
-    from flywheel.training import train_lora_in_subprocess
+    from flywheel.model.training import train_lora_in_subprocess
 
     base = ensure_base_model(cycle.config, wh)
     store = ArtefactStore(cycle.config)  # a bucket root: inputs fetched here, the adapter published
@@ -798,7 +799,7 @@ def stage_train_twin(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     challenger. Nothing to do (and any earlier twin of this cycle forgotten) unless
     `evaluation.compare_new_data` is on and the window reaches further back than its newest days."""
     from flywheel.artefacts import ArtefactStore
-    from flywheel.dataset import subset_chat_dataset
+    from flywheel.data.dataset import subset_chat_dataset
 
     wh.execute("DELETE FROM datasets WHERE dataset_id = $d", {"d": cycle.twin_version})
     newest = cycle.newest_window
@@ -839,13 +840,13 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     per item (kept for the paired comparison of the offline gate). First, the golden set must be
     the registered version, and the challenger's training set must hold none of its inputs."""
     from flywheel.artefacts import ArtefactStore
-    from flywheel.evaluate import (
+    from flywheel.evaluation.offline import (
         bootstrap_interval,
         check_golden_unchanged,
         evaluate_answer_fn,
     )
-    from flywheel.golden import golden_for
-    from flywheel.inference import answer_fn, load_model
+    from flywheel.evaluation.golden import golden_for
+    from flywheel.model.inference import answer_fn, load_model
 
     ev = cycle.config.evaluation
     golden = golden_for(cycle.config)
@@ -895,8 +896,8 @@ def _check_training_set_decontaminated(cycle: CycleSpec) -> None:
     """The set the challenger trained on holds no golden input (exact or near): verified on
     every cycle, whatever the filters and gates upstream did."""
     from flywheel.artefacts import ArtefactStore
-    from flywheel.dataset import load_chat_dataset
-    from flywheel.evaluate import check_decontaminated
+    from flywheel.data.dataset import load_chat_dataset
+    from flywheel.evaluation.offline import check_decontaminated
     from flywheel.filters import golden_index
 
     store = ArtefactStore(cycle.config)
@@ -926,9 +927,9 @@ def stage_promote(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     per cycle in `offline_comparisons`. A challenger that passes goes to an online A/B test
     (`experiment.enabled`): the pointer moves later, when `ab_monitor` sees a significant win.
     With experiments off, passing the gate promotes at once."""
-    from flywheel import experiment
-    from flywheel.evaluate import EvalResult, compare_offline
-    from flywheel.golden import golden_for
+    from flywheel.evaluation import experiment
+    from flywheel.evaluation.offline import EvalResult, compare_offline
+    from flywheel.evaluation.golden import golden_for
 
     evals = {r["role"]: r for r in wh.select("evaluations", {"cycle_id": cycle.cycle_id}).to_pylist()}
     if not {"champion", "challenger"} <= set(evals):
@@ -988,7 +989,7 @@ def _compare_new_data(cycle: CycleSpec, wh: Warehouse, golden: Any, evals: dict[
     offline gate in the challenger's place. Returns the role that goes to the gate."""
     import math
 
-    from flywheel.evaluate import compare_offline
+    from flywheel.evaluation.offline import compare_offline
 
     wh.execute("DELETE FROM decisions WHERE cycle_id = $c AND rule = 'new_data_check'", {"c": cycle.cycle_id})
     if "twin" not in evals:
@@ -1039,8 +1040,8 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Write the cycle's summary row, phase and velocity metrics; check that the counts add up.
 
     Unreadable lines of a labels file count as rows in the window (each is quarantined)."""
-    from flywheel.metrics import ab_promotion_metrics, days_since_last_gain
-    from flywheel.phases import classify, examples_collected
+    from flywheel.ops.metrics import ab_promotion_metrics, days_since_last_gain
+    from flywheel.ops.phases import classify, examples_collected
 
     rows_in_window = pq.read_metadata(cycle.file("extract.parquet")).num_rows + len(_unreadable(cycle))
     counts = wh.named_query("cycle_counts", {"cycle_id": cycle.cycle_id}).to_pylist()[0]
@@ -1084,7 +1085,7 @@ def stage_record(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     collected = examples_collected(wh, cycle.logical_date)
     row["phase"] = classify(champion_after_acc, collected, cycle.config.phases)
     wh.replace_partition("cycles", {"cycle_id": cycle.cycle_id}, rows_to_table("cycles", [row]))
-    from flywheel.metrics import cycle_metrics
+    from flywheel.ops.metrics import cycle_metrics
 
     metrics = cycle_metrics(row, window_days=cycle.window.days)
     for r in wh.named_query("rule_pass_rates", {"cycle_id": cycle.cycle_id}).to_pylist():
@@ -1143,7 +1144,7 @@ def stage_report(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """The cycle's report (Markdown + PNG plots) in ``reports/<cycle_id>/``. Monthly cycles
     (`extract.include_gold`) add the broader evaluation: every task type with intervals."""
     from flywheel.artefacts import ArtefactStore
-    from flywheel.report import write_cycle_report
+    from flywheel.ops.report import write_cycle_report
 
     out = cycle.config.artefacts_root / "reports" / cycle.cycle_id
     path = write_cycle_report(wh, cycle.cycle_id, out, broad=cycle.config.extract.include_gold)
@@ -1163,7 +1164,7 @@ def _last_accuracy(wh: Warehouse, version: str, before: datetime) -> float | Non
 
 
 def _diagnose(cycle: CycleSpec, wh: Warehouse, champion_eval: dict[str, Any] | None):  # -> StagnationDiagnosis
-    from flywheel.metrics import diagnose_stagnation
+    from flywheel.ops.metrics import diagnose_stagnation
 
     cycles = wh.query(
         "SELECT cycle_id FROM cycles WHERE dag_id = $d AND logical_date <= $t ORDER BY logical_date",

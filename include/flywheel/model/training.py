@@ -206,7 +206,7 @@ def train_lora(
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 
-    from flywheel.dataset import load_chat_dataset
+    from flywheel.data.dataset import load_chat_dataset
 
     set_seed(config.seed)
     started = time.monotonic()
@@ -304,7 +304,7 @@ def train_lora(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m flywheel.training REQUEST.json``: train in this process, print the result.
+    """``python -m flywheel.model.training REQUEST.json``: train in this process, print the result.
 
     The weekly cycle runs training in a child process of its task, so a GPU's memory is
     released when it ends and a killed task takes its training with it."""
@@ -359,7 +359,7 @@ def train_lora_in_subprocess(
     result_line = None
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "flywheel.training", f.name],
+            [sys.executable, "-m", "flywheel.model.training", f.name],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent,
         )  # fmt: skip
         assert proc.stdout is not None

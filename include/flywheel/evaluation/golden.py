@@ -9,7 +9,7 @@ are kept out of every training set by the decontamination filter and re-checked 
 
 `golden_from_reviews` writes such a file from the review store: items people approved (with
 their edit as the reference, if any) that the filters had rejected and that no training set
-has held since, so no model was ever trained on them. ``python -m flywheel.golden from-reviews OUT`` runs it against the configured
+has held since, so no model was ever trained on them. ``python -m flywheel.evaluation.golden from-reviews OUT`` runs it against the configured
 warehouse; an operator reads the file, then points `evaluation.golden_path` at it.
 """
 
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.config import FlywheelConfig
-from flywheel.evaluate import GoldenSet, GoldenSetError, load_golden_set
-from flywheel.simulate import TASK_TYPES, Task
+from flywheel.evaluation.offline import GoldenSet, GoldenSetError, load_golden_set
+from flywheel.sim.traffic import TASK_TYPES, Task
 from flywheel.warehouse import Warehouse
 
 
@@ -82,7 +82,7 @@ def golden_from_reviews(wh: Warehouse, out: Path, *, per_task_type: int, seed: i
     items were sampled. Refuses to overwrite a file: a golden version is never edited."""
     if out.exists():
         raise GoldenSetError(f"{out} exists: a golden set version is immutable; write a new file")
-    from flywheel.review import verdicts
+    from flywheel.review.items import verdicts
 
     # Rejected by the filters of the cycle that sampled it, and in no training set since (a
     # monthly cycle re-filters its weeks and may keep what a weekly one rejected), nor gold.
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     from flywheel.config import load_config
     from flywheel.warehouse import warehouse_from_config
 
-    parser = argparse.ArgumentParser(prog="python -m flywheel.golden", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m flywheel.evaluation.golden", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("from-reviews", help="write a curated golden set from approved, never-trained-on review items")
     build.add_argument("out", type=Path)
