@@ -41,8 +41,10 @@ def main() -> int:
     from flywheel.evaluation.offline import evaluate_answer_fn, load_golden_set
     from flywheel.model.inference import answer_fn, load_model
     from flywheel.review.prioritize import answer_token_stats, prioritise
-    from flywheel.review.items import draw_sample, simulated_review
+    from flywheel.review.items import draw_sample
+    from flywheel.sim.reviewers import simulated_review
     from flywheel.schema import candidate_from_row
+    from flywheel.sim import traffic
     from flywheel.sim.traffic import simulate_traffic
     from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
     from flywheel.model.training import train_lora
@@ -82,7 +84,7 @@ def main() -> int:
     priorities = {p.request_id: p for p in prioritise(
         pool, weights=config.review.priority_weights, filter_scores=scores, thresholds=current_thresholds(config.filters),
         window_mix=Counter(c.task_type for c in pool), uncertainty=uncertainty)}  # fmt: skip
-    golden = load_golden_set(config.artefacts_root, n=config.evaluation.golden_set_size, seed=config.evaluation.golden_seed)
+    golden = load_golden_set(config.artefacts_root, templates=traffic, n=config.evaluation.golden_set_size, seed=config.evaluation.golden_seed)
     base_acc = evaluate_answer_fn(serve, golden).accuracy
     print(f"pool: {len(pool)} candidates from {args.weeks} simulated weeks; golden set {len(golden.tasks)} items; "
           f"base accuracy {base_acc:.3f}\n")

@@ -39,6 +39,7 @@ def main() -> None:
         stage_train,
         stage_validate,
     )
+    from flywheel.sim import traffic
     from flywheel.sim.traffic import simulate_traffic
     from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
     from flywheel.warehouse import warehouse_from_config
@@ -75,7 +76,7 @@ def main() -> None:
     from flywheel.evaluation.offline import evaluate_answer_fn, load_golden_set
     from flywheel.model.inference import answer_fn, load_model
 
-    golden = load_golden_set(config.artefacts_root, n=config.evaluation.golden_set_size, seed=config.evaluation.golden_seed)
+    golden = load_golden_set(config.artefacts_root, templates=traffic, n=config.evaluation.golden_set_size, seed=config.evaluation.golden_seed)
     model = load_model(tr["adapter_path"] and resolve_base_model(config), tr["adapter_path"])
     res, t_eval = _timed(lambda: evaluate_answer_fn(answer_fn(model), golden))
     print(f"golden-set generation (greedy)    {res.n_items / t_eval:12,.0f} answers/s  (accuracy {res.accuracy:.3f})")

@@ -304,6 +304,10 @@ class EvaluationConfig(_Section):
     # instead of the simulator's; and the task types it must cover (None: the simulator's).
     golden_path: str | None = None
     required_task_types: list[str] | None = None
+    # The product's task templates (a `flywheel.task_templates` entry point, `flywheel.providers`):
+    # the golden set drawn when no golden_path is set, the bootstrap's synthetic examples, and the
+    # task types a golden set must cover by default. "simulated": the simulated product's.
+    task_templates: str = "simulated"
     # New data vs old data: train a twin without the window's newest `newest_window_days` and
     # compare both on the golden set. A newest window whose model is worse than the twin by more
     # than `max_new_data_regression` is flagged and kept out (the twin goes on in its place).

@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 from backends import T0
 
-from flywheel.review.items import items as review
+from flywheel.review import items as review
 from flywheel.schema import rows_to_table
 
 pytestmark = pytest.mark.contract

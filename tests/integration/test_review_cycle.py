@@ -119,7 +119,8 @@ def _tis(client, run_id: str) -> dict[str, dict]:
 
 
 def test_the_cycle_defers_while_people_review_then_goes_on(airflow):
-    from flywheel.review.items import items as review
+    from flywheel.review import items as review
+    from flywheel.sim.reviewers import run_simulated_reviewers
 
     client, wh, procs, logs = airflow["client"], airflow["wh"], airflow["procs"], airflow["logs"]
     assert client.patch(f"/dags/{DAG_ID}", json={"is_paused": False}).status_code == 200
@@ -145,7 +146,7 @@ def test_the_cycle_defers_while_people_review_then_goes_on(airflow):
     assert _tis(client, run_id)["wait_for_review"]["state"] == "deferred"
 
     # The reviewers (the simulator's oracle, with noise) work through the batch.
-    written = review.run_simulated_reviewers(wh, airflow["truth"], reviewers=["sim-reviewer"], reviewers_per_item=1, noise=0.1)
+    written = run_simulated_reviewers(wh, airflow["truth"], reviewers=["sim-reviewer"], reviewers_per_item=1, noise=0.1)
     assert written == items
 
     def finished():

@@ -16,7 +16,9 @@ from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig, PhasesConfig
 from flywheel.errors import ConfigError, FlywheelError, WindowError
 from flywheel.schema import rows_to_table
-from flywheel.sim.traffic import TASK_TYPES, is_correct, simulate_traffic
+from flywheel.evaluation.task import is_correct
+from flywheel.sim import traffic
+from flywheel.sim.traffic import TASK_TYPES, simulate_traffic
 
 BOOT = datetime(2026, 1, 5, tzinfo=UTC)
 BASE = "some-base-path"
@@ -69,12 +71,12 @@ def test_csv_labels_need_their_columns(tmp_path):
 
 
 def test_synthetic_rows_cover_every_task_type_with_right_answers(oracle):
-    rows = bootstrap.synthetic_rows(3, seed=1, created_at=BOOT)
+    rows = bootstrap.synthetic_rows(traffic, 3, seed=1, created_at=BOOT)
     assert sorted({r["task_type"] for r in rows}) == sorted(TASK_TYPES)
     assert len(rows) == 3 * len(TASK_TYPES)
     for r in rows:
         assert is_correct(oracle(r["prompt"], r["context"]), r["response"]), r
-    assert bootstrap.synthetic_rows(3, seed=1, created_at=BOOT) == rows
+    assert bootstrap.synthetic_rows(traffic, 3, seed=1, created_at=BOOT) == rows
 
 
 def _bootstrap_cycle(tmp_path, labels_path):
@@ -185,7 +187,7 @@ def test_dry_run_records_the_decision_but_keeps_the_champion(tmp_path, wh):
     from flywheel.evaluation.offline import load_golden_set, score_answers
 
     ev = cycle.config.evaluation
-    golden = load_golden_set(cycle.config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
+    golden = load_golden_set(cycle.config.artefacts_root, templates=traffic, n=ev.golden_set_size, seed=ev.golden_seed)
     for v, role, every in ((base, "champion", 5), (cycle.cycle_id, "challenger", 1)):
         r = score_answers(golden.tasks, [task.answer if i % every == 0 else "?" for i, task in enumerate(golden.tasks)])
         wh.merge("evaluations", rows_to_table("evaluations", [

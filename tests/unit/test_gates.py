@@ -13,6 +13,7 @@ from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig
 from flywheel.errors import GateError
 from flywheel.schema import PRODUCTION_LOGS, rows_to_table
+from flywheel.sim import traffic
 from flywheel.sim.traffic import simulate_traffic
 from flywheel.warehouse import DuckDBWarehouse
 
@@ -140,7 +141,7 @@ def test_training_gate_catches_pii_and_golden_overlap_that_bypassed_the_filters(
 
     cycle, wh = _built(setup)
     ev = cycle.config.evaluation
-    golden = load_golden_set(cycle.config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed).tasks[0]
+    golden = load_golden_set(cycle.config.artefacts_root, templates=traffic, n=ev.golden_set_size, seed=ev.golden_seed).tasks[0]
     ts = cycle.window.start
     leaked = [
         candidate_from_row(make_log_row("leak-pii", ts, response=f"GARDEN, mail {SECRET}")),

@@ -21,6 +21,7 @@ from flywheel.data.dataset import build_chat_dataset, load_chat_dataset, subset_
 from flywheel.evaluation.offline import load_golden_set, score_answers
 from flywheel.ops.report import format_new_data_table, new_data_section
 from flywheel.schema import rows_to_table
+from flywheel.sim import traffic
 from flywheel.sim.traffic import simulate_traffic
 
 BASE = "some-base-path"
@@ -72,7 +73,7 @@ def _fake_training(monkeypatch) -> list[dict]:
 def _evaluations(cycle, wh, right_every: dict[str, int]) -> None:
     """Evaluation rows as `stage_evaluate` writes them: role -> right on every k-th golden item."""
     ev = cycle.config.evaluation
-    golden = load_golden_set(cycle.config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed)
+    golden = load_golden_set(cycle.config.artefacts_root, templates=traffic, n=ev.golden_set_size, seed=ev.golden_seed)
     versions = {"champion": registry.base_version_name(BASE), "challenger": cycle.challenger_version, "twin": cycle.twin_version}
     for role, every in right_every.items():
         r = score_answers(golden.tasks, [t.answer if i % every == 0 else "?" for i, t in enumerate(golden.tasks)])

@@ -18,7 +18,9 @@ from flywheel.evaluation.offline import (
     load_golden_set,
     score_answers,
 )
-from flywheel.sim.traffic import TASK_TYPES, Task, golden_set
+from flywheel.evaluation.task import Task
+from flywheel.sim import traffic
+from flywheel.sim.traffic import TASK_TYPES, golden_set
 
 
 def _answers(tasks, right_types=(), right_every=0, oracle=None):
@@ -116,8 +118,8 @@ def test_require_significant_blocks_a_gain_whose_interval_includes_zero():
 
 def test_golden_set_must_cover_every_task_type_and_stay_unchanged(tmp_path):
     with pytest.raises(GoldenSetError, match="letter_count"):
-        load_golden_set(tmp_path, n=3, seed=1)
-    golden = load_golden_set(tmp_path, n=240, seed=20260101)
+        load_golden_set(tmp_path, templates=traffic, n=3, seed=1)
+    golden = load_golden_set(tmp_path, templates=traffic, n=240, seed=20260101)
     check_golden_unchanged(golden, golden.content_hash)
     check_golden_unchanged(golden, None)
     with pytest.raises(GoldenSetError, match="changed since it was registered"):

@@ -11,14 +11,15 @@ from datetime import UTC, datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel.review.items import calibrate
+from flywheel.review import calibrate
 from flywheel.model import registry
-from flywheel.review.items import items as review
+from flywheel.review import items as review
 from flywheel import cycle as fc
 from flywheel.config import CalibrationConfig, FiltersConfig, FlywheelConfig
 from flywheel.data.dataset import load_chat_dataset
 from flywheel.review.prioritize import Priority, disagreement, prioritise
 from flywheel.schema import TrainingCandidate
+from flywheel.sim.reviewers import run_simulated_reviewers
 from flywheel.sim.traffic import simulate_traffic
 
 T = datetime(2026, 3, 2, tzinfo=UTC)
@@ -167,12 +168,12 @@ def test_reviews_change_the_dataset_and_feed_the_gold_set(reviewed_world, wh):
 
 def test_simulated_reviewers_finish_the_batch_knowing_the_right_answers(reviewed_world, wh):
     cycle, truth = reviewed_world["cycle"], reviewed_world["truth"]
-    n = review.run_simulated_reviewers(wh, truth, reviewers=["sim-1", "sim-2"], reviewers_per_item=2, noise=0.0, now=NOW)
+    n = run_simulated_reviewers(wh, truth, reviewers=["sim-1", "sim-2"], reviewers_per_item=2, noise=0.0, now=NOW)
     items = wh.select("review_items", {"cycle_id": cycle.cycle_id}).to_pylist()
     assert n == 2 * len(items)
     assert review.progress(wh, cycle.cycle_id, 2).share == 1.0
     verdicts = review.verdicts(wh, cycle.cycle_id)
-    from flywheel.sim.traffic import is_correct
+    from flywheel.evaluation.task import is_correct
 
     right = 0
     for i in items:
@@ -209,7 +210,7 @@ def test_calibration_is_recorded_and_adopted_only_when_it_helps(reviewed_world, 
     too_few = calibrate.calibrate(wh, cycle_id=cycle.cycle_id, logical_date=cycle.logical_date, filters=FiltersConfig(),
                                   config=cfg)  # fmt: skip
     assert too_few["n_reviews"] == 0 and not too_few["adopted"] and "no reviewed" in too_few["why"]
-    review.run_simulated_reviewers(wh, truth, reviewers=["sim"], reviewers_per_item=1, noise=0.0, now=NOW)
+    run_simulated_reviewers(wh, truth, reviewers=["sim"], reviewers_per_item=1, noise=0.0, now=NOW)
     rec = calibrate.calibrate(wh, cycle_id=cycle.cycle_id, logical_date=cycle.logical_date, filters=FiltersConfig(), config=cfg)
     n_random = wh.count("review_items", {"cycle_id": cycle.cycle_id, "slice": "random"})
     assert rec["n_reviews"] == n_random > 0

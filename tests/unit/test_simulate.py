@@ -9,7 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from flywheel.schema import PRODUCTION_LOGS, validate_row
-from flywheel.sim.traffic import TASK_TYPES, golden_set, is_correct, simulate_traffic
+from flywheel.evaluation.task import is_correct
+from flywheel.sim.traffic import TASK_TYPES, golden_set, simulate_traffic
 
 WEEK = datetime(2026, 1, 5, tzinfo=UTC)
 

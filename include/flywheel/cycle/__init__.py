@@ -39,6 +39,7 @@ from flywheel.schema import (
     rows_to_table,
     validate_row,
 )
+from flywheel.providers import prepare_base_model, task_templates
 from flywheel.warehouse import Pushdown, Warehouse
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,8 @@ def stage_extract_bootstrap(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     from flywheel.data import bootstrap
 
     cfg = cycle.config.bootstrap
-    extra = bootstrap.synthetic_rows(cfg.synthetic_per_task_type, seed=cfg.synthetic_seed, created_at=cycle.window.start)
+    templates = task_templates(cycle.config.evaluation.task_templates)
+    extra = bootstrap.synthetic_rows(templates, cfg.synthetic_per_task_type, seed=cfg.synthetic_seed, created_at=cycle.window.start)
     problems: list[bootstrap.LabelProblem] = []
     if cfg.labels_path:
         labels, problems = bootstrap.read_manual_labels(cycle.config.resolve(cfg.labels_path), labelled_at=cycle.window.start)
@@ -583,8 +585,8 @@ def stage_sample_for_review(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Send `review.sample_rate` of the window's candidates to human review (`flywheel.review.items`):
     a uniform random slice for calibration and a prioritised, stratified slice of the kept ones.
     Reviewers only ever see PII-redacted text."""
-    from flywheel.review.items import prioritize
-    from flywheel.review.items import items as review
+    from flywheel.review import prioritize
+    from flywheel.review import items as review
     from flywheel.review.calibrate import RULES, current_thresholds
 
     cfg = cycle.config.review
@@ -709,11 +711,7 @@ def ensure_base_model(config: FlywheelConfig, wh: Warehouse) -> str:
 
     With no champion yet (cold start), the base model becomes the first champion.
     """
-    from flywheel.sim.tinymodel import TINY_MODEL_NAME, build_tiny_model, resolve_base_model
-
-    if config.training.base_model == TINY_MODEL_NAME:
-        build_tiny_model(config)  # a no-op when the cached build matches the config
-    base = resolve_base_model(config)
+    base = prepare_base_model(config)  # a built-in model is built once, again only when its config changed
     registry.ensure_bootstrap_champion(wh, base)
     return base
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import random
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.errors import FlywheelError
+from flywheel.evaluation.task import TaskTemplates
 
 MANUAL_MODEL_VERSION = "manual-labels"
 SYNTHETIC_MODEL_VERSION = "synthetic"
@@ -127,32 +128,30 @@ def read_manual_labels(path: Path, *, labelled_at: datetime) -> tuple[list[dict[
     return rows, problems
 
 
-def synthetic_rows(per_task_type: int, *, seed: int, created_at: datetime) -> list[dict[str, Any]]:
+def synthetic_rows(templates: TaskTemplates, per_task_type: int, *, seed: int, created_at: datetime) -> list[dict[str, Any]]:
     """``per_task_type`` template examples of every task type, with their checked answers."""
-    from flywheel.sim.traffic import TASK_MIX
-
     rows: list[dict[str, Any]] = []
-    rng = random.Random(f"synthetic:{seed}")
-    for maker, _ in TASK_MIX:
-        for i in range(per_task_type):
-            task = maker(rng, True)  # the product's requests are chatty; so are the examples
-            rows.append(
-                {
-                    "request_id": f"synthetic-{seed}-{task.task_type}-{i}",
-                    "timestamp": created_at,
-                    "user_id": "synthetic",
-                    "prompt": task.prompt,
-                    "response": task.answer,
-                    "user_action": "accepted",
-                    "correction": None,
-                    "task_type": task.task_type,
-                    "quality_score": 1.0,
-                    "included_in_training": False,
-                    "model_version": SYNTHETIC_MODEL_VERSION,
-                    "context": task.context,
-                    "ingested_at": created_at,
-                }
-            )
+    made: Counter[str] = Counter()
+    for task in templates.synthetic_tasks(per_task_type, seed):
+        i = made[task.task_type]
+        made[task.task_type] += 1
+        rows.append(
+            {
+                "request_id": f"synthetic-{seed}-{task.task_type}-{i}",
+                "timestamp": created_at,
+                "user_id": "synthetic",
+                "prompt": task.prompt,
+                "response": task.answer,
+                "user_action": "accepted",
+                "correction": None,
+                "task_type": task.task_type,
+                "quality_score": 1.0,
+                "included_in_training": False,
+                "model_version": SYNTHETIC_MODEL_VERSION,
+                "context": task.context,
+                "ingested_at": created_at,
+            }
+        )
     return rows
 
 

@@ -26,17 +26,22 @@ from typing import Any
 
 from flywheel.config import FlywheelConfig
 from flywheel.evaluation.offline import GoldenSet, GoldenSetError, load_golden_set
-from flywheel.sim.traffic import TASK_TYPES, Task
+from flywheel.evaluation.task import Task
+from flywheel.providers import task_templates
 from flywheel.warehouse import Warehouse
 
 
 def golden_for(config: FlywheelConfig) -> GoldenSet:
-    """The golden set ``config.evaluation`` names: a curated file, else the simulator's."""
+    """The golden set ``config.evaluation`` names: a curated file, else one drawn from the
+    product's task templates (`evaluation.task_templates`; the simulator's by default)."""
     ev = config.evaluation
-    required = ev.required_task_types if ev.required_task_types is not None else list(TASK_TYPES)
     if ev.golden_path:
+        required = ev.required_task_types
+        if required is None:
+            required = list(task_templates(ev.task_templates).TASK_TYPES)
         return load_curated_golden_set(config.resolve(ev.golden_path), required_task_types=required)
-    return load_golden_set(config.artefacts_root, n=ev.golden_set_size, seed=ev.golden_seed, required_task_types=required)
+    return load_golden_set(config.artefacts_root, templates=task_templates(ev.task_templates), n=ev.golden_set_size,
+                           seed=ev.golden_seed, required_task_types=ev.required_task_types)  # fmt: skip
 
 
 def load_curated_golden_set(path: Path, *, required_task_types: list[str]) -> GoldenSet:

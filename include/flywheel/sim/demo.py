@@ -158,7 +158,7 @@ class SimulatedReviewers:
         self.written = 0
 
     def _run(self) -> None:
-        from flywheel.review.items import run_simulated_reviewers
+        from flywheel.sim.reviewers import run_simulated_reviewers
 
         while not self.stop.wait(2.0):
             try:

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flywheel.config import FlywheelConfig, TinyModelConfig
-from flywheel.sim.traffic import Task, pretraining_tasks
+from flywheel.evaluation.task import Task
+from flywheel.sim.traffic import pretraining_tasks
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,13 @@ def resolve_base_model(config: FlywheelConfig) -> str:
     if name == TINY_MODEL_NAME:
         return ArtefactStore(config).uri(tiny_model_dir(config))
     return name
+
+
+def prepare_base_model(config: FlywheelConfig) -> str:
+    """The ``tiny-llama`` built-in (`flywheel.providers`): built on first use, and again only when
+    its config changed; returns what training and inference load."""
+    build_tiny_model(config)
+    return resolve_base_model(config)
 
 
 def _config_hash(cfg: TinyModelConfig) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from flywheel.evaluation.task import Task, is_correct
 from flywheel.schema import PRODUCTION_LOGS
 
 AnswerFn = Callable[[Sequence[tuple[str, str | None]]], list[str]]
@@ -37,16 +38,6 @@ SHORT_WORDS = "cat dog sun map cup box pen hat jam fox owl bee kiwi frog moon st
 CITIES = "Lisbon Oslo Cairo Lima Quito Dakar Riga Hanoi Perth Tunis Accra Bern Doha Kyiv Minsk Sofia".split()
 NAMES = "Dana Omar Lena Ravi Mina Tomas Ines Kofi Yuki Sara Ivan Leah Nico Ada Ben Zoe".split()
 DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
-
-
-@dataclass(frozen=True)
-class Task:
-    """One request the product receives, with the answer a careful human would accept."""
-
-    task_type: str
-    prompt: str
-    answer: str
-    context: str | None = None
 
 
 def _pick(rng: random.Random, chatty: bool, terse: list[str], verbose: list[str]) -> str:
@@ -156,18 +147,16 @@ def sample_task(rng: random.Random, *, chatty_share: float = PRODUCT_CHATTY_SHAR
     return maker(rng, rng.random() < chatty_share)
 
 
-def normalise_answer(text: str | None) -> str:
-    return " ".join((text or "").split())
-
-
-def is_correct(answer: str | None, expected: str) -> bool:
-    return normalise_answer(answer) == normalise_answer(expected)
-
-
 def golden_set(n: int, seed: int) -> list[Task]:
     """A fixed evaluation set: the same ``(n, seed)`` always gives the same tasks."""
     rng = random.Random(f"golden:{seed}")
     return [sample_task(rng) for _ in range(n)]
+
+
+def synthetic_tasks(per_task_type: int, seed: int) -> list[Task]:
+    """``per_task_type`` template tasks of every task type, chatty like the product's requests."""
+    rng = random.Random(f"synthetic:{seed}")
+    return [maker(rng, True) for maker, _ in TASK_MIX for _ in range(per_task_type)]
 
 
 def pretraining_tasks(n: int, seed: int) -> list[Task]:
