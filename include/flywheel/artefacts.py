@@ -1,5 +1,5 @@
 """The artefact store: datasets, adapters, base models and reports, addressed by
-`airflow.sdk.ObjectStoragePath` so that workers on different machines share them.
+fsspec paths (`upath.UPath`) so that workers on different machines share them.
 
 With a local root (the default, or ``file://``) the store is the folder itself: nothing is
 copied, a reference is the local path, exactly as before object storage. With an ``s3://`` or
@@ -15,6 +15,9 @@ laid out like the store) and the store moves whole artefacts between it and the 
 References kept in the warehouse (the registry's ``adapter_path``, a dataset's ``path``) are
 the store's URIs, which any worker resolves with `local`. Credentials come only from the Airflow
 connection ``artefacts.conn_id`` (or the cloud SDK's own environment), never from this config.
+The core knows no Airflow: the Airflow layer (`flywheel_airflow`) installs an opener that reads
+the connection (`use_root_opener`); outside Airflow a bucket is opened with the SDK's own
+credentials, and a ``conn_id`` is an error there.
 """
 
 from __future__ import annotations
@@ -25,17 +28,15 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
+from upath import UPath
+
+from flywheel.config import REMOTE_SCHEMES, FlywheelConfig, split_root
 from flywheel.errors import ConfigError, FlywheelError
 
-if TYPE_CHECKING:
-    from airflow.sdk import ObjectStoragePath
-
-    from flywheel.config import FlywheelConfig
-
-REMOTE_SCHEMES = {"s3": "apache-airflow-providers-amazon (with s3fs)", "gs": "apache-airflow-providers-google (gcsfs)"}
 MANIFEST_SUFFIX = ".manifest.json"
 _CHUNK = 1 << 20
 
@@ -44,21 +45,27 @@ class ArtefactError(FlywheelError):
     """An artefact is missing, incomplete or does not match its manifest."""
 
 
-def split_root(root: str) -> tuple[str, str]:
-    """``(scheme, location)`` of an ``artefacts.root``: scheme ``""`` for a local path."""
-    scheme = urlsplit(root).scheme
-    if not scheme or len(scheme) == 1:  # a plain path (or a Windows drive letter)
-        return "", root
-    if scheme == "file":
-        return "", urlsplit(root).path
-    if scheme not in REMOTE_SCHEMES:
+# Opens a bucket root (``location``, ``conn_id``) as a path; the Airflow layer installs one that
+# takes credentials from the Airflow connection.
+RootOpener = Callable[[str, str | None], UPath]
+
+
+def _sdk_root(location: str, conn_id: str | None) -> UPath:
+    if conn_id:
         raise ConfigError(
-            f"artefacts.root {root!r}: unsupported scheme {scheme!r}; use a local path, file://, "
-            f"{', '.join(s + '://bucket/prefix' for s in sorted(REMOTE_SCHEMES))}"
+            f"artefacts.conn_id {conn_id!r} names an Airflow connection, which only an Airflow task can "
+            "read; outside Airflow leave it empty and let the cloud SDK find its credentials"
         )
-    if not urlsplit(root).netloc:
-        raise ConfigError(f"artefacts.root {root!r}: {scheme}:// needs a bucket ({scheme}://bucket/prefix)")
-    return scheme, root.rstrip("/")
+    return UPath(location)
+
+
+_open_root: RootOpener = _sdk_root
+
+
+def use_root_opener(opener: RootOpener) -> None:
+    """How every store opens its bucket from now on (the Airflow layer passes its connections)."""
+    global _open_root
+    _open_root = opener
 
 
 def _sha256(path: Path) -> str:
@@ -104,11 +111,9 @@ class ArtefactStore:
     def remote(self) -> bool:
         return bool(self.scheme)
 
-    def _root(self) -> ObjectStoragePath:
-        from airflow.sdk import ObjectStoragePath
-
+    def _root(self) -> UPath:
         try:
-            return ObjectStoragePath(self.location, conn_id=self.conn_id)
+            return _open_root(self.location, self.conn_id)
         except (ValueError, ImportError) as e:  # no filesystem registered for the scheme
             raise ConfigError(
                 f"artefacts.root {self.location!r}: cannot open {self.scheme}:// ({e}); install "
@@ -159,7 +164,7 @@ class ArtefactStore:
         marker.write_text(json.dumps(manifest, sort_keys=True))
         return self.uri(local)
 
-    def _read_manifest(self, marker: ObjectStoragePath) -> dict[str, Any] | None:
+    def _read_manifest(self, marker: UPath) -> dict[str, Any] | None:
         if not marker.exists():
             return None
         try:

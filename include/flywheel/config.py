@@ -9,16 +9,35 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from flywheel.artefacts import split_root
 from flywheel.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "flywheel.yaml"
 USER_ACTIONS = ("accepted", "copied", "corrected", "regenerated")
+# Bucket schemes an artefact root may use, with what must be installed to open them.
+REMOTE_SCHEMES = {"s3": "s3fs (and apache-airflow-providers-amazon for its connections)", "gs": "gcsfs (and apache-airflow-providers-google for its connections)"}
+
+
+def split_root(root: str) -> tuple[str, str]:
+    """``(scheme, location)`` of an ``artefacts.root``: scheme ``""`` for a local path."""
+    scheme = urlsplit(root).scheme
+    if not scheme or len(scheme) == 1:  # a plain path (or a Windows drive letter)
+        return "", root
+    if scheme == "file":
+        return "", urlsplit(root).path
+    if scheme not in REMOTE_SCHEMES:
+        raise ConfigError(
+            f"artefacts.root {root!r}: unsupported scheme {scheme!r}; use a local path, file://, "
+            f"{', '.join(s + '://bucket/prefix' for s in sorted(REMOTE_SCHEMES))}"
+        )
+    if not urlsplit(root).netloc:
+        raise ConfigError(f"artefacts.root {root!r}: {scheme}:// needs a bucket ({scheme}://bucket/prefix)")
+    return scheme, root.rstrip("/")
 
 
 class _Section(BaseModel):
