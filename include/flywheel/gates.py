@@ -29,6 +29,11 @@ import pyarrow as pa
 
 from flywheel.config import USER_ACTIONS, FlywheelConfig
 from flywheel.errors import GateError
+from flywheel.filters import count_tokens
+from flywheel.schema import PRODUCTION_LOG_FIELDS
+
+# Great Expectations is imported inside the functions that use it: it takes seconds to
+# import, and DAG parsing and the light stages import this module without needing it.
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +73,6 @@ def raw_window_profile(table: pa.Table) -> pd.DataFrame:
 
     A log column missing from the snapshot is missing here too, so the schema expectation sees it.
     """
-    from flywheel.schema import PRODUCTION_LOG_FIELDS
-
     frame: dict[str, Any] = {}
     for name in (*PRODUCTION_LOG_FIELDS, "ingested_at"):
         if name not in table.column_names or name == "included_in_training":
@@ -123,8 +126,6 @@ def training_set_profile(
     rows: Sequence[dict[str, Any]], *, pii_scanner: Any, golden_index: Any, hasher: Any
 ) -> pd.DataFrame:
     """Per example: PII values still present, golden-set overlap, answer length, type share."""
-    from flywheel.filters import count_tokens
-
     users = [r["messages"][0]["content"] for r in rows]
     answers = [r["messages"][-1]["content"] for r in rows]
     overlap = golden_index.check(hasher.fingerprint(users), [r["request_id"] for r in rows], add_unique=False)

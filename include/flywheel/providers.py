@@ -18,7 +18,7 @@ from flywheel.errors import ConfigError
 
 if TYPE_CHECKING:
     from flywheel.config import FlywheelConfig
-    from flywheel.evaluation.task import TaskTemplates
+    from flywheel.tasks import TaskTemplates
 
 TASK_TEMPLATES = "flywheel.task_templates"
 BASE_MODELS = "flywheel.base_models"

@@ -9,16 +9,16 @@ from datetime import UTC, datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel.data import bootstrap
-from flywheel.ops import phases
-from flywheel.model import registry
 from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig, PhasesConfig
+from flywheel.data import bootstrap
 from flywheel.errors import ConfigError, FlywheelError, WindowError
+from flywheel.model import registry
+from flywheel.ops import phases
 from flywheel.schema import rows_to_table
-from flywheel.evaluation.task import is_correct
 from flywheel.sim import traffic
 from flywheel.sim.traffic import TASK_TYPES, simulate_traffic
+from flywheel.tasks import is_correct
 
 BOOT = datetime(2026, 1, 5, tzinfo=UTC)
 BASE = "some-base-path"

@@ -18,9 +18,9 @@ from flywheel.evaluation.offline import (
     load_golden_set,
     score_answers,
 )
-from flywheel.evaluation.task import Task
 from flywheel.sim import traffic
 from flywheel.sim.traffic import TASK_TYPES, golden_set
+from flywheel.tasks import Task
 
 
 def _answers(tasks, right_types=(), right_every=0, oracle=None):

@@ -173,7 +173,7 @@ def test_simulated_reviewers_finish_the_batch_knowing_the_right_answers(reviewed
     assert n == 2 * len(items)
     assert review.progress(wh, cycle.cycle_id, 2).share == 1.0
     verdicts = review.verdicts(wh, cycle.cycle_id)
-    from flywheel.evaluation.task import is_correct
+    from flywheel.tasks import is_correct
 
     right = 0
     for i in items:

@@ -9,8 +9,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from flywheel.schema import PRODUCTION_LOGS, validate_row
-from flywheel.evaluation.task import is_correct
 from flywheel.sim.traffic import TASK_TYPES, golden_set, simulate_traffic
+from flywheel.tasks import is_correct
 
 WEEK = datetime(2026, 1, 5, tzinfo=UTC)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.errors import FlywheelError
-from flywheel.evaluation.task import TaskTemplates
+from flywheel.tasks import TaskTemplates
 
 MANUAL_MODEL_VERSION = "manual-labels"
 SYNTHETIC_MODEL_VERSION = "synthetic"

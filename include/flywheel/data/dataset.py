@@ -15,7 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flywheel.filters import count_tokens
 from flywheel.schema import TrainingCandidate
+
+# Hugging Face datasets is imported inside the functions that use it: it takes seconds to
+# import, and DAG parsing and the light stages import this module without needing it.
 
 
 def user_message(prompt: str, context: str | None) -> str:
@@ -61,8 +65,6 @@ def stratified_split(rows: Sequence[dict[str, Any]], val_fraction: float) -> tup
 
 def difficulty(row: dict[str, Any]) -> int:
     """Curriculum order: shorter exchanges first (a proxy for easy, from the text alone)."""
-    from flywheel.filters import count_tokens
-
     return sum(count_tokens(m["content"]) for m in row["messages"])
 
 

@@ -21,6 +21,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flywheel.errors import WindowError
+from flywheel.schema import ELIDABLE_TEXT_FIELDS, WINDOW_SNAPSHOT, text_facts
 from flywheel.warehouse import Pushdown, Warehouse
 
 
@@ -106,16 +107,12 @@ def extract_window_snapshot(
             writer.write_batch(batch)
             rows += batch.num_rows
         if extra_rows:
-            from flywheel.schema import WINDOW_SNAPSHOT
-
             if writer is None:
                 writer = pq.ParquetWriter(tmp, WINDOW_SNAPSHOT)
             extra = pa.Table.from_pylist([_snapshot_row(r) for r in extra_rows], schema=writer.schema)
             writer.write_table(extra)
             rows += extra.num_rows
         if writer is None:
-            from flywheel.schema import WINDOW_SNAPSHOT
-
             pq.write_table(WINDOW_SNAPSHOT.empty_table(), tmp)
     finally:
         if writer is not None:
@@ -127,8 +124,6 @@ def extract_window_snapshot(
 def _snapshot_row(row: dict[str, Any]) -> dict[str, Any]:
     """A log row from another source as a snapshot row: its text facts computed here, as the
     window query computes them for the warehouse's rows (the raw gate profiles them)."""
-    from flywheel.schema import ELIDABLE_TEXT_FIELDS, text_facts
-
     out = {**row, "pushdown_kept": True}
     for name in ELIDABLE_TEXT_FIELDS:
         facts = text_facts(row.get(name))

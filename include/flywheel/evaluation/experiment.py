@@ -27,11 +27,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flywheel.model import registry
 from flywheel.config import USER_ACTIONS, ExperimentConfig, FlywheelConfig
 from flywheel.errors import FlywheelError
+from flywheel.filters.scorers import make_toxicity_scorer
+from flywheel.model import registry
+from flywheel.ops.metrics import ab_promotion_metrics
 from flywheel.schema import rows_to_table
 from flywheel.warehouse import Warehouse
+
+# statsmodels is imported inside the functions that use it: it takes seconds to
+# import, and DAG parsing and the light stages import this module without needing it.
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +319,6 @@ def decide(exp: Experiment, champ: ArmMetrics, chall: ArmMetrics, step_rows: int
 def monitor(wh: Warehouse, config: FlywheelConfig, as_of: datetime, *, toxicity: Any = None) -> list[MonitorDecision]:
     """Judge the running experiment and the live champion as of ``as_of``, and apply what is
     decided: the experiment's new state, and any move of the champion pointer."""
-    from flywheel.filters.scorers import make_toxicity_scorer
-
     toxicity = toxicity or make_toxicity_scorer(config.filters.toxicity_scorer)
     measure = lambda v, s, e: arm_metrics(wh, v, s, e, toxicity=toxicity, max_toxicity=config.filters.max_toxicity)  # noqa: E731
     out: list[MonitorDecision] = []
@@ -358,8 +361,6 @@ def _judge_experiment(wh: Warehouse, cfg: ExperimentConfig, exp: Experiment, as_
 def _credit_cycle(wh: Warehouse, cycle_id: str, now: datetime) -> None:
     """The velocity metrics credit the cycle whose challenger won: its time to improvement runs
     to this promotion (the cycle itself ended with the champion kept while the test ran)."""
-    from flywheel.ops.metrics import ab_promotion_metrics
-
     cycle = wh.select("cycles", {"cycle_id": cycle_id}).to_pylist()
     credit = ab_promotion_metrics(wh, cycle_id, cycle[0]["dag_id"]) if cycle else {}
     if credit:

@@ -24,11 +24,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from flywheel.config import FlywheelConfig
+from flywheel.config import FlywheelConfig, load_config
 from flywheel.evaluation.offline import GoldenSet, GoldenSetError, load_golden_set
-from flywheel.evaluation.task import Task
 from flywheel.providers import task_templates
-from flywheel.warehouse import Warehouse
+from flywheel.review.items import verdicts
+from flywheel.tasks import Task
+from flywheel.warehouse import Warehouse, warehouse_from_config
 
 
 def golden_for(config: FlywheelConfig) -> GoldenSet:
@@ -87,7 +88,6 @@ def golden_from_reviews(wh: Warehouse, out: Path, *, per_task_type: int, seed: i
     items were sampled. Refuses to overwrite a file: a golden version is never edited."""
     if out.exists():
         raise GoldenSetError(f"{out} exists: a golden set version is immutable; write a new file")
-    from flywheel.review.items import verdicts
 
     # Rejected by the filters of the cycle that sampled it, and in no training set since (a
     # monthly cycle re-filters its weeks and may keep what a weekly one rejected), nor gold.
@@ -127,9 +127,6 @@ def golden_from_reviews(wh: Warehouse, out: Path, *, per_task_type: int, seed: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    from flywheel.config import load_config
-    from flywheel.warehouse import warehouse_from_config
-
     parser = argparse.ArgumentParser(prog="python -m flywheel.evaluation.golden", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("from-reviews", help="write a curated golden set from approved, never-trained-on review items")

@@ -1,7 +1,7 @@
 """Golden-set evaluation: champion and challenger answer the same fixed tasks, scored the same way.
 
 Unless a curated file is set (`flywheel.evaluation.golden`), the golden set is drawn from the
-product's task templates (`flywheel.evaluation.task`; the simulator's by default) from a fixed seed and frozen to a JSONL file in the
+product's task templates (`flywheel.tasks`; the simulator's by default) from a fixed seed and frozen to a JSONL file in the
 artefact store on first use; its hash is recorded with every evaluation, so two accuracies are
 only ever compared on the same items. It must cover every task type (a slice that is missing
 cannot be gated), it never changes once registered (`check_golden_unchanged`), and no training
@@ -24,8 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from flywheel.errors import GateError
-from flywheel.evaluation.task import Task, TaskTemplates, is_correct
+from flywheel.model.registry import decide_promotion
+from flywheel.tasks import Task, TaskTemplates, is_correct
 
 
 class GoldenSetError(GateError):
@@ -176,8 +179,6 @@ def bootstrap_interval(
 ) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean score, or, with ``baseline`` (the other model's
     scores on the same items), of the paired mean difference. Items are resampled, not models."""
-    import numpy as np
-
     x = np.asarray(scores, dtype=float)
     if baseline is not None:
         x = x - np.asarray(baseline, dtype=float)
@@ -234,8 +235,6 @@ def compare_offline(
     lies above zero). Slices: no task type loses more than ``max_slice_regression``; on a slice
     so small that one item weighs more than that, one item's loss is tolerated, since a gate on
     a single item's noise would block every challenger."""
-    from flywheel.model.registry import decide_promotion
-
     if len(champion.item_scores) != len(tasks) or len(challenger.item_scores) != len(tasks):
         raise ValueError("both results need one score per golden item to be compared")
     boot = {"samples": config.bootstrap_samples, "confidence": config.confidence, "seed": config.bootstrap_seed}

@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 
 from flywheel.data.dataset import user_message
 
+# torch, transformers and peft are imported inside the functions that use them: they take seconds to
+# import, and DAG parsing and the light stages import this module without needing them.
+
 if TYPE_CHECKING:
     from flywheel.artefacts import ArtefactStore
 

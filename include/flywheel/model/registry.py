@@ -8,6 +8,7 @@ history, and a rerun or backfill of a date sees the same champion it saw the fir
 from __future__ import annotations
 
 import math
+import shutil
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 from flywheel.errors import RegistryError
 from flywheel.schema import rows_to_table
 from flywheel.warehouse import Warehouse
+
+# torch, transformers and peft (for the merged export) are imported inside the functions that use them: they take seconds to
+# import, and DAG parsing and the light stages import this module without needing them.
 
 if TYPE_CHECKING:
     from flywheel.artefacts import ArtefactStore
@@ -198,8 +202,6 @@ def export_merged(wh: Warehouse, version: str, out_dir: Path, *, store: Artefact
     """The version as one plain model (adapter merged into the base weights) for serving
     engines without LoRA support; written whole, then moved into place. With a ``store``, a
     base model or adapter kept in a bucket is fetched first."""
-    import shutil
-
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -9,17 +9,26 @@ into place at the end, so a killed task never leaves a half-written adapter behi
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
 import shutil
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from flywheel.config import TrainingConfig
+from flywheel.data.dataset import load_chat_dataset
 from flywheel.errors import FlywheelError, TrainingError
+
+# torch, transformers and peft are imported inside the functions that use them: they take seconds to
+# import, and DAG parsing and the light stages import this module without needing them.
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +215,6 @@ def train_lora(
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
 
-    from flywheel.data.dataset import load_chat_dataset
 
     set_seed(config.seed)
     started = time.monotonic()
@@ -308,10 +316,6 @@ def main(argv: list[str] | None = None) -> int:
 
     The weekly cycle runs training in a child process of its task, so a GPU's memory is
     released when it ends and a killed task takes its training with it."""
-    import sys
-
-    from flywheel.config import TrainingConfig
-
     request = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     result = train_lora(
         base_model=request["base_model"],
@@ -326,8 +330,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    import ctypes
-    import signal
 
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -345,10 +347,6 @@ def train_lora_in_subprocess(
     lineage: dict[str, Any] | None = None,
 ) -> TrainResult:
     """`train_lora` in a child process that dies with its parent (a killed task kills it)."""
-    import subprocess
-    import sys
-    import tempfile
-
     request = {
         "base_model": base_model, "dataset_path": str(dataset_path), "output_dir": str(output_dir),
         "config": config.model_dump(), "parent_adapter": parent_adapter, "lineage": lineage or {},

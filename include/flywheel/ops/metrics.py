@@ -8,6 +8,7 @@ from statistics import median
 from typing import Any
 
 from flywheel.config import VelocityConfig
+from flywheel.model.registry import BOOTSTRAP_CYCLE
 from flywheel.warehouse import Warehouse
 
 
@@ -35,8 +36,6 @@ def days_since_last_gain(wh: Warehouse, when: datetime, dag_id: str) -> float:
     """Days from the previous gain (a promotion by a cycle or an A/B test; not the cold-start
     pointer, and not a rollback, which moves the pointer back), or from the DAG's first cycle,
     to a promotion at ``when``."""
-    from flywheel.model.registry import BOOTSTRAP_CYCLE
-
     rows = wh.query(
         "SELECT MAX(logical_date) AS t FROM promotions WHERE promoted AND logical_date < $before AND cycle_id <> $boot "
         "AND COALESCE(lower(reason), '') NOT LIKE 'rollback%'",
@@ -52,10 +51,8 @@ def days_since_last_gain(wh: Warehouse, when: datetime, dag_id: str) -> float:
 def ab_promotion_metrics(wh: Warehouse, cycle_id: str, dag_id: str) -> dict[str, float]:
     """For a cycle whose challenger won its A/B test: the time to improvement, measured to the
     monitor's promotion (the cycle itself kept the champion while the test ran). Empty otherwise."""
-    from flywheel.evaluation.experiment import experiment_id_for
-
-    rows = wh.query("SELECT logical_date FROM promotions WHERE cycle_id = $c AND promoted AND reason LIKE 'A/B win%'",
-                    {"c": experiment_id_for(cycle_id)}).to_pylist()  # fmt: skip
+    rows = wh.query("SELECT p.logical_date FROM promotions p JOIN experiments e ON p.cycle_id = e.experiment_id "
+                    "WHERE e.cycle_id = $c AND p.promoted AND p.reason LIKE 'A/B win%'", {"c": cycle_id}).to_pylist()  # fmt: skip
     if not rows:
         return {}
     return {"time_to_improvement_days": days_since_last_gain(wh, rows[0]["logical_date"], dag_id), "promoted_by_ab": 1.0}

@@ -14,9 +14,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flywheel.model import registry
 from flywheel.config import PHASES
+from flywheel.model import registry
+from flywheel.ops.metrics import RULE_ORDER
 from flywheel.warehouse import Warehouse
+
+# matplotlib is imported inside the functions that use it: it takes seconds to
+# import, and DAG parsing and the light stages import this module without needing it.
 
 VELOCITY_METRICS = (
     "examples_per_day", "filter_pass_rate", "quality_delta", "examples_collected", "time_to_improvement_days",
@@ -151,8 +155,6 @@ def plot_velocity(rows: list[VelocityRow], path: Any) -> Any:
 
 
 def plot_rule_pass_rates(rows: list[VelocityRow], path: Any) -> Any:
-    from flywheel.ops.metrics import RULE_ORDER
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, 3.8))
     x = list(range(len(rows)))

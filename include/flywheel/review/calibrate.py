@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flywheel.config import CalibrationConfig, FiltersConfig
+from flywheel.review.items import verdicts
 from flywheel.schema import rows_to_table
 from flywheel.warehouse import Warehouse
 
@@ -92,8 +93,6 @@ def current_thresholds(filters: FiltersConfig) -> dict[str, float]:
 
 def judged_items(wh: Warehouse, since: datetime, until: datetime) -> list[Judged]:
     """The random slice's reviewed items of the cycles in ``(since, until]``, with verdicts."""
-    from flywheel.review.items import verdicts
-
     cycles = wh.query(
         "SELECT DISTINCT cycle_id FROM review_items WHERE slice = 'random' AND logical_date > $s AND logical_date <= $u",
         {"s": since, "u": until},

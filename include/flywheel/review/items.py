@@ -32,6 +32,9 @@ from flywheel.review.prioritize import Priority
 from flywheel.schema import TrainingCandidate, rows_to_table
 from flywheel.warehouse import Warehouse
 
+# statsmodels is imported inside the functions that use it: it takes seconds to
+# import, and DAG parsing and the light stages import this module without needing it.
+
 VERDICTS = ("approve", "reject")
 SCORES = ("accuracy", "helpfulness", "safety")
 

@@ -24,7 +24,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from flywheel.data.dataset import user_message
 from flywheel.schema import TrainingCandidate
+
+# torch is imported inside the functions that use it: it takes seconds to
+# import, and DAG parsing and the light stages import this module without needing it.
 
 SIGNALS = ("uncertainty", "behaviour_change", "disagreement", "rare_task", "correction")
 NEAR_THRESHOLD = 0.15  # a score within this of its threshold counts as a near miss
@@ -44,7 +48,6 @@ def answer_token_stats(loaded: Any, items: Sequence[TrainingCandidate], *, refer
     ``reference`` model (the parent), ``1 - exp(-mean KL(model || reference))``."""
     import torch
 
-    from flywheel.data.dataset import user_message
 
     tok = loaded.tokenizer
     if tok.pad_token_id is None:

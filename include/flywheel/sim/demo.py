@@ -21,17 +21,46 @@ Run: ``python -m flywheel.sim.demo [--cycles N] [--keep]``.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import random
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from flywheel.config import PROJECT_ROOT, FlywheelConfig, flywheel_home, load_config
-from flywheel.sim.traffic import AnswerFn
+import yaml
+
+from flywheel.artefacts import ArtefactStore
+from flywheel.config import (
+    DEFAULT_CONFIG_PATH,
+    PROJECT_ROOT,
+    FlywheelConfig,
+    flywheel_home,
+    load_config,
+)
+from flywheel.data.bootstrap import write_labels_file
+from flywheel.evaluation import experiment
+from flywheel.evaluation.experiment import format_experiments_table, needs_monitoring
+from flywheel.evaluation.offline import format_offline_table
+from flywheel.model import registry
+from flywheel.model.inference import answer_fn, load_model
+from flywheel.ops.metrics import (
+    cycles_report,
+    format_cycles_table,
+    format_rule_table,
+    rule_pass_rates,
+)
+from flywheel.ops.report import format_new_data_table, format_velocity_table, velocity_rows
+from flywheel.review.items import agreement
+from flywheel.sim.localenv import airflow_env
+from flywheel.sim.reviewers import run_simulated_reviewers
+from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
+from flywheel.sim.traffic import AnswerFn, Arm, sample_task, simulate_traffic
 from flywheel.warehouse import Warehouse, warehouse_from_config
 
 log = logging.getLogger("flywheel.sim.demo")
@@ -56,10 +85,6 @@ def serve_week(
     challenger's arm are served by the challenger, and each row names the version that answered.
     ``answer_for`` maps a version to its answer function (default: load the model); ``truth``
     collects each request's right answer, for the simulated reviewers."""
-    from flywheel.evaluation import experiment
-    from flywheel.model import registry
-    from flywheel.sim.traffic import Arm, simulate_traffic
-
     answer_for = answer_for or _model_answers(config, wh)
     champion = registry.champion_as_of(wh, week_start + timedelta(microseconds=1))
     routing = experiment.route(wh, week_start, config.experiment.bucket_salt)
@@ -88,10 +113,6 @@ def serve_week(
 
 def _model_answers(config: FlywheelConfig, wh: Warehouse) -> Callable[[str], AnswerFn]:
     """Answer functions of registered versions, each model loaded once."""
-    from flywheel.model import registry
-    from flywheel.artefacts import ArtefactStore
-    from flywheel.model.inference import answer_fn, load_model
-
     loaded: dict[str, AnswerFn] = {}
     store = ArtefactStore(config)  # adapters kept in a bucket are fetched once, then cached
 
@@ -109,8 +130,6 @@ def run_airflow_cycle(
     logical_date: datetime, env: dict[str, str], log_dir: Path, *, dag_id: str = DAG_ID, conf: dict | None = None
 ) -> None:
     """``airflow dags test`` for one logical date; its full log is kept, its failure is loud."""
-    import json
-
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{dag_id}-{logical_date:%Y%m%d}.log"
     airflow = str(Path(sys.executable).with_name("airflow"))
@@ -132,8 +151,6 @@ def serve_week_with_monitor(
 ) -> None:
     """Serve the week in slices, running `ab_monitor` through Airflow between them, so that a
     ramp, a promotion or a rollback changes who serves the rest of the week."""
-    from flywheel.evaluation.experiment import needs_monitoring
-
     t = monday
     for k, days in enumerate(MONITOR_DAYS):
         log.info("product days %s", serve_week(config, wh, t, days=days, truth=truth))
@@ -150,16 +167,12 @@ class SimulatedReviewers:
     REVIEWERS = ("sim-reviewer-1", "sim-reviewer-2")
 
     def __init__(self, wh: Warehouse, truth: dict[str, str], reviewers_per_item: int) -> None:
-        import threading
-
         self.wh, self.truth, self.per_item = wh, truth, reviewers_per_item
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="simulated-reviewers", daemon=True)
         self.written = 0
 
     def _run(self) -> None:
-        from flywheel.sim.reviewers import run_simulated_reviewers
-
         while not self.stop.wait(2.0):
             try:
                 self.written += run_simulated_reviewers(self.wh, self.truth, reviewers=self.REVIEWERS,
@@ -186,9 +199,6 @@ def demo_config(home: Path) -> Path:
     plans for a 10-point lift (263 rows per arm at a 26% acceptance), starts at 20% of traffic,
     and decides at the planned sample: promote on a significant win, roll back on a significant
     loss or a guardrail breach, otherwise stop and keep the champion."""
-    import yaml
-
-    from flywheel.config import DEFAULT_CONFIG_PATH
 
     data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     data["review"].update({"poll_seconds": 2, "reviewers_per_item": 2})
@@ -202,10 +212,6 @@ def demo_config(home: Path) -> Path:
 
 def print_reviews(wh: Warehouse) -> None:
     """Per cycle: the review sample, how much was reviewed, agreement, and the calibration."""
-    import json
-
-    from flywheel.review.items import agreement
-
     cycles = wh.query("SELECT DISTINCT cycle_id FROM review_items ORDER BY cycle_id").column("cycle_id").to_pylist()
     print("\nHuman review (simulated reviewers: the simulator's oracle with 10% noise, two per item):\n")
     for c in cycles:
@@ -229,11 +235,6 @@ def print_reviews(wh: Warehouse) -> None:
 def write_demo_labels(path: Path, *, n: int = 60, seed: int = 5) -> Path:
     """An operator's manual labels: right answers to product-like requests, plus two broken
     lines (not JSON; no prompt) that the bootstrap must quarantine, not drop or crash on."""
-    import random
-
-    from flywheel.data.bootstrap import write_labels_file
-    from flywheel.sim.traffic import sample_task
-
     rng = random.Random(f"labels:{seed}")
     tasks = [sample_task(rng) for _ in range(n)]
     rows = [{"prompt": t.prompt, "response": t.answer, "task_type": t.task_type, "context": t.context,
@@ -254,15 +255,6 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "datasets", "transformers", "peft"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    from flywheel.model import registry
-    from flywheel.sim.localenv import airflow_env
-    from flywheel.ops.metrics import (
-        cycles_report,
-        format_cycles_table,
-        format_rule_table,
-        rule_pass_rates,
-    )
-    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
 
     started = time.monotonic()
     home = flywheel_home()
@@ -351,7 +343,6 @@ def main(argv: list[str] | None = None) -> int:
         "SELECT field, rule, COUNT(*) AS n FROM quarantine GROUP BY field, rule ORDER BY n DESC"
     ).to_pylist()
     print("Quarantined, by reason: " + ", ".join(f"{q['field']}.{q['rule']}={q['n']}" for q in quarantine))
-    from flywheel.ops.report import format_velocity_table, velocity_rows
 
     print("\nVelocity per cycle, with the phase each ended in (days to gain: since the previous promotion):\n")
     print(format_velocity_table(velocity_rows(wh)))
@@ -371,10 +362,6 @@ def main(argv: list[str] | None = None) -> int:
 def print_offline_and_ab(wh: Warehouse) -> None:
     """Per cycle: golden-set scores with 95% bootstrap intervals and the offline gate; then each
     A/B test's measurements and decision, and every decision on the champion pointer."""
-    from flywheel.evaluation.offline import format_offline_table
-    from flywheel.evaluation.experiment import format_experiments_table
-    from flywheel.ops.report import format_new_data_table
-
     print("\nOffline gate per cycle (golden set, paired bootstrap 95% intervals, per-slice rule):\n")
     print(format_offline_table(wh.query("SELECT * FROM offline_comparisons ORDER BY compared_at").to_pylist()))
     new_data = wh.query("SELECT * FROM new_data_comparisons ORDER BY logical_date").to_pylist()

@@ -8,9 +8,11 @@ no example DAGs, and no model hub access.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
-from flywheel.config import PROJECT_ROOT
+from flywheel.config import PROJECT_ROOT, flywheel_home
 
 
 def airflow_env(airflow_home: Path, flywheel_home: Path, *, config_path: Path | None = None) -> dict[str, str]:
@@ -41,11 +43,6 @@ def airflow_env(airflow_home: Path, flywheel_home: Path, *, config_path: Path | 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m flywheel.sim.localenv ARGS...``: run ``airflow ARGS...`` in the project's local env."""
-    import subprocess
-    import sys
-
-    from flywheel.config import flywheel_home
-
     args = sys.argv[1:] if argv is None else argv
     env = airflow_env(PROJECT_ROOT / ".airflow", flywheel_home())
     airflow = str(Path(sys.executable).with_name("airflow"))

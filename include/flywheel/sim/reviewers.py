@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from flywheel.evaluation.task import is_correct
 from flywheel.review.items import next_item, submit_review
+from flywheel.tasks import is_correct
 from flywheel.warehouse import Warehouse
 
 

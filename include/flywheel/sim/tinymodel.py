@@ -12,14 +12,20 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from flywheel.artefacts import ArtefactStore
 from flywheel.config import FlywheelConfig, TinyModelConfig
-from flywheel.evaluation.task import Task
+from flywheel.data.dataset import user_message
 from flywheel.sim.traffic import pretraining_tasks
+from flywheel.tasks import Task
+
+# torch, tokenizers and transformers are imported inside the functions that use them: they take seconds to
+# import, and DAG parsing and the light stages import this module without needing them.
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +59,6 @@ def tiny_model_dir(config: FlywheelConfig) -> Path:
 def resolve_base_model(config: FlywheelConfig) -> str:
     """The path or hub name the training config's ``base_model`` stands for (the tiny model's
     URI when the artefact store is a bucket: every worker then registers the same base)."""
-    from flywheel.artefacts import ArtefactStore
-
     name = config.training.base_model
     if name == TINY_MODEL_NAME:
         return ArtefactStore(config).uri(tiny_model_dir(config))
@@ -73,8 +77,6 @@ def _config_hash(cfg: TinyModelConfig) -> str:
 
 
 def _corpus(tasks: list[Task]) -> list[str]:
-    from flywheel.data.dataset import user_message
-
     return [f"{user_message(t.prompt, t.context)} {t.answer}" for t in tasks]
 
 
@@ -107,8 +109,6 @@ def build_tokenizer(texts: list[str], vocab_size: int):  # -> PreTrainedTokenize
 def build_tiny_model(config: FlywheelConfig, *, force: bool = False) -> TinyModelInfo:
     """Build (or reuse, when its config is unchanged) the tiny model in the artefact store.
     With a bucket root the first worker's build is published and the others fetch it."""
-    from flywheel.artefacts import ArtefactStore
-
     cfg = config.tiny_model
     out = tiny_model_dir(config)
     store = ArtefactStore(config)
@@ -180,15 +180,11 @@ def build_tiny_model(config: FlywheelConfig, *, force: bool = False) -> TinyMode
 
 
 def _user(task: Task) -> str:
-    from flywheel.data.dataset import user_message
-
     return user_message(task.prompt, task.context)
 
 
 def _pretrain(model, sequences: list[list[int]], pad_id: int, cfg: TinyModelConfig) -> int:
     """A plain next-token loop: a few seconds on 2 cores, enough to learn the format."""
-    import random
-
     import torch
 
     rng = random.Random(cfg.seed)

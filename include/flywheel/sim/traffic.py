@@ -21,8 +21,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from flywheel.evaluation.task import Task, is_correct
 from flywheel.schema import PRODUCTION_LOGS
+from flywheel.tasks import Task, is_correct
 
 AnswerFn = Callable[[Sequence[tuple[str, str | None]]], list[str]]
 
