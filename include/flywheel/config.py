@@ -2,6 +2,9 @@
 
 Every threshold and knob the stages use comes from here, so that an operator can see (and
 change) what a cycle did without reading code.
+
+Why this module is long: one validated section per section of the YAML, each with its fields'
+comments; split, the model of one file would be scattered over many.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The A/B monitor's operators: judge experiments and the live champion, alert, publish.
 
-`MonitorExperimentsOperator` calls `flywheel.evaluation.experiment.monitor` for the run's date: it ramps,
+`MonitorExperimentsOperator` calls `flywheel.evaluation.monitor.monitor` for the run's date: it ramps,
 promotes, stops or rolls back, and sends every rollback to operators through the same channels
 as a failed gate (warehouse `alerts`, log, e-mail, Slack). `PublishChampionOperator` updates the
 `flywheel://registry/champion` asset only when the champion pointer moved, so DAGs and serving
@@ -38,6 +38,7 @@ class MonitorExperimentsOperator(FlywheelOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         from flywheel.evaluation import experiment
+        from flywheel.evaluation.monitor import monitor
         from flywheel.errors import ConfigError, RegistryError
         from flywheel_airflow.hooks import FlywheelWarehouseHook
         from flywheel_airflow.notifiers import deliver_alert
@@ -54,7 +55,7 @@ class MonitorExperimentsOperator(FlywheelOperator):
             log.info("no champion yet (run the bootstrap first): nothing to watch")
             return {"as_of": as_of.isoformat(), "decisions": [], "champion_changed": False}
         try:
-            decisions = experiment.monitor(wh, config, as_of)
+            decisions = monitor(wh, config, as_of)
         except (RegistryError, experiment.ExperimentError) as exc:
             raise self.fail_now(exc) from exc
         ti = context["ti"]

@@ -56,6 +56,7 @@ def test_review_store_leases_verdicts_and_golden_set(wh, tmp_path):
 def test_flagged_windows_ab_table_and_dashboard(wh):
     from flywheel import cycle as fc
     from flywheel.evaluation import experiment
+    from flywheel.evaluation.monitor import format_experiments_table
     from flywheel.model import registry
     from flywheel.ops.metrics import cycles_report
     from flywheel_airflow.dashboard import dashboard_data
@@ -75,7 +76,7 @@ def test_flagged_windows_ab_table_and_dashboard(wh):
         "champion_before": "base:base", "champion_after": "base:base", "challenger": "c1", "finished_at": T0}]))  # fmt: skip
     experiment.start_experiment(wh, cycle_id="c1", logical_date=T0, champion="base:base", challenger="c1",
                                 config=experiment.ExperimentConfig())  # fmt: skip
-    table = experiment.format_experiments_table(wh)
+    table = format_experiments_table(wh)
     assert "ab-c1" in table and "running" in table
     assert cycles_report(wh)[0]["ab_status"] == "running"
     data = dashboard_data(wh)

@@ -8,13 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from flywheel.evaluation import experiment
-from flywheel.model import registry
 from flywheel.config import ExperimentConfig, load_config
-from flywheel.sim.demo import serve_week
+from flywheel.evaluation import experiment
 from flywheel.evaluation.experiment import ArmMetrics, bucket, required_sample_size
+from flywheel.evaluation.monitor import monitor
+from flywheel.model import registry
 from flywheel.model.registry import ModelVersion
 from flywheel.schema import rows_to_table
+from flywheel.sim.demo import serve_week
 
 T = datetime(2026, 3, 2, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -72,7 +73,7 @@ def _run(wh, config, answers, start, days, monitor_every=1.0):
     while t < start + days * DAY:
         serve_week(config, wh, t, days=monitor_every, answer_for=answers.__getitem__)
         t += monitor_every * DAY
-        out += experiment.monitor(wh, config, t)
+        out += monitor(wh, config, t)
     return out
 
 
@@ -106,11 +107,11 @@ def test_a_better_challenger_ramps_up_and_is_promoted(wh, tmp_path, answer_fns):
     last = decisions[[d.subject for d in decisions].index(exp.experiment_id) + len(actions) - 1]
     assert last.p_value < 0.05 and last.arms[1]["acceptance"] > last.arms[0]["acceptance"]
     # After the promotion, the monitor watches the new champion against the old one: no breach.
-    after = experiment.monitor(wh, config, promoted_at + DAY)
+    after = monitor(wh, config, promoted_at + DAY)
     assert [d.action for d in after] == ["ok"]
     # A rerun of a past date writes the same decision, and changes nothing.
     first_ramp = T + (actions.index("ramp") + 1) * DAY
-    again = experiment.monitor(wh, config, first_ramp)
+    again = monitor(wh, config, first_ramp)
     assert [d.action for d in again if d.subject == exp.experiment_id] == ["ramp"]
     assert wh.count("experiment_decisions") == len(actions)
 
@@ -141,7 +142,7 @@ def test_a_degrading_champion_is_rolled_back_within_one_monitor_run(wh, tmp_path
     assert [d.action for d in decisions] == ["rollback"] and decisions[0].champion_after == base
     assert registry.current_champion(wh) == base
     assert registry.model_statuses(wh)["v-new"] == "rolled_back"
-    assert experiment.monitor(wh, config, T + 2 * DAY) == []  # the restored champion is not re-judged
+    assert monitor(wh, config, T + 2 * DAY) == []  # the restored champion is not re-judged
 
 
 def test_a_newer_challenger_supersedes_the_running_experiment_and_a_failed_rerun_cancels(wh, tmp_path):

@@ -16,6 +16,9 @@ Every accuracy printed is measured on the golden set, and every user action in t
 simulated user's reaction to a real answer of the model that served it.
 
 Run: ``python -m flywheel.sim.demo [--cycles N] [--keep]``.
+
+Why this module is long: it is the whole story in order (serve, review, run each DAG, monitor,
+print the tables), which reads best in one place; each step calls the core.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ from flywheel.config import (
 )
 from flywheel.data.bootstrap import write_labels_file
 from flywheel.evaluation import experiment
-from flywheel.evaluation.experiment import format_experiments_table, needs_monitoring
+from flywheel.evaluation.monitor import format_experiments_table, needs_monitoring
 from flywheel.evaluation.offline import format_offline_table
 from flywheel.model import registry
 from flywheel.model.inference import answer_fn, load_model
