@@ -31,6 +31,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from flywheel.config import PROJECT_ROOT, FlywheelConfig, flywheel_home, load_config
+from flywheel.runconfig import build_run_config
 from flywheel.sim.traffic import AnswerFn
 from flywheel.warehouse import Warehouse, warehouse_from_config
 
@@ -298,7 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     t = time.monotonic()
     run_airflow_cycle(FIRST_WEEK, env, logs, dag_id="flywheel_bootstrap", conf={"labels_path": str(labels)})
     log.info("bootstrap cycle ran through Airflow in %.0fs", time.monotonic() - t)
-    lag_weeks = (config.extract.lag_days + config.extract.window_days) // 7
+    # The weekly runs' window as their DAG builds it (no overrides, empty params): the product
+    # serves that long before the first weekly cycle has a full window to read.
+    weekly = build_run_config(config).config
+    lag_weeks = (weekly.extract.lag_days + weekly.extract.window_days) // 7
     for w in range(lag_weeks):
         log.info("product week %s", serve_week(config, wh, FIRST_WEEK + timedelta(weeks=w), truth=truth))
     with SimulatedReviewers(wh, truth, config.review.reviewers_per_item):
