@@ -25,7 +25,7 @@ examples), and while in cold start the weekly cycles run under the cold-start ca
 from __future__ import annotations
 
 import pendulum
-from airflow.sdk import Param, dag
+from airflow.sdk import dag
 
 from flywheel_airflow.cycle_dag import cycle_chain, cycle_params, default_args
 from flywheel_airflow.operators import ExtractBootstrapOperator
@@ -48,12 +48,7 @@ BOOTSTRAP_OVERRIDES = {
     tags=["flywheel", "bootstrap", "training"],
     default_args=default_args(BOOTSTRAP_OVERRIDES),
     doc_md=__doc__,
-    params={
-        **cycle_params(lag_days=0),
-        "window_days": Param(None, type=["null", "integer"], minimum=1, description="Beta traffic: days before the run (default 14)."),
-        "labels_path": Param(None, type=["null", "string"], description="CSV/JSONL file or folder of manual labels (config: bootstrap.labels_path)."),
-        "synthetic_per_task_type": Param(None, type=["null", "integer"], minimum=0, description="Synthetic examples per task type."),
-    },  # fmt: skip
+    params=cycle_params(BOOTSTRAP_OVERRIDES, bootstrap=True),  # their lag 0 and 14-day window
 )
 def flywheel_bootstrap():
     cycle_chain(ExtractBootstrapOperator(task_id="extract_bootstrap"))

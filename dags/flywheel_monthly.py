@@ -57,7 +57,7 @@ MONTHLY_OVERRIDES = {
     tags=["flywheel", "monthly", "training"],
     default_args=default_args(MONTHLY_OVERRIDES),
     doc_md=__doc__,
-    params=cycle_params(),
+    params=cycle_params(MONTHLY_OVERRIDES),
 )
 def flywheel_monthly():
     cycle_chain()

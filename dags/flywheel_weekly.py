@@ -5,9 +5,9 @@ Turns last-but-two week's production traffic into a challenger model, and promot
 it beats the champion on the golden set.
 
 **Window.** A run whose data interval ends at `T` reads the logs of `[T - lag - 7 days, T - lag)`
-(`lag_days` = 14 by default): users' corrections and regenerations settle before their rows
-are used. The window comes from the run, never from the wall clock, so a backfill of any past
-Monday reads exactly that week.
+(`extract.lag_days` in the config, 14 as shipped; the `lag_days` param for one run): users'
+corrections and regenerations settle before their rows are used. The window comes from the run,
+never from the wall clock, so a backfill of any past Monday reads exactly that week.
 
 **Tasks.** `extract_window` (the user-action and quality-score rules run inside the warehouse
 query: rejected rows' text stays there) → `gate_raw_window` (Great Expectations: schema, nulls, enums,

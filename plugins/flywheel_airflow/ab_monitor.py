@@ -17,6 +17,14 @@ from typing import Any
 from airflow.exceptions import AirflowSkipException
 from airflow.sdk import BaseOperator, Context
 
+from flywheel.config import load_config
+from flywheel.data.extract import as_utc
+from flywheel.errors import ConfigError, RegistryError
+from flywheel.evaluation import experiment
+from flywheel.evaluation.monitor import monitor
+from flywheel.runconfig import build_run_config
+from flywheel_airflow.hooks import FlywheelWarehouseHook
+from flywheel_airflow.notifiers import deliver_alert
 from flywheel_airflow.operators import FlywheelOperator
 
 log = logging.getLogger(__name__)
@@ -25,8 +33,6 @@ log = logging.getLogger(__name__)
 def as_of_from_context(context: Context) -> datetime:
     """The instant the run judges: its logical date, or, for a run an asset event triggered
     (which has none), when the run was due."""
-    from flywheel.data.extract import as_utc
-
     when: datetime | None = context.get("logical_date") or context.get("data_interval_end")
     return as_utc(when if when is not None else context["dag_run"].run_after)
 
@@ -37,20 +43,15 @@ class MonitorExperimentsOperator(FlywheelOperator):
     ui_color = "#fde8e8"
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from flywheel.evaluation import experiment
-        from flywheel.evaluation.monitor import monitor
-        from flywheel.errors import ConfigError, RegistryError
-        from flywheel_airflow.hooks import FlywheelWarehouseHook
-        from flywheel_airflow.notifiers import deliver_alert
-        from flywheel_airflow.operators import config_for_run
-
+        as_of = as_of_from_context(context)
         try:
-            config = config_for_run(dict(context.get("params") or {}), self.config_path, self.config_overrides)
+            base = load_config(self.config_path)
+            wh = FlywheelWarehouseHook(base, self.warehouse_conn_id).get_warehouse()
+            # Judged under the config a cycle at ``as_of`` would run under (phase policy included).
+            config = build_run_config(base, warehouse=wh, logical_date=as_of, dag_overrides=self.config_overrides,
+                                      params=context.get("params")).config  # fmt: skip
         except (ConfigError, ValueError) as exc:
             raise self.fail_now(exc) from exc
-        wh = FlywheelWarehouseHook(config, self.warehouse_conn_id).get_warehouse()
-        wh.ensure_schema()
-        as_of = as_of_from_context(context)
         if wh.count("promotions") == 0:
             log.info("no champion yet (run the bootstrap first): nothing to watch")
             return {"as_of": as_of.isoformat(), "decisions": [], "champion_changed": False}

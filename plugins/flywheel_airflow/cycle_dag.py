@@ -6,12 +6,16 @@ weekly, monthly and bootstrap cycles run the same stages in the same order with 
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator, Param, TriggerRule, chain
 
+from flywheel.config import FlywheelConfig, load_config
+from flywheel.errors import ConfigError
+from flywheel.runconfig import RUN_PARAMS
 from flywheel_airflow.assets import MODEL_DECISION
 from flywheel_airflow.notifiers import FlywheelAlertNotifier
 from flywheel_airflow.operators import (
@@ -32,6 +36,8 @@ from flywheel_airflow.operators import (
 )
 from flywheel_airflow.review_sensor import WaitForReviewSensor
 
+log = logging.getLogger(__name__)
+
 
 def default_args(config_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Retries, owner and the failure alert on every task; the DAG's fixed config overrides."""
@@ -44,32 +50,22 @@ def default_args(config_overrides: dict[str, Any] | None = None) -> dict[str, An
     }
 
 
-def cycle_params(*, lag_days: int = 14) -> dict[str, Param]:
-    """Params an operator may set when triggering a cycle by hand; empty keeps the config."""
+def cycle_params(config_overrides: dict[str, Any] | None = None, *, bootstrap: bool = False) -> dict[str, Param]:
+    """The params an operator may set when triggering a cycle by hand, from `RUN_PARAMS`; an
+    empty one keeps the config. Each description shows the value the run gets when its param is
+    left empty: the YAML with the DAG's fixed overrides (``config_overrides``), read once here
+    (a small file; a YAML that does not load shows the keys only, and fails the run's tasks).
+    ``bootstrap`` adds the cold start's own params (manual labels, synthetic examples)."""
+    try:
+        config: FlywheelConfig | None = load_config().with_overrides(config_overrides)
+    except ConfigError as exc:
+        log.warning("params without configured values: %s", exc)
+        config = None
     return {
-        "lag_days": Param(lag_days, type="integer", minimum=0, description="Days between the window's end and the run."),
-        "window_days": Param(None, type=["null", "integer"], minimum=1, description="Window length in days (config: extract.window_days)."),
-        "window_start": Param(None, type=["null", "string"], format="date",
-                              description="Override the window: read [window_start, window_start + window_days) instead of the lagged window."),
-        "dry_run": Param(False, type="boolean", description="Run every stage, but never move the champion (the decision is recorded as a dry run)."),
-        "skip_training": Param(False, type="boolean", description="Stop after the training-set gate: no challenger, no evaluation; the cycle is still recorded."),
-        "force_review": Param(None, type=["null", "boolean"],
-                              description="true: send this run's sample to human review even where the DAG skips it (monthly, bootstrap); false: no review this run."),
-        "min_quality_score": Param(None, type=["null", "number"], minimum=0, maximum=1, description="Quality filter threshold (config: 0.6)."),
-        "epochs": Param(None, type=["null", "number"], exclusiveMinimum=0, description="LoRA epochs (config: 1)."),
-        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, description="LoRA learning rate."),
-        "base_model": Param(None, type=["null", "string"], description="Base model: a Hugging Face name or path (config: tiny-llama)."),
-        "lora_r": Param(None, type=["null", "integer"], minimum=1, description="LoRA rank."),
-        "lora_alpha": Param(None, type=["null", "integer"], minimum=1, description="LoRA alpha."),
-        "lora_dropout": Param(None, type=["null", "number"], minimum=0, exclusiveMaximum=1, description="LoRA dropout."),
-        "target_modules": Param(None, type=["null", "array"], items={"type": "string"}, description="Modules LoRA adapts."),
-        "batch_size": Param(None, type=["null", "integer"], minimum=1, description="Per-device batch size."),
-        "max_length": Param(None, type=["null", "integer"], minimum=9, description="Max tokens per example."),
-        "seed": Param(None, type=["null", "integer"], description="Training seed."),
-        "min_improvement": Param(None, type=["null", "number"], minimum=0, description="Accuracy margin the challenger must beat."),
-        "compare_new_data": Param(None, type=["null", "boolean"],
-                                  description="true: also train a twin without the window's newest days and report whether they helped (monthly: on); a window that hurt is flagged and kept out."),
-    }  # fmt: skip
+        p.name: Param(p.default, type=p.json_type, description=p.describe(config), **p.schema)
+        for p in RUN_PARAMS
+        if bootstrap or not p.bootstrap_only
+    }
 
 
 def cycle_chain(extract: BaseOperator | None = None) -> list[BaseOperator]:

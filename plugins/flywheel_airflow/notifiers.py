@@ -12,9 +12,18 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import UTC, datetime
+from html import escape
 from typing import Any
+from urllib.parse import quote
 
+from airflow.providers.smtp.hooks.smtp import SmtpHook
+from airflow.sdk import BaseHook
 from airflow.sdk.bases.notifier import BaseNotifier
+
+from flywheel.config import FlywheelConfig, load_config
+from flywheel.runconfig import build_run_config
+from flywheel.schema import rows_to_table
+from flywheel_airflow.hooks import FlywheelWarehouseHook
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +57,6 @@ class FlywheelAlertNotifier(BaseNotifier):
         self.config_path = config_path
 
     def notify(self, context: Any) -> None:
-        from flywheel_airflow.operators import config_for_run
-
         alert = alert_message(context)
         raised = datetime.now(UTC)
         ti = context["ti"]
@@ -57,18 +64,21 @@ class FlywheelAlertNotifier(BaseNotifier):
         alert_id = hashlib.sha256(f"{ti.dag_id}|{ti.task_id}|{ti.run_id}|{try_number}".encode()).hexdigest()[:24]
         log.error("FLYWHEEL ALERT %s", alert["message"])
         try:
-            config = config_for_run(dict(context.get("params") or {}), self.config_path)
+            # Where alerts go is the YAML's, or the failed task's DAG overrides'. No warehouse or
+            # logical date (the phase policy and calibration set filters, not alert channels,
+            # and the warehouse may be what failed), and no params: none sets an alert channel,
+            # and a run that failed on a bad param must still alert.
+            config = build_run_config(
+                load_config(self.config_path), dag_overrides=getattr(context.get("task"), "config_overrides", None)
+            ).config
         except Exception:
             log.exception("no flywheel config: the alert is only in this log")
             return
         deliver_alert(config, alert, alert_id=alert_id, raised_at=raised)
 
 
-def deliver_alert(config: Any, alert: dict[str, Any], *, alert_id: str, raised_at: datetime) -> None:
+def deliver_alert(config: FlywheelConfig, alert: dict[str, Any], *, alert_id: str, raised_at: datetime) -> None:
     """Store the alert in the warehouse, then e-mail it and post it to Slack where configured."""
-    from flywheel.schema import rows_to_table
-    from flywheel_airflow.hooks import FlywheelWarehouseHook
-
     try:
         warehouse = FlywheelWarehouseHook(config).get_warehouse()
         warehouse.ensure_schema()
@@ -82,8 +92,6 @@ def deliver_alert(config: Any, alert: dict[str, Any], *, alert_id: str, raised_a
 
 
 def run_url(base_url: str, dag_id: str, run_id: str) -> str:
-    from urllib.parse import quote
-
     return f"{base_url.rstrip('/')}/dags/{quote(dag_id)}/runs/{quote(run_id, safe='')}"
 
 
@@ -106,8 +114,6 @@ def render_alert(alert: dict[str, Any], *, base_url: str) -> tuple[str, str]:
 
 
 def _connection_exists(conn_id: str) -> bool:
-    from airflow.sdk import BaseHook
-
     try:
         BaseHook.get_connection(conn_id)
         return True
@@ -120,10 +126,6 @@ def send_email(conn_id: str, to: list[str], subject: str, body: str) -> None:
         log.warning("alerts.email_to is set but there is no Airflow connection %r: no e-mail sent", conn_id)
         return
     try:
-        from html import escape
-
-        from airflow.providers.smtp.hooks.smtp import SmtpHook
-
         with SmtpHook(smtp_conn_id=conn_id) as smtp:
             smtp.send_email_smtp(to=to, subject=subject, html_content=f"<pre>{escape(body)}</pre>")
         log.info("alert e-mailed to %s", ", ".join(to))
@@ -135,6 +137,7 @@ def send_slack(conn_id: str, text: str) -> None:
     if not _connection_exists(conn_id):
         return
     try:
+        # Most of a second to import (slack_sdk): paid only where a Slack connection exists.
         from airflow.providers.slack.hooks.slack_webhook import SlackWebhookHook
 
         SlackWebhookHook(slack_webhook_conn_id=conn_id).send(text=text)

@@ -8,51 +8,24 @@ the small summary each stage returns (counts, paths, versions, accuracies).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from airflow.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import BaseOperator, Context
 
+from flywheel.config import load_config
+from flywheel.cycle import CycleSpec, make_cycle
+from flywheel.runconfig import build_run_config
+from flywheel.warehouse import Warehouse
+from flywheel_airflow.hooks import FlywheelWarehouseHook
+from flywheel_airflow.notifiers import deliver_alert
+
 log = logging.getLogger(__name__)
-
-# DAG params that override a config key for one run; a null param keeps the YAML value.
-PARAM_OVERRIDES: dict[str, str] = {
-    "lag_days": "extract.lag_days",
-    "window_days": "extract.window_days",
-    "min_quality_score": "filters.min_quality_score",
-    "epochs": "training.epochs",
-    "learning_rate": "training.learning_rate",
-    "base_model": "training.base_model",
-    "lora_r": "training.lora_r",
-    "lora_alpha": "training.lora_alpha",
-    "lora_dropout": "training.lora_dropout",
-    "target_modules": "training.target_modules",
-    "batch_size": "training.batch_size",
-    "max_length": "training.max_length",
-    "seed": "training.seed",
-    "min_improvement": "evaluation.min_improvement",
-    "compare_new_data": "evaluation.compare_new_data",
-    "force_review": "review.enabled",
-    "labels_path": "bootstrap.labels_path",
-    "synthetic_per_task_type": "bootstrap.synthetic_per_task_type",
-}
-
-
-def param_overrides(params: dict[str, Any] | None) -> dict[str, Any]:
-    params = params or {}
-    return {key: params.get(name) for name, key in PARAM_OVERRIDES.items() if params.get(name) is not None}
-
-
-def config_for_run(params: dict[str, Any] | None, config_path: str | None = None, dag_overrides: dict[str, Any] | None = None):
-    """The flywheel config with the DAG's fixed overrides, then this run's params, applied
-    (without the phase policy, which needs the warehouse: see `cycle_from_context`)."""
-    from flywheel.config import load_config
-
-    return load_config(config_path).with_overrides(dag_overrides).with_overrides(param_overrides(params))
 
 
 def cycle_from_context(
@@ -60,38 +33,36 @@ def cycle_from_context(
     config_path: str | None = None,
     dag_overrides: dict[str, Any] | None = None,
     warehouse_conn_id: str = "flywheel_warehouse",
-):
-    """The run's cycle and its warehouse. Config precedence, lowest first: the YAML, the capture
-    policy of the phase the flywheel was in before this logical date, the filter thresholds
-    calibrated on reviews before it, the DAG's fixed overrides (the monthly window, ...), and
-    this run's params."""
-    from flywheel.review.calibrate import overrides_before
-    from flywheel.config import load_config
-    from flywheel.cycle import make_cycle
-    from flywheel.data.extract import as_utc
-    from flywheel.ops.phases import apply_policy, phase_before
-    from flywheel_airflow.hooks import FlywheelWarehouseHook
-
-    params = dict(context.get("params") or {})
-    config = load_config(config_path)
-    warehouse = FlywheelWarehouseHook(config, warehouse_conn_id).get_warehouse()
-    logical = context.get("logical_date") or context.get("data_interval_end")
-    phase = None
-    if logical is not None:
-        warehouse.ensure_schema()
-        phase = phase_before(warehouse, as_utc(logical))
-        config = apply_policy(config, phase).with_overrides(overrides_before(warehouse, as_utc(logical)))
-    config = config.with_overrides(dag_overrides).with_overrides(param_overrides(params))
-    window_start = params.get("window_start")
+) -> tuple[CycleSpec, Warehouse]:
+    """The run's cycle and its warehouse, under the config `build_run_config` builds for the
+    run's logical date (the YAML opens the warehouse; see its docstring for the precedence)."""
+    base = load_config(config_path)
+    warehouse = FlywheelWarehouseHook(base, warehouse_conn_id).get_warehouse()
+    run = build_run_config(
+        base,
+        warehouse=warehouse,
+        logical_date=context.get("logical_date") or context.get("data_interval_end"),
+        dag_overrides=dag_overrides,
+        params=context.get("params"),
+    )
     cycle = make_cycle(
         context["dag"].dag_id,
         data_interval_end=context.get("data_interval_end"),
         logical_date=context.get("logical_date"),
-        config=config,
-        window_start=datetime.fromisoformat(window_start) if window_start else None,
-        dry_run=bool(params.get("dry_run")),
+        config=run.config,
+        window_start=run.window_start,
+        dry_run=run.dry_run,
     )
-    return replace(cycle, phase=phase), warehouse
+    return replace(cycle, phase=run.phase), warehouse
+
+
+def _alert(context: Context, kind: str, message: str) -> tuple[dict[str, Any], str]:
+    """An alert about this task's run, and its id: one per kind and run, so a retried task
+    replaces its alert instead of raising a second one."""
+    ti = context["ti"]
+    alert = {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "logical_date": context.get("logical_date"),
+             "kind": kind, "message": message, "link": None}  # fmt: skip
+    return alert, hashlib.sha256(f"{kind}|{ti.dag_id}|{ti.run_id}".encode()).hexdigest()[:24]
 
 
 class FlywheelOperator(BaseOperator):
@@ -260,16 +231,8 @@ class TrainTwinOperator(FlywheelStageOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         result = super().execute(context)
         if result.get("failed"):  # the cycle goes on without a twin; operators hear of it
-            import hashlib
-            from datetime import UTC
-
-            from flywheel_airflow.notifiers import deliver_alert
-
-            ti = context["ti"]
-            message = f"[{ti.dag_id}] {result['skipped']}; the cycle goes on without the new-data check"
-            alert = {"dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id, "logical_date": context.get("logical_date"),
-                     "kind": "twin_failed", "message": message, "link": None}  # fmt: skip
-            alert_id = hashlib.sha256(f"twin_failed|{ti.dag_id}|{ti.run_id}".encode()).hexdigest()[:24]
+            message = f"[{context['ti'].dag_id}] {result['skipped']}; the cycle goes on without the new-data check"
+            alert, alert_id = _alert(context, "twin_failed", message)
             deliver_alert(self._config, alert, alert_id=alert_id, raised_at=datetime.now(UTC))
         return result
 
@@ -306,19 +269,7 @@ class RecordCycleOperator(FlywheelStageOperator):
         result = super().execute(context)
         stagnation = result.get("stagnation") or {}
         if stagnation.get("stagnant"):
-            import hashlib
-            from datetime import UTC, datetime
-
-            from flywheel_airflow.notifiers import deliver_alert
-
-            ti = context["ti"]
-            alert = {
-                "dag_id": ti.dag_id, "task_id": ti.task_id, "run_id": ti.run_id,
-                "logical_date": context.get("logical_date"), "kind": "stagnation",
-                "message": f"[{ti.dag_id}] flywheel {stagnation['summary']}", "link": None,
-            }  # fmt: skip
-            alert_id = hashlib.sha256(f"stagnation|{ti.dag_id}|{ti.run_id}".encode()).hexdigest()[:24]
+            alert, alert_id = _alert(context, "stagnation", f"[{context['ti'].dag_id}] flywheel {stagnation['summary']}")
             log.warning("FLYWHEEL ALERT %s", alert["message"])
-            deliver_alert(config_for_run(dict(context.get("params") or {}), self.config_path, self.config_overrides), alert,
-                          alert_id=alert_id, raised_at=datetime.now(UTC))  # fmt: skip
+            deliver_alert(self._config, alert, alert_id=alert_id, raised_at=datetime.now(UTC))
         return result

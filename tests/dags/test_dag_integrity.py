@@ -123,7 +123,7 @@ def test_weekly_schedule_and_params(dagbag):
     assert isinstance(dag.timetable, CronTriggerTimetable)
     assert dag.timetable._expression == "0 0 * * 1"
     assert dag.catchup is False
-    assert dag.params["lag_days"] == 14
+    assert dag.params["lag_days"] is None  # empty: the config's extract.lag_days decides
     for name in ("window_days", "window_start", "min_quality_score", "epochs", "learning_rate", "min_improvement",
                  "base_model", "lora_r", "lora_alpha", "lora_dropout", "target_modules", "batch_size", "max_length", "seed"):
         assert name in dag.params and dag.params[name] is None
@@ -133,16 +133,41 @@ def test_weekly_schedule_and_params(dagbag):
 
 def test_params_map_onto_config_keys():
     """Each DAG param that overrides config names a real config key, and the override applies."""
-    from flywheel_airflow.operators import PARAM_OVERRIDES, config_for_run
+    from flywheel.config import load_config
+    from flywheel.runconfig import OVERRIDE_KEYS, build_run_config
 
-    cfg = config_for_run({"lag_days": 7, "min_quality_score": 0.75, "epochs": None, "lora_r": 4,
-                          "target_modules": ["q_proj", "v_proj"]})  # fmt: skip
+    base = load_config()
+    cfg = build_run_config(base, params={"lag_days": 7, "min_quality_score": 0.75, "epochs": None, "lora_r": 4,
+                                         "target_modules": ["q_proj", "v_proj"]}).config  # fmt: skip
     assert cfg.extract.lag_days == 7
     assert cfg.filters.min_quality_score == 0.75
     assert cfg.training.lora_r == 4 and cfg.training.target_modules == ["q_proj", "v_proj"]
     # A run's params beat the DAG's fixed overrides: force_review samples a monthly run.
-    monthly = config_for_run({"force_review": True}, dag_overrides={"review.enabled": False, "extract.window_days": 28})
+    monthly = build_run_config(base, params={"force_review": True},
+                               dag_overrides={"review.enabled": False, "extract.window_days": 28}).config  # fmt: skip
     assert monthly.review.enabled is True and monthly.extract.window_days == 28
-    for dotted in PARAM_OVERRIDES.values():
+    for dotted in OVERRIDE_KEYS.values():
         section, key = dotted.split(".")
         assert hasattr(getattr(cfg, section), key), dotted
+
+
+@pytest.mark.parametrize(("dag_id", "lag", "window"), [("flywheel_weekly", 14, 7), ("flywheel_monthly", 14, 28),
+                                                       ("flywheel_bootstrap", 0, 14)])  # fmt: skip
+def test_an_untouched_form_leaves_the_window_to_the_config(dagbag, dag_id, lag, window):
+    """Every DAG's params are the table's, at their defaults: a run triggered without changing
+    them gets the YAML's lag and window, with the DAG's own overrides (the bootstrap's zero lag),
+    and the descriptions show those values."""
+    from flywheel.config import load_config
+    from flywheel.runconfig import PARAMS_BY_NAME, build_run_config
+
+    dag = dagbag.dags[dag_id]
+    form = {name: dag.params[name] for name in dag.params}
+    assert set(form) <= set(PARAMS_BY_NAME)
+    assert all(form[name] == PARAMS_BY_NAME[name].default for name in form)
+    overrides = dag.get_task("filter_candidates").config_overrides
+    config = build_run_config(load_config(), dag_overrides=overrides, params=form).config
+    assert (config.extract.lag_days, config.extract.window_days) == (lag, window)
+    described = {name: dag.params.get_param(name).description for name in ("lag_days", "window_days")}
+    assert described == {"lag_days": PARAMS_BY_NAME["lag_days"].describe(config),
+                         "window_days": PARAMS_BY_NAME["window_days"].describe(config)}  # fmt: skip
+    assert described["lag_days"].endswith(f"(config: extract.lag_days = {lag})")

@@ -64,6 +64,7 @@ from flywheel.sim.localenv import airflow_env
 from flywheel.sim.reviewers import run_simulated_reviewers
 from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
 from flywheel.sim.traffic import AnswerFn, Arm, sample_task, simulate_traffic
+from flywheel.runconfig import build_run_config
 from flywheel.warehouse import Warehouse, warehouse_from_config
 
 log = logging.getLogger("flywheel.sim.demo")
@@ -293,7 +294,10 @@ def main(argv: list[str] | None = None) -> int:
     t = time.monotonic()
     run_airflow_cycle(FIRST_WEEK, env, logs, dag_id="flywheel_bootstrap", conf={"labels_path": str(labels)})
     log.info("bootstrap cycle ran through Airflow in %.0fs", time.monotonic() - t)
-    lag_weeks = (config.extract.lag_days + config.extract.window_days) // 7
+    # The weekly runs' window as their DAG builds it (no overrides, empty params): the product
+    # serves that long before the first weekly cycle has a full window to read.
+    weekly = build_run_config(config).config
+    lag_weeks = (weekly.extract.lag_days + weekly.extract.window_days) // 7
     for w in range(lag_weeks):
         log.info("product week %s", serve_week(config, wh, FIRST_WEEK + timedelta(weeks=w), truth=truth))
     with SimulatedReviewers(wh, truth, config.review.reviewers_per_item):
