@@ -60,11 +60,11 @@ from flywheel.ops.metrics import (
 )
 from flywheel.ops.report import format_new_data_table, format_velocity_table, velocity_rows
 from flywheel.review.items import agreement
+from flywheel.runconfig import build_run_config
 from flywheel.sim.localenv import airflow_env
 from flywheel.sim.reviewers import run_simulated_reviewers
 from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
 from flywheel.sim.traffic import AnswerFn, Arm, sample_task, simulate_traffic
-from flywheel.runconfig import build_run_config
 from flywheel.warehouse import Warehouse, warehouse_from_config
 
 log = logging.getLogger("flywheel.sim.demo")
