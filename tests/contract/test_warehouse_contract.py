@@ -242,7 +242,8 @@ def test_bigquery_retry_reattaches_to_its_jobs(tmp_path, running):
 def test_snowflake_session_carries_the_runs_query_tag(tmp_path, running):
     import json
 
-    from flywheel_airflow.hooks import FlywheelSnowflakeHook, FlywheelWarehouseHook
+    from flywheel_airflow.cloud_hooks import FlywheelSnowflakeHook
+    from flywheel_airflow.hooks import FlywheelWarehouseHook
 
     config = backend_config("snowflake", tmp_path, running)
     run = {"dag_id": "flywheel_weekly", "task_id": "extract_window", "run_id": "manual__1"}
