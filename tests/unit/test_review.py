@@ -11,12 +11,12 @@ from datetime import UTC, datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel.review.items import calibrate
-from flywheel.model import registry
-from flywheel.review.items import items as review
 from flywheel import cycle as fc
 from flywheel.config import CalibrationConfig, FiltersConfig, FlywheelConfig
 from flywheel.data.dataset import load_chat_dataset
+from flywheel.model import registry
+from flywheel.review import calibrate
+from flywheel.review import items as review
 from flywheel.review.prioritize import Priority, disagreement, prioritise
 from flywheel.schema import TrainingCandidate
 from flywheel.sim.traffic import simulate_traffic
