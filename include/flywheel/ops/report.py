@@ -14,8 +14,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flywheel.model import registry
 from flywheel.config import PHASES
+from flywheel.filters import RULE_NAMES
+from flywheel.model import registry
 from flywheel.warehouse import Warehouse
 
 VELOCITY_METRICS = (
@@ -151,12 +152,10 @@ def plot_velocity(rows: list[VelocityRow], path: Any) -> Any:
 
 
 def plot_rule_pass_rates(rows: list[VelocityRow], path: Any) -> Any:
-    from flywheel.ops.metrics import RULE_ORDER
-
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, 3.8))
     x = list(range(len(rows)))
-    for rule in RULE_ORDER:
+    for rule in RULE_NAMES:
         values = [r.get(f"pass_rate.{rule}") for r in rows]
         if any(v is not None for v in values):
             ax.plot(x, [v if v is not None else math.nan for v in values], marker=".", label=rule)
