@@ -108,8 +108,14 @@ PII_ENTITIES = (
 
 
 class FiltersConfig(_Section):
-    """The method's filters; defaults are the method's own thresholds."""
+    """The method's filters; defaults are the method's own thresholds.
 
+    Each rule of `flywheel.filters.rules` names the fields here that it reads (its
+    ``settings``); a new rule's threshold is one more line (why the fields live here and not in
+    the rule modules: `flywheel.filters`' docstring)."""
+
+    # The cheap rules: user action, length, quality score (the first and last are decided in
+    # the warehouse query, which then withholds the text of the rows they reject).
     allowed_actions: list[str] = Field(default_factory=lambda: ["accepted", "copied", "corrected"])
     min_words: int = Field(20, ge=0)
     min_tokens: int = Field(50, ge=0)

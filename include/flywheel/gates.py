@@ -29,8 +29,8 @@ import pyarrow as pa
 
 from flywheel.config import USER_ACTIONS, FlywheelConfig
 from flywheel.errors import GateError
-from flywheel.filters import count_tokens
 from flywheel.schema import PRODUCTION_LOG_FIELDS
+from flywheel.text import count_tokens
 
 # Great Expectations is imported inside the functions that use it: it takes seconds to
 # import, and DAG parsing and the light stages import this module without needing it.

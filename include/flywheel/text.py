@@ -11,6 +11,7 @@ import re
 import unicodedata
 
 _WORD = re.compile(r"\w+")
+_TOKEN = re.compile(r"\w+|[^\w\s]")
 _SPACE = re.compile(r"\s+")
 
 
@@ -30,3 +31,12 @@ def normalize_text(text: str) -> str:
 def word_tokens(text: str) -> list[str]:
     """Word tokens of the normalised text (punctuation dropped)."""
     return _WORD.findall(normalize_text(text))
+
+
+def count_words(text: str) -> int:
+    return len(text.split())
+
+
+def count_tokens(text: str) -> int:
+    """Tokenizer-independent token count (words and punctuation marks)."""
+    return len(_TOKEN.findall(text))

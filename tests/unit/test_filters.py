@@ -1,8 +1,10 @@
-"""Filter rules with reasons; every rule is evaluated for every candidate."""
+"""Filter rules with reasons; every rule is evaluated for every candidate; the registry is the
+one list of rules, and each rule's declarations (settings, pushdown, calibration) hold."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
+from types import SimpleNamespace
 
 import pytest
 from hypothesis import given
@@ -10,15 +12,23 @@ from hypothesis import strategies as st
 
 from flywheel.config import FiltersConfig
 from flywheel.filters import (
+    RULE_NAMES,
+    RULES,
     ActionRule,
+    ChainInputs,
     LengthRule,
     QualityScoreRule,
+    RowRule,
+    Stage,
+    WindowRule,
     apply_filters,
     basic_rules,
-    count_tokens,
-    count_words,
+    pushdown_for,
 )
+from flywheel.ops.metrics import format_rule_table
 from flywheel.schema import candidate_from_row
+from flywheel.text import count_tokens, count_words
+from flywheel.warehouse import Pushdown
 
 
 @pytest.fixture
@@ -35,7 +45,7 @@ def words(n: int) -> str:
     return " ".join(["word"] * n)
 
 
-RULES = basic_rules(FiltersConfig())
+CHEAP_RULES = basic_rules(FiltersConfig())
 
 
 @pytest.mark.parametrize(
@@ -44,7 +54,7 @@ RULES = basic_rules(FiltersConfig())
 )
 def test_action_rule_defaults(cand, action, kept):
     c = cand(user_action=action, correction="FIX" if action == "corrected" else None)
-    d = RULES[0].decide(c)
+    d = CHEAP_RULES[0].decide(c)
     assert (d.rule, d.kept, d.request_id) == ("user_action", kept, "r1")
     assert repr(action) in d.reason
     assert ("not in" in d.reason) is (not kept)
@@ -120,7 +130,7 @@ def test_apply_filters_evaluates_every_rule(cand):
     good = cand("good", prompt=words(30))
     bad_all = cand("bad", prompt="hi", response="yo", user_action="regenerated", quality_score=0.1)
     bad_score = cand("low", prompt=words(30), quality_score=0.3)
-    decisions, kept = apply_filters([good, bad_all, bad_score], RULES)
+    decisions, kept = apply_filters([good, bad_all, bad_score], CHEAP_RULES)
     assert len(decisions) == 9
     assert [c.request_id for c in kept] == ["good"]
     by = {(d.request_id, d.rule): d.kept for d in decisions}
@@ -132,7 +142,7 @@ def test_apply_filters_evaluates_every_rule(cand):
 
 
 def test_apply_filters_empty():
-    assert apply_filters([], RULES) == ([], [])
+    assert apply_filters([], CHEAP_RULES) == ([], [])
 
 
 @given(
@@ -150,7 +160,63 @@ def test_property_kept_iff_every_rule_keeps(n_words, score, action):
         response="ok", user_action=action, correction="fixed" if action == "corrected" else None,
         task_type="t", quality_score=score,
     )  # fmt: skip
-    decisions, kept = apply_filters([c, replace(c, request_id="s")], RULES)
+    decisions, kept = apply_filters([c, replace(c, request_id="s")], CHEAP_RULES)
     assert len(decisions) == 6
     expected = action != "regenerated" and n_words + 1 > 20 and score >= 0.6
     assert (len(kept) == 2) is expected and len(kept) in (0, 2)
+
+
+# --- the registry -------------------------------------------------------------------------
+
+
+def test_registry_is_the_chain_in_order():
+    # The one place a test lists the rules: the order is the chain's, the decisions', the reports'.
+    assert RULE_NAMES == (
+        "user_action", "length", "quality_score", "pii", "toxicity", "grounding", "decontamination", "dedup", "selection",
+    )  # fmt: skip
+    assert len(set(RULE_NAMES)) == len(RULES)
+    stages = [rule.stage for rule in RULES]
+    assert stages == sorted(stages), "the chain runs stage by stage, in registry order"
+    assert [rule for rule in RULES if rule.stage is Stage.WINDOW] == [RULES[-1]]
+    assert issubclass(RULES[-1], WindowRule)
+
+
+def test_every_setting_has_a_rule_and_every_rule_reads_only_its_settings():
+    config = FiltersConfig()
+    declared = [s for rule in RULES for s in rule.settings]
+    assert set(declared) == set(FiltersConfig.model_fields)
+    for rule in RULES:
+        # Built from its declared settings alone: reading any other field raises AttributeError.
+        only_its_own = SimpleNamespace(**{s: getattr(config, s) for s in rule.settings})
+        built = rule.from_config(only_its_own, ChainInputs())
+        assert built.name == rule.name
+
+
+def test_pushdown_is_built_from_the_rules_that_declare_one():
+    assert pushdown_for(FiltersConfig()) == Pushdown(("accepted", "copied", "corrected"), 0.6)
+    custom = FiltersConfig(allowed_actions=["copied"], min_quality_score=0.25)
+    assert pushdown_for(custom) == Pushdown(tuple(custom.allowed_actions), custom.min_quality_score)
+    pushdown_fields = {f.name for f in fields(Pushdown)}
+    pushed = {r.name: r.pushdown() for r in basic_rules(custom)}
+    assert {name for name, p in pushed.items() if p} == {"user_action", "quality_score"}
+    assert all(set(p) <= pushdown_fields for p in pushed.values())
+    assert all(issubclass(rule, RowRule) for rule in RULES if "pushdown" in vars(rule))
+
+
+def test_calibrated_thresholds_are_settings_of_their_rules():
+    calibrated = {rule.name: rule.calibration for rule in RULES if rule.calibration}
+    assert {n: (c.setting, c.keeps_at_or_above) for n, c in calibrated.items()} == {
+        "quality_score": ("min_quality_score", True),
+        "toxicity": ("max_toxicity", False),
+        "grounding": ("min_grounding", True),
+    }
+    for rule in RULES:
+        if rule.calibration:
+            assert rule.calibration.setting in rule.settings
+    assert calibrated["quality_score"].keeps(0.6, 0.6) and not calibrated["toxicity"].keeps(0.1, 0.1)
+
+
+def test_metrics_table_lists_rules_in_registry_order():
+    rates = {"c1": {name: (1.0, 3) for name in reversed(RULE_NAMES)}}
+    header = format_rule_table(rates).splitlines()[0].split()
+    assert header == ["cycle", *(name[:11] for name in RULE_NAMES)]

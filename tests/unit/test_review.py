@@ -11,12 +11,13 @@ from datetime import UTC, datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel.review import calibrate
-from flywheel.model import registry
-from flywheel.review import items as review
 from flywheel import cycle as fc
 from flywheel.config import CalibrationConfig, FiltersConfig, FlywheelConfig
 from flywheel.data.dataset import load_chat_dataset
+from flywheel.filters import RULES
+from flywheel.model import registry
+from flywheel.review import calibrate
+from flywheel.review import items as review
 from flywheel.review.prioritize import Priority, disagreement, prioritise
 from flywheel.schema import TrainingCandidate
 from flywheel.sim.reviewers import run_simulated_reviewers
@@ -202,6 +203,15 @@ def test_calibration_fits_thresholds_to_verdicts():
     assert pr["recall"] == 1.0 and pr["precision"] < 1.0
     # bounds hold whatever the reviews say
     assert calibrate.fit(items, current, {"min_quality_score": [0.3, 0.7]})["quality_score"] <= 0.7
+
+
+def test_calibration_fits_the_thresholds_the_filter_rules_expose():
+    exposed = {rule.name: rule.calibration.setting for rule in RULES if rule.calibration}
+    assert {rule: c.setting for rule, c in calibrate.RULES.items()} == exposed
+    filters = FiltersConfig(min_quality_score=0.7, max_toxicity=0.2, min_grounding=0.4)
+    assert calibrate.current_thresholds(filters) == {"quality_score": 0.7, "toxicity": 0.2, "grounding": 0.4}
+    assert calibrate.keeps("toxicity", 0.19, 0.2) and not calibrate.keeps("toxicity", 0.2, 0.2)
+    assert calibrate.keeps("grounding", None, 0.4) and calibrate.keeps("quality_score", 0.7, 0.7)
 
 
 def test_calibration_is_recorded_and_adopted_only_when_it_helps(reviewed_world, wh):

@@ -9,16 +9,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flywheel.config import FiltersConfig, FlywheelConfig
+from flywheel.filters import RULES, FilterChain, Stage, select_top
 from flywheel.filters.dedup import DedupIndex, MinHasher, lsh_bands
-from flywheel.filters import FilterChain, select_top
 from flywheel.filters.pii import default_scanner, may_hold_pii
-from flywheel.schema import candidate_from_row
 from flywheel.filters.scorers import (
     LexicalGroundingScorer,
     ProfanityCheckScorer,
     make_grounding_scorer,
     make_toxicity_scorer,
 )
+from flywheel.schema import candidate_from_row
 from flywheel.text import normalize_text, strip_invisible
 
 # One value of each supported PII kind, as presidio's recognizers accept them.
@@ -235,7 +235,7 @@ def test_injection_strings_are_just_text(cand, injection):
     c = cand(prompt=f"{injection} Please rewrite the word garden in capital letters for the heading of my school poster, I want it to stand out.")
     out = _chain().process([c])
     decisions = _by_rule(out, c.request_id)
-    assert {"user_action", "length", "quality_score", "pii", "toxicity", "grounding", "decontamination", "dedup"} <= set(decisions)
+    assert {rule.name for rule in RULES if rule.stage < Stage.WINDOW} == set(decisions)
     assert out.survivors and out.survivors[0].candidate.prompt.startswith(injection)
 
 

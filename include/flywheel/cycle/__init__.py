@@ -20,12 +20,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from flywheel.model import registry
-from flywheel.data.bootstrap import MANUAL_MODEL_VERSION
 from flywheel.config import PHASES, FlywheelConfig
+from flywheel.data.bootstrap import MANUAL_MODEL_VERSION
 from flywheel.data.dataset import build_chat_dataset
-from flywheel.errors import FlywheelError, TrainingError, WindowError
 from flywheel.data.extract import Window, as_utc, extract_window_snapshot, lagged_window
+from flywheel.errors import FlywheelError, TrainingError, WindowError
+from flywheel.model import registry
+from flywheel.providers import prepare_base_model, task_templates
 from flywheel.schema import (
     PRODUCTION_LOGS,
     WINDOW_SNAPSHOT,
@@ -39,7 +40,6 @@ from flywheel.schema import (
     rows_to_table,
     validate_row,
 )
-from flywheel.providers import prepare_base_model, task_templates
 from flywheel.warehouse import Pushdown, Warehouse
 
 log = logging.getLogger(__name__)
@@ -585,8 +585,8 @@ def stage_sample_for_review(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     """Send `review.sample_rate` of the window's candidates to human review (`flywheel.review.items`):
     a uniform random slice for calibration and a prioritised, stratified slice of the kept ones.
     Reviewers only ever see PII-redacted text."""
-    from flywheel.review import prioritize
     from flywheel.review import items as review
+    from flywheel.review import prioritize
     from flywheel.review.calibrate import RULES, current_thresholds
 
     cfg = cycle.config.review
@@ -686,8 +686,8 @@ def stage_calibrate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
 
 def _record_training_fingerprints(cycle: CycleSpec, wh: Warehouse, kept: list[TrainingCandidate]) -> None:
     """What this training set holds, as fingerprints (no text), for later cycles' dedup."""
-    from flywheel.filters.dedup import MinHasher
     from flywheel.filters import interaction_text
+    from flywheel.filters.dedup import MinHasher
 
     cfg = cycle.config.filters
     hasher = MinHasher.from_config(cfg)
@@ -838,12 +838,12 @@ def stage_evaluate(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     per item (kept for the paired comparison of the offline gate). First, the golden set must be
     the registered version, and the challenger's training set must hold none of its inputs."""
     from flywheel.artefacts import ArtefactStore
+    from flywheel.evaluation.golden import golden_for
     from flywheel.evaluation.offline import (
         bootstrap_interval,
         check_golden_unchanged,
         evaluate_answer_fn,
     )
-    from flywheel.evaluation.golden import golden_for
     from flywheel.model.inference import answer_fn, load_model
 
     ev = cycle.config.evaluation
@@ -926,8 +926,8 @@ def stage_promote(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     (`experiment.enabled`): the pointer moves later, when `ab_monitor` sees a significant win.
     With experiments off, passing the gate promotes at once."""
     from flywheel.evaluation import experiment
-    from flywheel.evaluation.offline import EvalResult, compare_offline
     from flywheel.evaluation.golden import golden_for
+    from flywheel.evaluation.offline import EvalResult, compare_offline
 
     evals = {r["role"]: r for r in wh.select("evaluations", {"cycle_id": cycle.cycle_id}).to_pylist()}
     if not {"champion", "challenger"} <= set(evals):

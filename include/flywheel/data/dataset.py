@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from flywheel.filters import count_tokens
+from flywheel.text import count_tokens
 from flywheel.schema import TrainingCandidate
 
 # Hugging Face datasets is imported inside the functions that use it: it takes seconds to

@@ -8,6 +8,7 @@ from statistics import median
 from typing import Any
 
 from flywheel.config import VelocityConfig
+from flywheel.filters import RULE_NAMES
 from flywheel.model.registry import BOOTSTRAP_CYCLE
 from flywheel.warehouse import Warehouse
 
@@ -91,11 +92,6 @@ def _decision(row: dict[str, Any]) -> str:
     return "promoted" if row["promoted"] else "kept champion" if row["challenger"] else "no challenger"
 
 
-RULE_ORDER = (
-    "user_action", "length", "quality_score", "pii", "toxicity", "grounding", "decontamination", "dedup", "selection",
-)  # fmt: skip
-
-
 def rule_pass_rates(wh: Warehouse, dag_id: str | None = None) -> dict[str, dict[str, tuple[float, int]]]:
     """Per cycle and rule: (share kept, rows judged), read back from the metrics table."""
     rows = wh.query(
@@ -114,8 +110,9 @@ def rule_pass_rates(wh: Warehouse, dag_id: str | None = None) -> dict[str, dict[
 
 
 def format_rule_table(rates: dict[str, dict[str, tuple[float, int]]]) -> str:
-    """Pass rate of each rule per cycle (of the rows it judged; the count judged below it)."""
-    rules = [r for r in RULE_ORDER if any(r in v for v in rates.values())]
+    """Pass rate of each rule per cycle (of the rows it judged; the count judged below it), in
+    the chain's order."""
+    rules = [r for r in RULE_NAMES if any(r in v for v in rates.values())]
     header = f"{'cycle':<30} " + " ".join(f"{r[:11]:>11}" for r in rules)
     lines = [header, "-" * len(header)]
     for cycle_id, by_rule in rates.items():

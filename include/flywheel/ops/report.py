@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from flywheel.config import PHASES
+from flywheel.filters import RULE_NAMES
 from flywheel.model import registry
-from flywheel.ops.metrics import RULE_ORDER
 from flywheel.warehouse import Warehouse
 
 # matplotlib is imported inside the functions that use it: it takes seconds to
@@ -158,7 +158,7 @@ def plot_rule_pass_rates(rows: list[VelocityRow], path: Any) -> Any:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, 3.8))
     x = list(range(len(rows)))
-    for rule in RULE_ORDER:
+    for rule in RULE_NAMES:
         values = [r.get(f"pass_rate.{rule}") for r in rows]
         if any(v is not None for v in values):
             ax.plot(x, [v if v is not None else math.nan for v in values], marker=".", label=rule)

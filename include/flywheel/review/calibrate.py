@@ -2,10 +2,11 @@
 
 Only the random slice is used: it is a uniform sample of every candidate (kept by the filters
 or not), so the filters' precision and recall measured on it are unbiased, which the
-prioritised slice (picked for being hard) is not. The rules with a tunable threshold are
-calibrated: quality score (keep at or above), toxicity (keep below), grounding (keep at or
-above; a candidate without context is not judged). A candidate "passes" when all three keep it;
-agreement is the share of reviewed candidates where passing matches the human verdict.
+prioritised slice (picked for being hard) is not. The rules calibrated are those of the filter
+registry that declare a `Calibration` (today quality score: keep at or above; toxicity: keep
+below; grounding: keep at or above, a candidate without context not judged). A candidate
+"passes" when all of them keep it; agreement is the share of reviewed candidates where passing
+matches the human verdict.
 
 Thresholds are fitted by coordinate ascent over the observed scores (within
 `calibration.bounds`) and adopted, as a new config version the next cycles run under, only
@@ -24,16 +25,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flywheel.config import CalibrationConfig, FiltersConfig
+from flywheel.filters import Calibration, rules
 from flywheel.review.items import verdicts
 from flywheel.schema import rows_to_table
 from flywheel.warehouse import Warehouse
 
-# rule name in the decisions -> (config key, keeps when score >= threshold)
-RULES: dict[str, tuple[str, bool]] = {
-    "quality_score": ("min_quality_score", True),
-    "toxicity": ("max_toxicity", False),
-    "grounding": ("min_grounding", True),
-}
+# rule name in the decisions -> the threshold it exposes (its config field, the side that keeps)
+RULES: dict[str, Calibration] = {rule.name: rule.calibration for rule in rules.RULES if rule.calibration}
 
 
 @dataclass(frozen=True)
@@ -47,7 +45,7 @@ class Judged:
 def keeps(rule: str, score: float | None, threshold: float) -> bool:
     if score is None:
         return True  # the rule did not judge it (grounding without context)
-    return score >= threshold if RULES[rule][1] else score < threshold
+    return RULES[rule].keeps(score, threshold)
 
 
 def passes(item: Judged, thresholds: dict[str, float]) -> bool:
@@ -74,7 +72,7 @@ def fit(items: Sequence[Judged], current: dict[str, float], bounds: dict[str, li
     for _ in range(passes_):
         changed = False
         for rule in RULES:
-            lo, hi = bounds.get(RULES[rule][0], [0.0, 1.0])
+            lo, hi = bounds.get(RULES[rule].setting, [0.0, 1.0])
             scores = {s for i in items if (s := i.scores.get(rule)) is not None}
             # Thresholds just above each observed score too, so "keep below" can cut at any point.
             options = {best[rule]} | {s for s in scores if lo <= s <= hi} | {min(hi, s + 1e-6) for s in scores if lo <= s + 1e-6 <= hi}
@@ -88,7 +86,7 @@ def fit(items: Sequence[Judged], current: dict[str, float], bounds: dict[str, li
 
 
 def current_thresholds(filters: FiltersConfig) -> dict[str, float]:
-    return {rule: float(getattr(filters, key)) for rule, (key, _) in RULES.items()}
+    return {rule: float(getattr(filters, cal.setting)) for rule, cal in RULES.items()}
 
 
 def judged_items(wh: Warehouse, since: datetime, until: datetime) -> list[Judged]:
@@ -121,7 +119,7 @@ def calibrate(
                "before": precision_recall(items, rule, current[rule]), "after": precision_recall(items, rule, fitted[rule])}
         for rule in RULES
     }  # fmt: skip
-    overrides = {f"filters.{RULES[r][0]}": fitted[r] for r in RULES if fitted[r] != current[r]} if adopted else {}
+    overrides = {f"filters.{RULES[r].setting}": fitted[r] for r in RULES if fitted[r] != current[r]} if adopted else {}
     if not items:
         why = "no reviewed random-slice items yet"
     elif len(items) < config.min_reviews:
