@@ -19,7 +19,7 @@ CORE = ROOT / "include" / "flywheel"
 HEAVY = {
     "torch", "transformers", "peft", "datasets", "tokenizers", "great_expectations", "matplotlib",
     "statsmodels", "presidio_analyzer", "presidio_anonymizer", "spacy", "profanity_check", "detoxify",
-    "google", "snowflake", "gcsfs", "s3fs", "datasketch", "sklearn",
+    "google", "snowflake", "gcsfs", "s3fs", "datasketch", "sklearn", "tldextract",
 }  # fmt: skip
 LONG_MODULE_LINES = 400
 LONG_MODULE_NOTE = "Why this module is long:"

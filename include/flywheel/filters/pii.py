@@ -21,6 +21,9 @@ from typing import Any
 from flywheel.config import PII_ENTITIES
 from flywheel.text import strip_invisible
 
+# presidio, spaCy and tldextract are imported inside the functions that use them: they take
+# seconds to import (a spaCy pipeline, a suffix list), and only the PII rule needs them.
+
 # Every supported entity needs one of these to be present; text without any skips presidio.
 # (E-mail: '@'; IPv6: ':'; phone, card, IBAN, SSN, IPv4: at least four digits; crypto wallet
 # addresses: a long alphanumeric run.)
