@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install emulators demo test test-slow test-all test-postgres compose-config airflow lint bench clean
+.PHONY: install emulators demo test test-random test-slow test-all test-postgres compose-config airflow lint bench clean
 
 # Idempotent: reinstalls only when requirements.txt or pyproject.toml changed.
 $(STAMP): requirements.txt pyproject.toml
@@ -31,6 +31,11 @@ demo: install
 ## target (`make test-postgres`), which CI runs after this one (.ci/run).
 test: install emulators
 	$(BIN)/python -m pytest -m "not slow and not postgres" --durations=15
+
+## `make test`'s selection in a shuffled order (pytest-randomly; the seed is printed in the
+## header): no test may need another to have run first. `make test-random SEED=n` repeats an order.
+test-random: install emulators
+	$(BIN)/python -m pytest -p randomly $(if $(SEED),--randomly-seed=$(SEED)) -m "not slow and not postgres"
 
 ## The slow suites (the negative flywheel: a poisoned week through the cycle and the A/B, on the
 ## default tiny model); CI runs them after `make test` and `make test-postgres`.

@@ -6,11 +6,12 @@ These variables are set before anything imports Airflow, which reads them once a
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
+
+from scripts import emulators
 
 ROOT = Path(__file__).resolve().parents[1]
 _SESSION_HOME = Path(tempfile.mkdtemp(prefix="flywheel-tests-"))
@@ -26,22 +27,11 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
-# Airflow puts the plugins folder on sys.path itself; tests that import the operators directly
-# (without Airflow's start-up) need the same.
-if str(ROOT / "plugins") not in sys.path:
-    sys.path.insert(0, str(ROOT / "plugins"))
-# Helpers shared by test folders (`airflow_server`).
-if str(ROOT / "tests") not in sys.path:
-    sys.path.insert(0, str(ROOT / "tests"))
-
 
 @pytest.fixture(scope="session")
 def gcs_bucket(tmp_path_factory):
     """A local GCS (`scripts/emulators.py`'s gcp-storage-emulator) that gcsfs, and so
     `ObjectStoragePath("gs://...")`, reaches through STORAGE_EMULATOR_HOST; yields its bucket."""
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import emulators
-
     emulator = emulators.start("gcs", tmp_path_factory.mktemp("gcs"))
     saved = {k: os.environ.get(k) for k in emulator.env}
     os.environ.update(emulator.env)

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from airflow_server import api_server, free_port
+
+from tests.helpers.airflow_server import api_server, free_port
+from tests.helpers.chromedriver import ESCAPE, Browser
 
 pytestmark = pytest.mark.integration
 
@@ -31,8 +33,8 @@ def _answers(pairs):
 def server(tmp_path_factory):
 
     from flywheel import cycle as fc
-    from flywheel.model import registry
     from flywheel.config import load_config
+    from flywheel.model import registry
     from flywheel.sim.localenv import airflow_env
     from flywheel.sim.traffic import simulate_traffic
     from flywheel.warehouse import warehouse_from_config
@@ -75,8 +77,6 @@ def test_every_review_endpoint_refuses_without_a_login(server):
 
 
 def test_a_reviewer_logs_in_scores_with_the_keyboard_and_the_review_is_stored(server, tmp_path):
-    from chromedriver_client import ESCAPE, Browser
-
     wh, base = server["wh"], server["base"]
     browser = Browser(free_port(), str(tmp_path / "chromium"))
     try:

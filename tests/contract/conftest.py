@@ -9,19 +9,13 @@ The emulators are installed (BigQuery's into its own venv) and started once per 
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-import emulators  # noqa: E402
-from backends import BACKENDS, backend_config, open_warehouse  # noqa: E402
-
-from flywheel.warehouse import Warehouse  # noqa: E402
+from flywheel.warehouse import Warehouse
+from scripts import emulators
+from tests.helpers.backends import BACKENDS, backend_config, open_warehouse
 
 
 @pytest.fixture(scope="session")

@@ -9,10 +9,10 @@ import json
 from datetime import timedelta
 
 import pytest
-from backends import T0
 
 from flywheel.review import items as review
 from flywheel.schema import rows_to_table
+from tests.helpers.log_rows import T0
 
 pytestmark = pytest.mark.contract
 LEASE = timedelta(minutes=30)

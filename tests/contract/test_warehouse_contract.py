@@ -9,11 +9,12 @@ from datetime import timedelta
 
 import pyarrow as pa
 import pytest
-from backends import T0, backend_config, log_row, open_warehouse
 
 from flywheel.errors import WarehouseError
 from flywheel.schema import WINDOW_SNAPSHOT, facts_from_row, rows_to_table, text_facts
 from flywheel.warehouse import Pushdown
+from tests.helpers.backends import backend_config, open_warehouse
+from tests.helpers.log_rows import T0, log_row
 
 pytestmark = pytest.mark.contract
 H = timedelta(hours=1)

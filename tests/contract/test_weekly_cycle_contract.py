@@ -9,13 +9,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from backends import backend_config, open_warehouse
 
 from flywheel import cycle as fc
-from flywheel.model import registry
 from flywheel.config import FlywheelConfig
+from flywheel.model import registry
 from flywheel.schema import rows_to_table
 from flywheel.sim.traffic import simulate_traffic
+from tests.helpers.backends import backend_config, open_warehouse
 
 pytestmark = pytest.mark.contract
 END = datetime(2026, 3, 2, tzinfo=UTC)

@@ -34,6 +34,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.helpers.flywheel_env import pointed_at, write_config
+
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,10 +82,8 @@ def postgres() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def flywheel(tmp_path_factory) -> dict[str, Any]:
     """A small config, the tiny model, and the four weeks of simulated traffic the runs read."""
-    from flywheel_env import pointed_at, write_config
-
-    from flywheel.model import registry
     from flywheel.config import load_config
+    from flywheel.model import registry
     from flywheel.sim.demo import serve_week
     from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
     from flywheel.warehouse import warehouse_from_config

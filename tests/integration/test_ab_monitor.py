@@ -16,50 +16,22 @@ import json
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
+
+from tests.helpers.flywheel_env import dags_test, flywheel_env
+from tests.helpers.oracle import half_right_answers, right_answers, wrong_answers
 
 pytestmark = pytest.mark.integration
 
 T = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday: the cycle that started the experiment
 EVERY = 2.0  # days between monitor runs here (hourly in production)
 BASE, BETTER, WORSE = "base:stand-in", "v-better", "v-worse"
-
-
-def _oracle():
-    """The unit tests' oracle (reads the right answer off the prompt), loaded by path."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("unit_oracle", Path(__file__).resolve().parents[1] / "unit" / "conftest.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.solve
-
-
-_solve = _oracle()
-
-
-def _right(pairs):
-    return [_solve(p, c) for p, c in pairs]
-
-
-def _half(pairs):
-    return [_solve(p, c) if i % 2 == 0 else "no idea, sorry" for i, (p, c) in enumerate(pairs)]
-
-
-def _wrong(pairs):
-    return ["no idea, sorry" for _ in pairs]
-
-
-ANSWERS = {BASE: _half, BETTER: _right, WORSE: _wrong}
+ANSWERS = {BASE: half_right_answers, BETTER: right_answers, WORSE: wrong_answers}
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from flywheel_env import flywheel_env
-
     from flywheel.model import registry
     from flywheel.model.registry import ModelVersion
 
@@ -84,8 +56,6 @@ def _serve(env, start: datetime, days: float = EVERY) -> None:
 
 def _monitor(env, when: datetime) -> dict:
     """One `ab_monitor` run; its task states and the monitor's XCom summary."""
-    from flywheel_env import dags_test
-
     dags_test(env, "ab_monitor", when)
     code = (
         "import json, sys\n"
@@ -110,7 +80,15 @@ def _monitor(env, when: datetime) -> dict:
     return out
 
 
-def test_a_better_challenger_is_promoted_after_a_significant_ab_test(env):
+# The three tests are one story (a promotion, then a challenger rolled back, then a champion
+# rolled back), so each step is a module fixture that runs once, after the step before it, and
+# keeps what the warehouse said right after it: a test asserts on its own step whichever test
+# runs first, and a later step's rows cannot leak into an earlier step's checks.
+
+
+@pytest.fixture(scope="module")
+def promoted(env) -> dict:
+    """A better challenger's A/B, monitored every EVERY days until the champion changes."""
     from flywheel.evaluation import experiment
     from flywheel.model import registry
 
@@ -124,53 +102,73 @@ def test_a_better_challenger_is_promoted_after_a_significant_ab_test(env):
         runs.append(_monitor(env, t))
         if runs[-1]["result"]["champion_changed"]:
             break
+    return {
+        "runs": runs,
+        "at": t,
+        "champion": registry.current_champion(wh),
+        "promotions": wh.select("promotions", {"cycle_id": "ab-flywheel_weekly-20260302T0000"}).to_pylist(),
+    }
+
+
+@pytest.fixture(scope="module")
+def challenger_rolled_back(env, promoted) -> dict:
+    """After the promotion, a worse challenger's A/B, monitored once."""
+    from flywheel.evaluation import experiment
+    from flywheel.model import registry
+
+    wh = env["wh"]
+    start = promoted["at"] + timedelta(days=EVERY)
+    _serve(env, promoted["at"], days=EVERY)  # the new champion's first days: its watch passes
+    experiment.start_experiment(wh, cycle_id="flywheel_weekly-20260316T0000", logical_date=start, champion=BETTER,
+                                challenger=WORSE, config=env["config"].experiment)  # fmt: skip
+    _serve(env, start)
+    return {
+        "run": _monitor(env, start + timedelta(days=EVERY)),
+        "at": start + timedelta(days=EVERY),
+        "champion": registry.current_champion(wh),
+        "experiments": wh.select("experiments", {"experiment_id": "ab-flywheel_weekly-20260316T0000"}).to_pylist(),
+        "alerts": wh.select("alerts").to_pylist(),
+    }
+
+
+def test_a_better_challenger_is_promoted_after_a_significant_ab_test(env, promoted):
+    runs, t = promoted["runs"], promoted["at"]
     decisions = [r["result"]["decisions"][0] for r in runs]
     assert [d["action"] for d in decisions if d["action"] != "keep_running"] == ["ramp", "ramp", "promote"], decisions
     final = decisions[-1]
     assert final["p_value"] < env["config"].experiment.alpha
     champ, chall = final["arms"]
     assert chall["acceptance"] > champ["acceptance"] and min(champ["n"], chall["n"]) >= final["required_per_arm"]
-    assert registry.current_champion(wh) == BETTER
-    (promo,) = wh.select("promotions", {"cycle_id": "ab-flywheel_weekly-20260302T0000"}).to_pylist()
+    assert promoted["champion"] == BETTER
+    (promo,) = promoted["promotions"]
     assert promo["promoted"] and promo["champion_before"] == BASE and promo["reason"].startswith("A/B win")
     # The champion asset got one event, from the promoting run only; the others skipped it.
     assert runs[-1]["states"]["publish_champion"] == "success"
     assert runs[-1]["events"] == [[{"as_of": t.isoformat(), "champion": BETTER, "previous": BASE, "action": "promote",
                                    "reason": final["reason"]}, "flywheel://registry/champion"]]  # fmt: skip
     assert all(r["states"]["publish_champion"] == "skipped" and not r["events"] for r in runs[:-1])
-    env["promoted_at"] = t
 
 
-def test_a_challenger_that_degrades_live_metrics_is_rolled_back_with_an_alert(env):
-    from flywheel.evaluation import experiment
-    from flywheel.model import registry
-
-    wh = env["wh"]
-    start = env["promoted_at"] + timedelta(days=EVERY)
-    _serve(env, env["promoted_at"], days=EVERY)  # the new champion's first days: its watch passes
-    experiment.start_experiment(wh, cycle_id="flywheel_weekly-20260316T0000", logical_date=start, champion=BETTER,
-                                challenger=WORSE, config=env["config"].experiment)  # fmt: skip
-    _serve(env, start)
-    run = _monitor(env, start + timedelta(days=EVERY))
+def test_a_challenger_that_degrades_live_metrics_is_rolled_back_with_an_alert(challenger_rolled_back):
+    run = challenger_rolled_back["run"]
     by_subject = {d["subject"]: d for d in run["result"]["decisions"]}
     rollback = by_subject["ab-flywheel_weekly-20260316T0000"]
     assert rollback["action"] == "rollback" and "guardrail" in rollback["reason"], rollback
     assert by_subject["champion"]["action"] == "ok"
-    assert registry.current_champion(wh) == BETTER
-    assert wh.select("experiments", {"experiment_id": "ab-flywheel_weekly-20260316T0000"}).to_pylist()[0]["status"] == "rolled_back"
-    alerts = [a for a in wh.select("alerts").to_pylist() if a["kind"] == "rollback"]
+    assert challenger_rolled_back["champion"] == BETTER
+    assert challenger_rolled_back["experiments"][0]["status"] == "rolled_back"
+    alerts = [a for a in challenger_rolled_back["alerts"] if a["kind"] == "rollback"]
     assert len(alerts) == 1 and "acceptance" in alerts[0]["message"] and alerts[0]["dag_id"] == "ab_monitor"
     assert run["states"]["publish_champion"] == "skipped"  # the pointer did not move
-    env["rolled_back_at"] = start + timedelta(days=EVERY)
 
 
-def test_a_champion_that_degrades_live_metrics_is_rolled_back_within_one_run(env):
+def test_a_champion_that_degrades_live_metrics_is_rolled_back_within_one_run(env, challenger_rolled_back):
     """A worse model made champion without an A/B (the offline-only path) is caught by the next
     monitor run from its live metrics, and the pointer goes back to its predecessor."""
     from flywheel.model import registry
 
     wh = env["wh"]
-    t = env["rolled_back_at"]
+    t = challenger_rolled_back["at"]
     registry.record_decision(wh, cycle_id="flywheel_weekly-20260323T0000", logical_date=t, champion_before=BETTER,
                              challenger=WORSE, promoted=True, reason="offline gate passed (experiments off)")  # fmt: skip
     _serve(env, t, days=1)

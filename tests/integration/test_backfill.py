@@ -13,6 +13,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.helpers.flywheel_env import dags_test, flywheel_env
+
 pytestmark = pytest.mark.integration
 
 DAG_ID = "flywheel_weekly"
@@ -31,8 +33,6 @@ def _answers(pairs):
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from flywheel_env import flywheel_env
-
     from flywheel.model import registry
     from flywheel.sim.traffic import simulate_traffic
 
@@ -52,8 +52,6 @@ def env(tmp_path_factory):
 
 
 def _backfill(env) -> None:
-    from flywheel_env import dags_test
-
     for monday in MONDAYS:
         dags_test(env, DAG_ID, monday, {"skip_training": True})
 

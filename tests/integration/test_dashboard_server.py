@@ -4,7 +4,8 @@ own login (the simple auth manager, with a password the server generates)."""
 from __future__ import annotations
 
 import pytest
-from airflow_server import api_server
+
+from tests.helpers.airflow_server import api_server
 
 pytestmark = pytest.mark.integration
 

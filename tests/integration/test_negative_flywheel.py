@@ -16,6 +16,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from tests.helpers.flywheel_env import dags_test, flywheel_env
+
 # About 5 minutes on 2 cores (the default tiny model is built and trained for 3 epochs): left out
 # of `make test`; `make test-all` runs it. `make test` covers the rollback within one monitor run
 # (test_ab_monitor) and the offline gate on worse challengers (unit tests of `flywheel.evaluation.offline`).
@@ -29,8 +31,6 @@ POISON_RATE = 0.2
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    from flywheel_env import flywheel_env
-
     from flywheel.model import registry
     from flywheel.sim.demo import serve_week
     from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
@@ -55,8 +55,6 @@ def env(tmp_path_factory):
 
 
 def _dags_test(env, dag_id: str, when: datetime, conf: dict | None = None) -> None:
-    from flywheel_env import dags_test
-
     dags_test(env, dag_id, when, conf)
 
 

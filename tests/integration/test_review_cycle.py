@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from airflow_server import free_port
+
+from tests.helpers.airflow_server import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +48,8 @@ def _wait(what: str, check, timeout: float, procs, logs: Path):
 def airflow(tmp_path_factory):
     import httpx
 
-    from flywheel.model import registry
     from flywheel.config import load_config
+    from flywheel.model import registry
     from flywheel.sim.demo import serve_week
     from flywheel.sim.localenv import airflow_env
     from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model

@@ -5,11 +5,17 @@ written into the window on purpose, and the DAG runs in a temporary AIRFLOW_HOME
 are on real outcomes: warehouse row counts, a quarantine that holds the bad rows with reasons,
 an adapter that a fresh process loads with `PeftModel.from_pretrained`, a champion that moves
 only when the challenger evaluated better, and reruns that add no duplicate rows.
+
+The homes are built and the first weekly run made once per module; every test that reads or
+changes the flywheel's state starts from that run (`first_run` puts both homes back as the run
+left them), so a rerun, a corrupted week or a second cycle in one test is never seen by another,
+whichever order they run in.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -17,6 +23,10 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+
+from tests.helpers.airflow_server import free_port
+from tests.helpers.flywheel_env import dags_test, flywheel_env
+from tests.helpers.log_rows import log_row
 
 pytestmark = pytest.mark.integration
 
@@ -32,8 +42,6 @@ TABLES_PER_CYCLE = (
 
 
 def _malformed_rows() -> pa.Table:
-    from log_rows import log_row
-
     from flywheel.schema import PRODUCTION_LOGS
 
     ts = WINDOW_START + timedelta(days=2)
@@ -50,8 +58,6 @@ def _malformed_rows() -> pa.Table:
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     """Temporary homes, a small config, a built tiny model, and three weeks of traffic."""
-    from flywheel_env import flywheel_env
-
     from flywheel.model import registry
     from flywheel.sim.demo import serve_week
     from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
@@ -77,8 +83,6 @@ def env(tmp_path_factory):
 
 
 def _dags_test(env: dict, conf: dict | None = None) -> subprocess.CompletedProcess:
-    from flywheel_env import dags_test
-
     return dags_test(env, DAG_ID, LOGICAL_DATE, conf)
 
 
@@ -102,10 +106,28 @@ def _expected_window(wh):
     return len(rows), bad
 
 
+HOMES = ("flywheel", "airflow")  # the warehouse and artefacts; Airflow's metadata DB and logs
+
+
 @pytest.fixture(scope="module")
-def first_run(env):
+def first_run_homes(env, tmp_path_factory) -> dict:
+    """The weekly run of LOGICAL_DATE, made once; a copy of both homes as it left them, and its
+    counts."""
     _dags_test(env)
-    return _cycle_counts(env["wh"])
+    copy = tmp_path_factory.mktemp("after-first-run")
+    for home in HOMES:
+        shutil.copytree(env["root"] / home, copy / home, symlinks=True)
+    return {"copy": copy, "counts": _cycle_counts(env["wh"])}
+
+
+@pytest.fixture
+def first_run(env, first_run_homes) -> dict[str, int]:
+    """The state the first run left, put back in place (no process holds a file between tests:
+    the warehouse opens a connection per call and Airflow runs in subprocesses); its counts."""
+    for home in HOMES:
+        shutil.rmtree(env["root"] / home)
+        shutil.copytree(first_run_homes["copy"] / home, env["root"] / home, symlinks=True)
+    return first_run_homes["counts"]
 
 
 def test_dag_is_listed_with_docs_tags_and_params(env):
@@ -258,8 +280,6 @@ def test_compare_new_data_trains_a_twin_without_the_newest_week(env, first_run):
     """Trigger a two-week window with `compare_new_data`: the twin is trained (a real LoRA run)
     on the dataset less the newest week, scored on the golden set beside the challenger, and the
     comparison and its verdict are stored and reported; the gate judges whichever went on."""
-    from flywheel_env import dags_test
-
     wh = env["wh"]
     dags_test(env, DAG_ID, NEW_DATA_DATE, {"window_days": 14, "compare_new_data": True})
     states = _task_states(env, NEW_DATA_DATE)
@@ -321,7 +341,6 @@ class _SmtpSink:
 
     def __init__(self) -> None:
         from aiosmtpd.controller import Controller
-        from airflow_server import free_port
 
         self.messages: list[bytes] = []
         self.port = free_port()
@@ -342,8 +361,6 @@ def test_a_failed_gate_fails_the_run_and_nothing_downstream_runs(env, first_run)
     and the alert reaches operators by e-mail (a local SMTP sink started here)."""
     import email
     from email import policy
-
-    from flywheel_env import dags_test
 
     from flywheel.model import registry
     from flywheel.schema import PRODUCTION_LOGS

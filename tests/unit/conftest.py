@@ -2,58 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from log_rows import log_row
 
-from flywheel.sim.traffic import SHORT_WORDS, WORDS
 from flywheel.warehouse import DuckDBWarehouse
-
-_WORDS = set(WORDS)
-_SHORT = set(SHORT_WORDS)
-
-
-def solve(prompt: str, context: str | None) -> str:
-    """An independent oracle for the simulator's tasks: the right answer read off the prompt.
-
-    Written from the task templates' wording (not from the simulator's random state), and
-    checked against `golden_set` answers in test_simulate, so tests can build "always right"
-    and "always wrong" model stand-ins.
-    """
-    low = prompt.lower()
-    tokens = re.findall(r"[a-z]+", low)
-    if context:
-        m = re.search(r"shipped to (\w+) with courier (\w+)", context)
-        assert m, context
-        return m.group(1) if "city" in low else m.group(2)
-    if "how many letters" in low or low.startswith("letters in"):
-        (w,) = [t for t in tokens if t in _WORDS | _SHORT]
-        return str(len(w))
-    if "backwards" in low or "reverse" in low:
-        (w,) = [t for t in tokens if t in _SHORT]
-        return w[::-1]
-    if "capital" in low or "uppercase" in low:
-        (w,) = [t for t in tokens if t in _WORDS]
-        return w.upper()
-    a, b = (int(n) for n in re.findall(r"\d+", prompt))
-    return str(a + b)
-
-
-def right_answers(pairs: Sequence[tuple[str, str | None]]) -> list[str]:
-    return [solve(p, c) for p, c in pairs]
-
-
-def wrong_answers(pairs: Sequence[tuple[str, str | None]]) -> list[str]:
-    # Never a right answer: answers are digits, upper-case words or short lower-case words.
-    return ["no idea, sorry" for _ in pairs]
-
-
-def half_right_answers(pairs: Sequence[tuple[str, str | None]]) -> list[str]:
-    return [solve(p, c) if i % 2 == 0 else "no idea, sorry" for i, (p, c) in enumerate(pairs)]
+from tests.helpers.log_rows import log_row
+from tests.helpers.oracle import half_right_answers, right_answers, solve, wrong_answers
 
 
 @pytest.fixture(scope="session")

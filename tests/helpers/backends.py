@@ -7,8 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from log_rows import T0, log_row  # noqa: F401 - the contract tests' rows
-
 from flywheel.config import FlywheelConfig
 from flywheel.warehouse import Warehouse
 

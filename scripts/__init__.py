@@ -1,0 +1,1 @@
+"""Developer scripts; a package so that the tests import `scripts.emulators` by name."""
