@@ -120,7 +120,6 @@ def _tis(client, run_id: str) -> dict[str, dict]:
 
 
 def test_the_cycle_defers_while_people_review_then_goes_on(airflow):
-    from flywheel.review import items as review
     from flywheel.sim.reviewers import run_simulated_reviewers
 
     client, wh, procs, logs = airflow["client"], airflow["wh"], airflow["procs"], airflow["logs"]
