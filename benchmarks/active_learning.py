@@ -35,20 +35,20 @@ def main() -> int:
     args = parser.parse_args()
 
     from flywheel import cycle as fc
-    from flywheel.model import registry
     from flywheel.config import FlywheelConfig
     from flywheel.data.dataset import build_chat_dataset
     from flywheel.evaluation.offline import evaluate_answer_fn, load_golden_set
+    from flywheel.model import registry
     from flywheel.model.inference import answer_fn, load_model
-    from flywheel.review.prioritize import answer_token_stats, prioritise
-    from flywheel.review.items import draw_sample
-    from flywheel.sim.reviewers import simulated_review
-    from flywheel.schema import candidate_from_row
-    from flywheel.sim import traffic
-    from flywheel.sim.traffic import simulate_traffic
-    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
     from flywheel.model.training import train_lora
-    from flywheel.warehouse import DuckDBWarehouse
+    from flywheel.records import candidate_from_row
+    from flywheel.review.items import draw_sample
+    from flywheel.review.prioritize import answer_token_stats, prioritise
+    from flywheel.sim import traffic
+    from flywheel.sim.reviewers import simulated_review
+    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.sim.traffic import simulate_traffic
+    from flywheel.warehouse.duckdb import DuckDBWarehouse
 
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="flywheel-al-"))

@@ -27,7 +27,7 @@ T0 = datetime(2026, 2, 2, tzinfo=UTC)
 def build(path: Path, rows: int) -> None:
     import duckdb
 
-    from flywheel.warehouse import DuckDBWarehouse
+    from flywheel.warehouse.duckdb import DuckDBWarehouse
 
     DuckDBWarehouse(path).ensure_schema()
     con = duckdb.connect(str(path))
@@ -50,7 +50,10 @@ def build(path: Path, rows: int) -> None:
 
 def measure(mode: str, path: Path, batch_rows: int) -> dict[str, float]:
     """One read of the whole week, in this (fresh) process."""
-    from flywheel.warehouse import DuckDBWarehouse, Pushdown, canonical_sql, window_params
+    from flywheel.warehouse import Pushdown
+    from flywheel.warehouse.duckdb import DuckDBWarehouse
+    from flywheel.warehouse.sql import canonical_sql
+    from flywheel.warehouse.window import window_params
 
     start, end = T0, T0 + timedelta(days=7)
     pushdown = Pushdown(("accepted", "copied", "corrected"), 0.6)

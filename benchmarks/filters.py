@@ -38,8 +38,8 @@ def make_data(path: Path, rows: int, batch: int) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from flywheel.schema import PRODUCTION_LOGS
     from flywheel.sim.traffic import simulate_traffic
+    from flywheel.tables import PRODUCTION_LOGS
 
     rng = random.Random(rows)
     writer = pq.ParquetWriter(path, PRODUCTION_LOGS)
@@ -66,7 +66,7 @@ def make_data(path: Path, rows: int, batch: int) -> None:
 def _batches(path: Path, batch: int):
     import pyarrow.parquet as pq
 
-    from flywheel.schema import candidate_from_row
+    from flywheel.records import candidate_from_row
 
     for b in pq.ParquetFile(path).iter_batches(batch_size=batch):
         yield [candidate_from_row(r) for r in b.to_pylist()]
@@ -85,7 +85,6 @@ def worker(what: str, path: Path, batch: int) -> dict[str, float]:
     import pyarrow.parquet as pq
 
     from flywheel.config import load_config
-    from flywheel.filters.dedup import DedupIndex, MinHasher
     from flywheel.filters import (
         FilterBatch,
         FilterChain,
@@ -96,9 +95,10 @@ def worker(what: str, path: Path, batch: int) -> dict[str, float]:
         interaction_text,
         select_top,
     )
+    from flywheel.filters.dedup import DedupIndex, MinHasher
     from flywheel.filters.pii import default_scanner
-    from flywheel.schema import rows_to_table
     from flywheel.filters.scorers import make_grounding_scorer, make_toxicity_scorer
+    from flywheel.tables import rows_to_table
 
     cfg = load_config().filters
     golden = _golden()
@@ -114,7 +114,7 @@ def worker(what: str, path: Path, batch: int) -> dict[str, float]:
     if what == "chain":
         chain = FilterChain(cfg, golden_inputs=golden, toxicity=toxicity, grounding=grounding, pii=scanner)
         sink_path = path.with_suffix(f".decisions.{os.getpid()}.parquet")
-        from flywheel.schema import DECISIONS
+        from flywheel.tables import DECISIONS
 
         sink = pq.ParquetWriter(sink_path, DECISIONS)
         now = datetime.now(UTC)

@@ -93,9 +93,9 @@ def main() -> None:
 
     from flywheel.config import load_config
     from flywheel.data.dataset import build_chat_dataset
-    from flywheel.schema import candidate_from_row
-    from flywheel.sim.traffic import simulate_traffic
+    from flywheel.records import candidate_from_row
     from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.sim.traffic import simulate_traffic
 
     config = load_config()
     info = build_tiny_model(config)

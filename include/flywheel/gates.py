@@ -29,7 +29,7 @@ import pyarrow as pa
 
 from flywheel.config import USER_ACTIONS, FlywheelConfig
 from flywheel.errors import GateError
-from flywheel.schema import PRODUCTION_LOG_FIELDS
+from flywheel.records import PRODUCTION_LOG_FIELDS
 from flywheel.text import count_tokens
 
 # Great Expectations is imported inside the functions that use it: it takes seconds to

@@ -6,7 +6,7 @@
 -- Pushdown: the user-action and quality-score rules are decided here (`pushdown_kept`), next to
 -- the window itself. The text of a row they reject never leaves the warehouse; what validation
 -- needs of it comes as facts computed here with the same semantics as
--- `flywheel.schema.text_facts` (length in code points, blank by Python's whitespace set, the
+-- `flywheel.validation.text_facts` (length in code points, blank by Python's whitespace set, the
 -- first control or bidi character), with a digest of the texts so that two copies of a
 -- request_id can still be told apart.
 --

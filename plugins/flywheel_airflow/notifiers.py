@@ -22,7 +22,7 @@ from airflow.sdk.bases.notifier import BaseNotifier
 
 from flywheel.config import FlywheelConfig, load_config
 from flywheel.runconfig import build_run_config
-from flywheel.schema import rows_to_table
+from flywheel.tables import rows_to_table
 from flywheel_airflow.hooks import FlywheelWarehouseHook
 
 log = logging.getLogger(__name__)

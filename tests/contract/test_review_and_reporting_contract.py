@@ -1,7 +1,7 @@
 """The SQL beyond the window read, on every backend: the review store (leases, reviews,
 majority verdicts, agreement), the golden set built from reviews, the flagged windows of the
 new-data check, the A/B table and the dashboard's data. Written once in DuckDB's dialect and
-transpiled (`flywheel.warehouse.prepare`), so each must run on Snowflake and BigQuery as well."""
+transpiled (`flywheel.warehouse.sql.prepare`), so each must run on Snowflake and BigQuery as well."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from datetime import timedelta
 import pytest
 
 from flywheel.review import items as review
-from flywheel.schema import rows_to_table
+from flywheel.tables import rows_to_table
 from tests.helpers.log_rows import T0
 
 pytestmark = pytest.mark.contract

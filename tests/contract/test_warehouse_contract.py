@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 from flywheel.errors import WarehouseError
-from flywheel.schema import WINDOW_SNAPSHOT, facts_from_row, rows_to_table, text_facts
+from flywheel.tables import WINDOW_SNAPSHOT, rows_to_table
+from flywheel.validation import facts_from_row, text_facts
 from flywheel.warehouse import Pushdown
 from tests.helpers.backends import backend_config, open_warehouse
 from tests.helpers.log_rows import T0, log_row

@@ -13,8 +13,8 @@ import pytest
 from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig
 from flywheel.model import registry
-from flywheel.schema import rows_to_table
 from flywheel.sim.traffic import simulate_traffic
+from flywheel.tables import rows_to_table
 from tests.helpers.backends import backend_config, open_warehouse
 
 pytestmark = pytest.mark.contract

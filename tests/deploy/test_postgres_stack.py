@@ -362,8 +362,8 @@ def test_backfill_of_three_past_weeks_succeeds(stack, backfill):
 def test_warehouse_holds_each_cycle_once(flywheel, triggered, backfill):
     """Four cycles through the scheduler leave one row per key in every table, and each week's
     logs were decided by exactly one cycle."""
-    from flywheel.schema import TABLES
-    from flywheel.warehouse import DuckDBWarehouse
+    from flywheel.tables import TABLES
+    from flywheel.warehouse.duckdb import DuckDBWarehouse
 
     wh = DuckDBWarehouse(flywheel["config"].duckdb_path)
     for table, spec in TABLES.items():

@@ -42,7 +42,7 @@ TABLES_PER_CYCLE = (
 
 
 def _malformed_rows() -> pa.Table:
-    from flywheel.schema import PRODUCTION_LOGS
+    from flywheel.tables import PRODUCTION_LOGS
 
     ts = WINDOW_START + timedelta(days=2)
     good = log_row(None, ts, user_id="user-bad", response="APPLE", ingested_at=ts, prompt=(
@@ -95,7 +95,7 @@ def _cycle_counts(wh) -> dict[str, int]:
 
 def _expected_window(wh):
     """What the window holds, computed independently of the pipeline."""
-    from flywheel.schema import validate_row
+    from flywheel.validation import validate_row
 
     rows = wh.query(
         'SELECT * FROM production_logs WHERE COALESCE("timestamp", ingested_at) >= $s '
@@ -363,7 +363,7 @@ def test_a_failed_gate_fails_the_run_and_nothing_downstream_runs(env, first_run)
     from email import policy
 
     from flywheel.model import registry
-    from flywheel.schema import PRODUCTION_LOGS
+    from flywheel.tables import PRODUCTION_LOGS
 
     wh = env["wh"]
     champion_before = registry.current_champion(wh)

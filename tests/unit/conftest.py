@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from flywheel.warehouse import DuckDBWarehouse
+from flywheel.warehouse.duckdb import DuckDBWarehouse
 from tests.helpers.log_rows import log_row
 from tests.helpers.oracle import half_right_answers, right_answers, solve, wrong_answers
 

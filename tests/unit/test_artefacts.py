@@ -162,9 +162,9 @@ def test_cycle_stages_on_three_machines_share_only_the_bucket(tmp_path, gcs_buck
 
     from flywheel import cycle as fc
     from flywheel.model import registry
-    from flywheel.schema import rows_to_table
     from flywheel.sim.traffic import simulate_traffic
-    from flywheel.warehouse import DuckDBWarehouse
+    from flywheel.tables import rows_to_table
+    from flywheel.warehouse.duckdb import DuckDBWarehouse
 
     root = f"gs://{gcs_bucket}/{uuid.uuid4().hex[:10]}"
     end = datetime(2026, 3, 2, tzinfo=UTC)

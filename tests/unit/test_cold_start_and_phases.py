@@ -15,9 +15,9 @@ from flywheel.data import bootstrap
 from flywheel.errors import ConfigError, FlywheelError, WindowError
 from flywheel.model import registry
 from flywheel.ops import phases
-from flywheel.schema import rows_to_table
 from flywheel.sim import traffic
 from flywheel.sim.traffic import TASK_TYPES, simulate_traffic
+from flywheel.tables import rows_to_table
 from flywheel.tasks import is_correct
 
 BOOT = datetime(2026, 1, 5, tzinfo=UTC)

@@ -12,13 +12,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from flywheel import cycle as fc
-from flywheel.model import registry
 from flywheel.config import FlywheelConfig
 from flywheel.data.dataset import load_chat_dataset
 from flywheel.errors import FlywheelError, WindowError
-from flywheel.schema import WINDOW_SNAPSHOT, rows_to_table
+from flywheel.model import registry
 from flywheel.sim.traffic import simulate_traffic
-from flywheel.warehouse import DuckDBWarehouse
+from flywheel.tables import WINDOW_SNAPSHOT, rows_to_table
+from flywheel.warehouse.duckdb import DuckDBWarehouse
 
 DAG = "flywheel_weekly"
 END = datetime(2026, 3, 2, tzinfo=UTC)  # window [2026-02-09, 2026-02-16)
@@ -496,7 +496,7 @@ def test_rows_trained_on_in_an_earlier_cycle_are_duplicates_later(tmp_path, make
 
 def test_dataset_without_a_validation_split(tmp_path, make_log_row):
     from flywheel.data.dataset import build_chat_dataset
-    from flywheel.schema import candidate_from_row
+    from flywheel.records import candidate_from_row
 
     rows = [candidate_from_row(make_log_row(f"r{i}", W_START)) for i in range(3)]
     info = build_chat_dataset(rows, tmp_path / "ds", val_fraction=0.0)

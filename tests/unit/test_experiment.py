@@ -14,8 +14,8 @@ from flywheel.evaluation.experiment import ArmMetrics, bucket, required_sample_s
 from flywheel.evaluation.monitor import monitor
 from flywheel.model import registry
 from flywheel.model.registry import ModelVersion
-from flywheel.schema import rows_to_table
 from flywheel.sim.demo import serve_week
+from flywheel.tables import rows_to_table
 
 T = datetime(2026, 3, 2, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -79,7 +79,7 @@ def _run(wh, config, answers, start, days, monitor_every=1.0):
 
 def test_a_better_challenger_ramps_up_and_is_promoted(wh, tmp_path, answer_fns):
     config, base = _setup(wh, tmp_path)
-    from flywheel.schema import rows_to_table
+    from flywheel.tables import rows_to_table
 
     wh.merge("cycles", rows_to_table("cycles", [{  # the cycle that started it: it kept the champion
         "cycle_id": "c1", "dag_id": "flywheel_weekly", "logical_date": T, "window_start": T, "window_end": T,

@@ -26,7 +26,7 @@ from flywheel.filters import (
     pushdown_for,
 )
 from flywheel.ops.metrics import format_rule_table
-from flywheel.schema import candidate_from_row
+from flywheel.records import candidate_from_row
 from flywheel.text import count_tokens, count_words
 from flywheel.warehouse import Pushdown
 
@@ -153,7 +153,7 @@ def test_apply_filters_empty():
 def test_property_kept_iff_every_rule_keeps(n_words, score, action):
     from datetime import UTC, datetime
 
-    from flywheel.schema import TrainingCandidate
+    from flywheel.records import TrainingCandidate
 
     c = TrainingCandidate(
         request_id="r", timestamp=datetime(2026, 1, 1, tzinfo=UTC), user_id="u", prompt=words(n_words),

@@ -12,10 +12,10 @@ import pytest
 from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig
 from flywheel.errors import GateError
-from flywheel.schema import PRODUCTION_LOGS, rows_to_table
 from flywheel.sim import traffic
 from flywheel.sim.traffic import simulate_traffic
-from flywheel.warehouse import DuckDBWarehouse
+from flywheel.tables import PRODUCTION_LOGS, rows_to_table
+from flywheel.warehouse.duckdb import DuckDBWarehouse
 
 END = datetime(2026, 3, 2, tzinfo=UTC)
 SECRET = "dana.smith@example.com"
@@ -137,7 +137,7 @@ def test_training_gate_catches_pii_and_golden_overlap_that_bypassed_the_filters(
 
     from flywheel.data.dataset import build_chat_dataset
     from flywheel.evaluation.offline import load_golden_set
-    from flywheel.schema import candidate_from_row
+    from flywheel.records import candidate_from_row
 
     cycle, wh = _built(setup)
     ev = cycle.config.evaluation

@@ -10,9 +10,9 @@ import pytest
 
 from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig
-from flywheel.evaluation.offline import GoldenSetError, check_golden_unchanged
 from flywheel.evaluation.golden import golden_for, golden_from_reviews, load_curated_golden_set
-from flywheel.schema import rows_to_table
+from flywheel.evaluation.offline import GoldenSetError, check_golden_unchanged
+from flywheel.tables import rows_to_table
 
 T = datetime(2026, 3, 2, tzinfo=UTC)
 TASKS = [

@@ -15,14 +15,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flywheel import cycle as fc
-from flywheel.model import registry
 from flywheel.config import FlywheelConfig
 from flywheel.data.dataset import build_chat_dataset, load_chat_dataset, subset_chat_dataset
 from flywheel.evaluation.offline import load_golden_set, score_answers
+from flywheel.model import registry
 from flywheel.ops.report import format_new_data_table, new_data_section
-from flywheel.schema import rows_to_table
 from flywheel.sim import traffic
 from flywheel.sim.traffic import simulate_traffic
+from flywheel.tables import rows_to_table
 
 BASE = "some-base-path"
 END = datetime(2026, 3, 2, tzinfo=UTC)  # 14-day window [2026-02-02, 2026-02-16), newest week from 02-09
@@ -91,7 +91,7 @@ def _newest_in_dataset(cycle, wh) -> set[str]:
 
 
 def test_subset_keeps_splits_weights_and_hashes_like_a_fresh_build(tmp_path, make_log_row):
-    from flywheel.schema import candidate_from_row
+    from flywheel.records import candidate_from_row
 
     rows = [make_log_row(f"r{i:02d}", W_START + timedelta(hours=i), prompt=f"Please rewrite the word garden number {i} "
                          "in capital letters for the heading of my school poster, I want it to stand out.")

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flywheel.model import registry
 from flywheel.errors import RegistryError
+from flywheel.model import registry
 from flywheel.model.registry import (
     BOOTSTRAP_CYCLE,
     ModelVersion,
@@ -242,7 +242,7 @@ def test_module_exposes_registry_error():
 
 def _chain_of_versions(wh):
     """base -> v1 (promoted) -> v2 (not promoted) -> v3 (promoted, parent v1), with data."""
-    from flywheel.schema import rows_to_table
+    from flywheel.tables import rows_to_table
 
     base = ensure_bootstrap_champion(wh, "/models/tiny-llama")
     for i, (version, parent) in enumerate((("v1", base), ("v2", "v1"), ("v3", "v1")), start=1):
@@ -282,7 +282,7 @@ def test_which_data_trained_the_champion(wh):
 
 def test_old_tables_are_migrated(tmp_path):
     """A warehouse made before a column existed gains it, and writes land by column name."""
-    from flywheel.warehouse import DuckDBWarehouse
+    from flywheel.warehouse.duckdb import DuckDBWarehouse
 
     wh = DuckDBWarehouse(tmp_path / "old.duckdb", lock_timeout_s=5)
     wh.execute("CREATE TABLE models (version VARCHAR, base_model VARCHAR, adapter_path VARCHAR, parent_version VARCHAR, "

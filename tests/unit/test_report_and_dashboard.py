@@ -9,16 +9,16 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from flywheel import cycle as fc
-from flywheel.model import registry
 from flywheel.config import FlywheelConfig
+from flywheel.model import registry
 from flywheel.ops.report import (
     format_velocity_table,
     velocity_rows,
     wilson_interval,
     write_cycle_report,
 )
-from flywheel.schema import rows_to_table
 from flywheel.sim.traffic import simulate_traffic
+from flywheel.tables import rows_to_table
 
 PNG = b"\x89PNG\r\n\x1a\n"
 T1 = datetime(2026, 3, 2, tzinfo=UTC)
@@ -131,7 +131,7 @@ def test_dashboard_shows_velocity_champion_failures_and_alerts(recorded, wh, cli
     # A new-data check shows up once a cycle has one.
     from datetime import UTC, datetime
 
-    from flywheel.schema import rows_to_table
+    from flywheel.tables import rows_to_table
 
     t = datetime(2026, 3, 2, tzinfo=UTC)
     wh.merge("new_data_comparisons", rows_to_table("new_data_comparisons", [{

@@ -16,10 +16,10 @@ from flywheel.config import CalibrationConfig, FiltersConfig, FlywheelConfig
 from flywheel.data.dataset import load_chat_dataset
 from flywheel.filters import RULES
 from flywheel.model import registry
+from flywheel.records import TrainingCandidate
 from flywheel.review import calibrate
 from flywheel.review import items as review
 from flywheel.review.prioritize import Priority, disagreement, prioritise
-from flywheel.schema import TrainingCandidate
 from flywheel.sim.reviewers import run_simulated_reviewers
 from flywheel.sim.traffic import simulate_traffic
 

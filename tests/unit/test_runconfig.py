@@ -13,7 +13,7 @@ from flywheel.config import FlywheelConfig, load_config
 from flywheel.cycle import make_cycle
 from flywheel.errors import ConfigError
 from flywheel.runconfig import OVERRIDE_KEYS, RUN_PARAMS, build_run_config, param_overrides
-from flywheel.schema import rows_to_table
+from flywheel.tables import rows_to_table
 
 T = datetime(2026, 3, 2, tzinfo=UTC)  # a Monday: the run's logical date
 PHASED = T - timedelta(days=14)  # a cycle before it ended in growth
@@ -84,7 +84,7 @@ def test_without_a_warehouse_or_a_date_phase_and_calibration_are_skipped(base, h
 
 
 def test_a_fresh_warehouse_gets_its_schema_and_the_cold_start_policy(base, tmp_path):
-    from flywheel.warehouse import DuckDBWarehouse
+    from flywheel.warehouse.duckdb import DuckDBWarehouse
 
     fresh = DuckDBWarehouse(tmp_path / "fresh.duckdb", lock_timeout_s=5)
     assert build_run_config(base, warehouse=fresh, logical_date=T).phase == "cold_start"

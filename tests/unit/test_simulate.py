@@ -8,9 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from flywheel.schema import PRODUCTION_LOGS, validate_row
 from flywheel.sim.traffic import TASK_TYPES, golden_set, simulate_traffic
+from flywheel.tables import PRODUCTION_LOGS
 from flywheel.tasks import is_correct
+from flywheel.validation import validate_row
 
 WEEK = datetime(2026, 1, 5, tzinfo=UTC)
 

@@ -18,7 +18,7 @@ from flywheel.filters.scorers import (
     make_grounding_scorer,
     make_toxicity_scorer,
 )
-from flywheel.schema import candidate_from_row
+from flywheel.records import candidate_from_row
 from flywheel.text import normalize_text, strip_invisible
 
 # One value of each supported PII kind, as presidio's recognizers accept them.
@@ -324,8 +324,8 @@ def test_pii_never_reaches_the_dataset_or_the_decisions(tmp_path, make_log_row, 
     import logging
 
     from flywheel import cycle as fc
-    from flywheel.schema import rows_to_table
-    from flywheel.warehouse import DuckDBWarehouse
+    from flywheel.tables import rows_to_table
+    from flywheel.warehouse.duckdb import DuckDBWarehouse
 
     caplog.set_level(logging.DEBUG)
     end = datetime(2026, 3, 2, tzinfo=UTC)

@@ -17,9 +17,9 @@ import pytest
 
 from flywheel.config import FlywheelConfig
 from flywheel.data.dataset import build_chat_dataset
-from flywheel.schema import candidate_from_row
-from flywheel.sim.traffic import simulate_traffic
 from flywheel.model.training import train_lora, train_lora_in_subprocess
+from flywheel.records import candidate_from_row
+from flywheel.sim.traffic import simulate_traffic
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_merged_export_answers_like_the_adapter(setup, tmp_path):
 
     from flywheel.model import registry
     from flywheel.model.training import greedy_token_ids
-    from flywheel.warehouse import DuckDBWarehouse
+    from flywheel.warehouse.duckdb import DuckDBWarehouse
 
     out = setup["root"] / "adapter-a"
     if not out.is_dir():
@@ -198,8 +198,8 @@ def test_weighted_loss_counts_gold_tokens_more():
 
 def test_curriculum_keeps_the_dataset_order(setup, tmp_path):
     from flywheel.data.dataset import load_chat_dataset
-    from flywheel.schema import candidate_from_row as c_from_row
     from flywheel.model.training import _trainer_class
+    from flywheel.records import candidate_from_row as c_from_row
 
     logs = simulate_traffic(datetime(2026, 1, 5, tzinfo=UTC), lambda p: ["x"] * len(p), model_version="b", n_requests=40,
                             seed=9, malformed_rate=0.0).to_pylist()  # fmt: skip

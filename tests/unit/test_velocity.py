@@ -45,7 +45,7 @@ def test_cycles_table_says_what_became_of_each_challenger(wh):
     from datetime import UTC, datetime, timedelta
 
     from flywheel.ops.metrics import cycles_report, format_cycles_table
-    from flywheel.schema import rows_to_table
+    from flywheel.tables import rows_to_table
 
     t = datetime(2026, 3, 2, tzinfo=UTC)
     base = {"dag_id": "flywheel_weekly", "window_start": t, "window_end": t, "rows_in_window": 10, "quarantined": 0,

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pyarrow as pa
 import pytest
-from hypothesis import given, settings
+import sqlglot
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flywheel.config import FlywheelConfig
 from flywheel.errors import WarehouseError
-from flywheel.schema import TABLES, WINDOW_SNAPSHOT, rows_to_table
-from flywheel.warehouse import (
-    DuckDBWarehouse,
+from flywheel.tables import TABLES, WINDOW_SNAPSHOT, rows_to_table
+from flywheel.validation import facts_from_row, text_facts
+from flywheel.warehouse import Pushdown, warehouse_from_config
+from flywheel.warehouse.duckdb import DuckDBWarehouse
+from flywheel.warehouse.sql import (
     canonical_sql,
     check_identifier,
     create_table_sql,
+    prepare,
     sql_type,
     transpile,
-    warehouse_from_config,
 )
+from flywheel.warehouse.window import SPACE_CLASS, rebatch
 
 T0 = datetime(2026, 2, 2, tzinfo=UTC)
 H = timedelta(hours=1)
@@ -166,8 +171,6 @@ def test_read_logs_window_half_open_ordered_schema(wh, make_log_row):
 
 
 def test_read_logs_window_with_non_utc_bounds(wh, make_log_row):
-    from zoneinfo import ZoneInfo
-
     wh.merge("production_logs", logs(make_log_row, 48))
     tz = ZoneInfo("Asia/Kolkata")
     rows = [
@@ -304,8 +307,6 @@ _PARAMS = {
 @pytest.mark.parametrize("name", _SQL)
 @pytest.mark.parametrize(("dialect", "marker"), [("bigquery", "@"), ("snowflake", ":")])
 def test_transpile_canonical_sql(name, dialect, marker):
-    import sqlglot
-
     out = transpile(canonical_sql(name), dialect)
     assert len([s for s in sqlglot.parse(out, read=dialect) if s is not None]) == 1
     assert "$" not in out
@@ -354,12 +355,6 @@ def test_merge_is_idempotent_for_rows_with_null_key(wh, make_log_row):
 
 # --- Pushdown: the cheap rules decided in the query, with exact Python semantics -------------
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from flywheel.schema import facts_from_row, text_facts  # noqa: E402
-from flywheel.warehouse import Pushdown  # noqa: E402
-
 _HOSTILE_CHARS = st.sampled_from(
     list("ab é😀 \t\n\r\x0b\x0c\x1c\x1f\x00\x07\x1b\x7f\x85\x9f\xa0\u1680\u2000\u200a\u200b\u2028\u202e\u2066\u3000\ufeff")
 )
@@ -403,8 +398,6 @@ def test_pushdown_withholds_only_rejected_rows(wh, make_log_row):
 
 
 # --- Binding per dialect ------------------------------------------------------------------
-
-from flywheel.warehouse import SPACE_CLASS, prepare, rebatch  # noqa: E402
 
 
 def test_prepare_binds_by_position_for_snowflake_and_expands_lists():

@@ -27,19 +27,9 @@ from flywheel.data.extract import Window, as_utc, extract_window_snapshot, lagge
 from flywheel.errors import FlywheelError, TrainingError, WindowError
 from flywheel.model import registry
 from flywheel.providers import prepare_base_model, task_templates
-from flywheel.schema import (
-    PRODUCTION_LOGS,
-    WINDOW_SNAPSHOT,
-    TrainingCandidate,
-    ValidationIssue,
-    ValidationLimits,
-    candidate_from_row,
-    content_fingerprint,
-    facts_from_row,
-    row_to_json,
-    rows_to_table,
-    validate_row,
-)
+from flywheel.records import TrainingCandidate, candidate_from_row, content_fingerprint, row_to_json
+from flywheel.tables import PRODUCTION_LOGS, WINDOW_SNAPSHOT, rows_to_table
+from flywheel.validation import ValidationIssue, ValidationLimits, facts_from_row, validate_row
 from flywheel.warehouse import Pushdown, Warehouse
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from flywheel.records import TrainingCandidate
 from flywheel.text import count_tokens
-from flywheel.schema import TrainingCandidate
 
 # Hugging Face datasets is imported inside the functions that use it: it takes seconds to
 # import, and DAG parsing and the light stages import this module without needing it.

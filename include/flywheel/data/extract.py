@@ -21,7 +21,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from flywheel.errors import WindowError
-from flywheel.schema import ELIDABLE_TEXT_FIELDS, WINDOW_SNAPSHOT, text_facts
+from flywheel.records import ELIDABLE_TEXT_FIELDS
+from flywheel.tables import WINDOW_SNAPSHOT
+from flywheel.validation import text_facts
 from flywheel.warehouse import Pushdown, Warehouse
 
 

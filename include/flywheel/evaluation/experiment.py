@@ -29,7 +29,7 @@ from typing import Any
 
 from flywheel.config import USER_ACTIONS, ExperimentConfig
 from flywheel.errors import FlywheelError
-from flywheel.schema import rows_to_table
+from flywheel.tables import rows_to_table
 from flywheel.warehouse import Warehouse
 
 # statsmodels is imported inside the functions that use it: it takes seconds to

@@ -27,7 +27,7 @@ from flywheel.evaluation.experiment import (
 from flywheel.filters.scorers import make_toxicity_scorer
 from flywheel.model import registry
 from flywheel.ops.metrics import ab_promotion_metrics
-from flywheel.schema import rows_to_table
+from flywheel.tables import rows_to_table
 from flywheel.warehouse import Warehouse
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ from flywheel.data.dataset import user_message
 from flywheel.filters.dedup import DedupIndex
 from flywheel.filters.pii import PiiScanner
 from flywheel.filters.scorers import GroundingScorer, ToxicityScorer
-from flywheel.schema import TrainingCandidate
+from flywheel.records import TrainingCandidate
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from flywheel.filters.pii import PiiScanner
 from flywheel.filters.rules import RULES
 from flywheel.filters.rules.dedup import DedupRule
 from flywheel.filters.scorers import GroundingScorer, ToxicityScorer
-from flywheel.schema import TrainingCandidate
+from flywheel.records import TrainingCandidate
 from flywheel.warehouse import Pushdown
 
 

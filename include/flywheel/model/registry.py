@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flywheel.errors import RegistryError
-from flywheel.schema import rows_to_table
+from flywheel.tables import rows_to_table
 from flywheel.warehouse import Warehouse
 
 # torch, transformers and peft (for the merged export) are imported inside the functions that use them: they take seconds to

@@ -27,7 +27,7 @@ from typing import Any
 from flywheel.config import CalibrationConfig, FiltersConfig
 from flywheel.filters import Calibration, rules
 from flywheel.review.items import verdicts
-from flywheel.schema import rows_to_table
+from flywheel.tables import rows_to_table
 from flywheel.warehouse import Warehouse
 
 # rule name in the decisions -> the threshold it exposes (its config field, the side that keeps)

@@ -28,8 +28,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flywheel.errors import FlywheelError
+from flywheel.records import TrainingCandidate
 from flywheel.review.prioritize import Priority
-from flywheel.schema import TrainingCandidate, rows_to_table
+from flywheel.tables import rows_to_table
 from flywheel.warehouse import Warehouse
 
 # statsmodels is imported inside the functions that use it: it takes seconds to

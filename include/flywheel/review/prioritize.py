@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flywheel.data.dataset import user_message
-from flywheel.schema import TrainingCandidate
+from flywheel.records import TrainingCandidate
 
 # torch is imported inside the functions that use it: it takes seconds to
 # import, and DAG parsing and the light stages import this module without needing it.

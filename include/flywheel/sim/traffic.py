@@ -21,7 +21,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from flywheel.schema import PRODUCTION_LOGS
+from flywheel.tables import PRODUCTION_LOGS
 from flywheel.tasks import Task, is_correct
 
 AnswerFn = Callable[[Sequence[tuple[str, str | None]]], list[str]]

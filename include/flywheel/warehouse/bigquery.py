@@ -13,6 +13,9 @@ replays the same sequence, so it submits the same ids; BigQuery answers 409 for 
 and the warehouse re-attaches to that job (waits for it, or reads its result) instead of
 running it twice. Reads get fresh ids: re-running one is harmless and must see current data.
 `cancel` cancels the jobs in flight (the task was killed).
+
+The google clients are imported inside the methods that use them: they are heavy, and only a
+deployment on BigQuery needs them loaded (or installed).
 """
 
 from __future__ import annotations
@@ -30,19 +33,21 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from flywheel.errors import WarehouseError
-from flywheel.schema import TABLES
-from flywheel.warehouse import (
+from flywheel.tables import TABLES
+from flywheel.warehouse.base import Warehouse
+from flywheel.warehouse.sql import (
+    canonical_sql,
+    check_identifier,
+    conform_rows,
+    prepare,
+    sql_type,
+)
+from flywheel.warehouse.window import (
     DEFAULT_SKEW,
     NO_PUSHDOWN,
     Pushdown,
-    Warehouse,
-    _conform,
-    canonical_sql,
-    check_identifier,
     conform_window_batch,
-    prepare,
     rebatch,
-    sql_type,
     window_params,
 )
 
@@ -92,7 +97,7 @@ class BigQueryWarehouse(Warehouse):
 
     def _submit(self, start: Any, job_id: str | None) -> Any:
         """Start a job, or re-attach to the one an earlier try of the task started."""
-        from google.api_core.exceptions import Conflict
+        from google.api_core.exceptions import Conflict  # heavy, optional: see the docstring
 
         try:
             job = start(job_id)
@@ -109,7 +114,7 @@ class BigQueryWarehouse(Warehouse):
         return job
 
     def _query_job(self, sql: str, params: dict[str, Any] | None, job_id: str | None = None) -> Any:
-        from google.cloud import bigquery
+        from google.cloud import bigquery  # heavy, optional: see the docstring
 
         text, values = prepare(sql, params, self.dialect)
         config = bigquery.QueryJobConfig(
@@ -129,7 +134,7 @@ class BigQueryWarehouse(Warehouse):
         """Create the dataset and missing tables (production_logs partitioned by event day and
         clustered on time, the others clustered on their keys); add columns a newer version of a
         table has (a migration)."""
-        from google.cloud import bigquery
+        from google.cloud import bigquery  # heavy, optional: see the docstring
 
         dataset = f"{self.client.project}.{self.dataset}"
         self.client.create_dataset(bigquery.Dataset(dataset), exists_ok=True)
@@ -162,7 +167,7 @@ class BigQueryWarehouse(Warehouse):
         self._query_job(sql, params, self._job_id("dml", text, repr(sorted((params or {}).items()))))
 
     def merge(self, table: str, rows: pa.Table) -> int:
-        incoming = _conform(table, rows)
+        incoming = conform_rows(table, rows)
         spec = TABLES[table]
         keys = " AND ".join(f"s.`{k}` = t.`{k}`" for k in spec.keys)
         t_null = " OR ".join(f"t.`{k}` IS NULL" for k in spec.keys)
@@ -179,7 +184,7 @@ class BigQueryWarehouse(Warehouse):
     def replace_partition(self, table: str, where: dict[str, Any], rows: pa.Table) -> int:
         if not where:
             raise WarehouseError("replace_partition needs a non-empty partition filter")
-        incoming = _conform(table, rows)
+        incoming = conform_rows(table, rows)
         replaced = " AND ".join(f"t.`{check_identifier(col)}` = @w{i}" for i, col in enumerate(where))
         self._stage_and_merge(table, incoming, replaced, {f"w{i}": v for i, v in enumerate(where.values())})
         return incoming.num_rows
@@ -187,7 +192,7 @@ class BigQueryWarehouse(Warehouse):
     def _stage_and_merge(self, table: str, incoming: pa.Table, replaced: str, params: dict[str, Any]) -> None:
         """Load ``incoming`` into a staging table, then MERGE it in: delete the target rows that
         match ``replaced`` (SQL over ``t``, with ``{stage}`` for the staged rows), insert all."""
-        from google.cloud import bigquery
+        from google.cloud import bigquery  # heavy, optional: see the docstring
 
         buffer = io.BytesIO()
         pq.write_table(_base64_binary(incoming), buffer)
@@ -264,7 +269,7 @@ def _base64_binary(table: pa.Table) -> pa.Table:
 
 
 def _parameter(name: str, value: Any) -> Any:
-    from google.cloud import bigquery
+    from google.cloud import bigquery  # heavy, optional: see the docstring
 
     if isinstance(value, list | tuple):
         kind = _scalar_type(value[0]) if value else "STRING"

@@ -21,21 +21,23 @@ from typing import Any
 import pyarrow as pa
 
 from flywheel.errors import WarehouseError
-from flywheel.schema import TABLES
-from flywheel.warehouse import (
+from flywheel.tables import TABLES
+from flywheel.warehouse.base import Warehouse
+from flywheel.warehouse.sql import (
+    canonical_sql,
+    check_identifier,
+    conform_rows,
+    merge_deletes,
+    prepare,
+    sql_type,
+    where_clause,
+)
+from flywheel.warehouse.window import (
     DEFAULT_SKEW,
     NO_PUSHDOWN,
     Pushdown,
-    Warehouse,
-    _conform,
-    _merge_deletes,
-    _where,
-    canonical_sql,
-    check_identifier,
     conform_window_batch,
-    prepare,
     rebatch,
-    sql_type,
     window_params,
 )
 
@@ -124,15 +126,15 @@ class SnowflakeWarehouse(Warehouse):
         self._cursor(sql, params)
 
     def merge(self, table: str, rows: pa.Table) -> int:
-        incoming = _conform(table, rows)
-        self._write(table, incoming, _merge_deletes(table))
+        incoming = conform_rows(table, rows)
+        self._write(table, incoming, merge_deletes(table))
         return incoming.num_rows
 
     def replace_partition(self, table: str, where: dict[str, Any], rows: pa.Table) -> int:
         if not where:
             raise WarehouseError("replace_partition needs a non-empty partition filter")
-        incoming = _conform(table, rows)
-        clause, params = _where(where)
+        incoming = conform_rows(table, rows)
+        clause, params = where_clause(where)
         self._write(table, incoming, [(f"DELETE FROM {check_identifier(table)}{clause}", params)])
         return incoming.num_rows
 

@@ -11,7 +11,7 @@ from typing import Any, Self
 from flywheel.config import FiltersConfig
 from flywheel.filters.base import BatchRule, ChainInputs, FilterDecision, Row, Stage
 from flywheel.filters.pii import PiiScanner, default_scanner
-from flywheel.schema import TrainingCandidate
+from flywheel.records import TrainingCandidate
 
 
 def redact_candidate(c: TrainingCandidate, scanner: Any) -> tuple[TrainingCandidate, tuple[str, ...]]:

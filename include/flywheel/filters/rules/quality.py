@@ -7,7 +7,7 @@ from typing import Any, Self
 
 from flywheel.config import FiltersConfig
 from flywheel.filters.base import Calibration, ChainInputs, FilterDecision, RowRule
-from flywheel.schema import TrainingCandidate
+from flywheel.records import TrainingCandidate
 
 
 @dataclass(frozen=True)

@@ -1,70 +1,22 @@
-"""The flywheel record, the warehouse tables' schemas, and row validation with reasons.
+"""The warehouse tables: their Arrow schemas and the keys a write merges on.
 
-Production logs are stored loosely typed (every column nullable, the action a free string), so
-that a malformed row still lands in the warehouse and can be quarantined with its reason instead
-of breaking the loader or, worse, vanishing.
+Every backend creates these tables from the schemas here (`flywheel.warehouse.sql`), and every
+stage writes its rows through `rows_to_table`, so a column is declared once. The module is long
+because it is a catalogue: 22 declarations and nothing else, read in one place.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
-import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from flywheel.config import USER_ACTIONS
+from flywheel.records import ELIDABLE_TEXT_FIELDS
 
 TS = pa.timestamp("us", tz="UTC")
 
-
-@dataclass(frozen=True)
-class TrainingCandidate:
-    """One production interaction that may become a training example."""
-
-    request_id: str
-    timestamp: datetime
-    user_id: str
-    prompt: str
-    response: str
-    user_action: str
-    correction: str | None
-    task_type: str
-    quality_score: float
-    included_in_training: bool = False
-    model_version: str | None = None
-    context: str | None = None
-
-    @property
-    def target(self) -> str:
-        """What the model should have said: the user's correction when there is one."""
-        if self.user_action == "corrected" and self.correction:
-            return self.correction
-        return self.response
-
-    def to_row(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-PRODUCTION_LOG_FIELDS = (
-    "request_id",
-    "timestamp",
-    "user_id",
-    "prompt",
-    "response",
-    "user_action",
-    "correction",
-    "task_type",
-    "quality_score",
-    "included_in_training",
-    "model_version",
-    "context",
-)
 
 PRODUCTION_LOGS = pa.schema(
     [
@@ -85,9 +37,6 @@ PRODUCTION_LOGS = pa.schema(
         ("ingested_at", TS),
     ]
 )
-
-# The text fields a pushed-down read may withhold, and the facts it returns about each instead.
-ELIDABLE_TEXT_FIELDS = ("prompt", "response", "correction", "context")
 
 # A window as the extraction reads it: the logs, whether the cheap rules pushed down into the
 # query kept the row (its text is withheld otherwise), and facts about every text field that
@@ -182,7 +131,7 @@ EVALUATIONS = pa.schema(
         ("per_task_json", pa.string()),
         ("golden_hash", pa.string()),
         ("evaluated_at", TS),
-        # Issue 8: the accuracy's bootstrap interval, the scorer, and one score per golden item.
+        # The accuracy's bootstrap interval, the scorer, and one score per golden item.
         ("accuracy_low", pa.float64()),
         ("accuracy_high", pa.float64()),
         ("scorer", pa.string()),
@@ -373,7 +322,7 @@ ALERTS = pa.schema(
 )
 
 
-# --- Issue 8: offline gate and online A/B (flywheel.evaluation.offline, flywheel.evaluation.experiment) -----------
+# The offline gate and the online A/B test (flywheel.evaluation.offline, .experiment).
 
 OFFLINE_COMPARISONS = pa.schema(
     [
@@ -491,193 +440,6 @@ TABLES: dict[str, TableSpec] = {
         TableSpec("experiment_decisions", EXPERIMENT_DECISIONS, ("experiment_id", "as_of")),
     )
 }
-
-
-@dataclass(frozen=True)
-class ValidationIssue:
-    """Why a row cannot be used: the field at fault, the rule it broke, and a readable reason."""
-
-    field: str
-    rule: str
-    reason: str
-
-
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-@dataclass(frozen=True)
-class ValidationLimits:
-    """Structural limits from `flywheel.config.ValidationConfig`."""
-
-    max_text_chars: int = 20000
-    max_clock_skew: timedelta = timedelta(minutes=10)
-    earliest_timestamp: datetime = datetime(2000, 1, 1, tzinfo=UTC)
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> ValidationLimits:
-        earliest = datetime.fromisoformat(cfg.earliest_timestamp)
-        if earliest.tzinfo is None:
-            earliest = earliest.replace(tzinfo=UTC)
-        return cls(cfg.max_text_chars, timedelta(minutes=cfg.max_clock_skew_minutes), earliest)
-
-
-TEXT_FIELDS = ("request_id", "user_id", "prompt", "response", "correction", "task_type", "context", "model_version")
-# C0/C1 control characters (tab, newline and carriage return are text) and the bidirectional
-# overrides and isolates that make text display differently from what it says.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
-
-
-@dataclass(frozen=True)
-class TextFacts:
-    """What validation needs to know about a text field, with or without the text itself.
-
-    The warehouse query computes the same facts for the rows whose text it withholds
-    (``read_logs_window.sql``); `text_facts` computes them from the text."""
-
-    present: bool
-    chars: int | None = None
-    blank: bool = False
-    control_at: int | None = None
-    control_char: int | None = None
-    is_text: bool = True
-
-
-def text_facts(value: Any) -> TextFacts:
-    if value is None:
-        return TextFacts(False)
-    if not isinstance(value, str):
-        return TextFacts(True, is_text=False)
-    bad = _CONTROL.search(value)
-    return TextFacts(
-        True, len(value), not value.strip(), bad.start() if bad else None, ord(bad.group()) if bad else None
-    )
-
-
-def facts_from_row(row: dict[str, Any]) -> dict[str, TextFacts]:
-    """The facts a window snapshot row carries for its elidable text fields."""
-    out = {}
-    for name in ELIDABLE_TEXT_FIELDS:
-        if f"{name}_present" in row and row[f"{name}_present"] is not None:
-            out[name] = TextFacts(
-                bool(row[f"{name}_present"]),
-                row[f"{name}_chars"],
-                bool(row[f"{name}_blank"]),
-                row[f"{name}_control_at"],
-                row[f"{name}_control_char"],
-            )
-    return out
-
-
-def validate_row(
-    row: dict[str, Any], limits: ValidationLimits | None = None, facts: dict[str, TextFacts] | None = None
-) -> list[ValidationIssue]:
-    """Every reason this production-log row cannot become a `TrainingCandidate` (empty: valid).
-
-    ``facts`` stand in for text fields the warehouse withheld (pushdown); fields without facts
-    are judged from the row itself. Reasons name the field and the rule, never quote the text:
-    a log row may hold PII.
-    """
-    limits = limits or ValidationLimits()
-    facts = facts or {}
-    fact = {name: facts.get(name) or text_facts(row.get(name)) for name in TEXT_FIELDS}
-    issues: list[ValidationIssue] = []
-    for name in ("request_id", "user_id", "prompt", "response", "task_type"):
-        f = fact[name]
-        # An empty response is a real product event (the model said nothing), not a broken
-        # row: it stays valid and the filters reject it. Only a missing one is malformed.
-        if not f.present or (name != "response" and f.is_text and f.blank):
-            issues.append(ValidationIssue(name, "required", f"{name} is missing or empty"))
-        elif not f.is_text:
-            issues.append(ValidationIssue(name, "type", f"{name} must be text, got {type(row.get(name)).__name__}"))
-    for name in TEXT_FIELDS:
-        f = fact[name]
-        if not f.present or not f.is_text:
-            continue
-        if f.chars is not None and f.chars > limits.max_text_chars:
-            issues.append(ValidationIssue(name, "max_length", f"{name} has {f.chars} characters > {limits.max_text_chars}"))
-        if f.control_at is not None:
-            issues.append(
-                ValidationIssue(
-                    name, "control_characters", f"{name} holds control character U+{f.control_char or 0:04X} at {f.control_at}"
-                )
-            )
-
-    ts = row.get("timestamp")
-    if ts is None:
-        issues.append(ValidationIssue("timestamp", "required", "timestamp is missing"))
-    elif not isinstance(ts, datetime) or ts.tzinfo is None:
-        issues.append(ValidationIssue("timestamp", "type", f"timestamp must be a timezone-aware datetime, got {ts!r}"))
-    else:
-        ingested = row.get("ingested_at")
-        if ts < limits.earliest_timestamp:
-            issues.append(
-                ValidationIssue("timestamp", "plausible", f"timestamp {ts.isoformat()} is before {limits.earliest_timestamp.isoformat()}")
-            )
-        elif isinstance(ingested, datetime) and ingested.tzinfo is not None and ts > ingested + limits.max_clock_skew:
-            issues.append(
-                ValidationIssue(
-                    "timestamp", "future", f"timestamp {ts.isoformat()} is after its ingestion at {ingested.isoformat()}"
-                )
-            )
-
-    action = row.get("user_action")
-    if _missing(action):
-        issues.append(ValidationIssue("user_action", "required", "user_action is missing"))
-    elif action not in USER_ACTIONS:
-        shown = action if isinstance(action, str) and len(action) <= 40 else f"{str(action)[:40]}..."
-        issues.append(
-            ValidationIssue("user_action", "allowed_values", f"user_action {shown!r} is not one of {list(USER_ACTIONS)}")
-        )
-    elif action == "corrected" and (not fact["correction"].present or fact["correction"].blank):
-        issues.append(
-            ValidationIssue("correction", "required_when_corrected", "user_action is 'corrected' but correction is empty")
-        )
-
-    score = row.get("quality_score")
-    if score is None:
-        issues.append(ValidationIssue("quality_score", "required", "quality_score is missing"))
-    elif not isinstance(score, int | float) or isinstance(score, bool):
-        issues.append(ValidationIssue("quality_score", "type", f"quality_score must be a number, got {type(score).__name__}"))
-    elif not math.isfinite(score):
-        issues.append(ValidationIssue("quality_score", "finite", f"quality_score is {score}, not a finite number"))
-    elif not 0.0 <= float(score) <= 1.0:
-        issues.append(ValidationIssue("quality_score", "range", f"quality_score {score} is outside [0, 1]"))
-    return issues
-
-
-def content_fingerprint(row: dict[str, Any]) -> str:
-    """The row's content (everything but its ingestion time), to tell a re-delivery of the same
-    event from two different events that share a request_id."""
-    fields = {k: row.get(k) for k in PRODUCTION_LOG_FIELDS}
-    if row.get("text_digest") is not None:  # a snapshot row: its texts may have been withheld
-        for name in ELIDABLE_TEXT_FIELDS:
-            fields.pop(name)
-        fields["text_digest"] = row["text_digest"]
-    return hashlib.sha256(json.dumps(fields, default=str, sort_keys=True).encode()).hexdigest()
-
-
-def candidate_from_row(row: dict[str, Any]) -> TrainingCandidate:
-    """Build a candidate from a row that `validate_row` passed."""
-    return TrainingCandidate(
-        request_id=row["request_id"],
-        timestamp=row["timestamp"],
-        user_id=row["user_id"],
-        prompt=row["prompt"],
-        response=row["response"],
-        user_action=row["user_action"],
-        correction=row.get("correction") or None,
-        task_type=row["task_type"],
-        quality_score=float(row["quality_score"]),
-        included_in_training=bool(row.get("included_in_training") or False),
-        model_version=row.get("model_version"),
-        context=row.get("context") or None,
-    )
-
-
-def row_to_json(row: dict[str, Any]) -> str:
-    """The raw row, kept with its quarantine reason so nothing is lost."""
-    return json.dumps(row, default=str, sort_keys=True)
 
 
 def empty_table(table: str) -> pa.Table:

@@ -1,22 +1,15 @@
-"""Row validation with reasons, candidates and their training target, Arrow tables."""
+"""Row validation with reasons: every reason a log row cannot become a training candidate."""
 
 from __future__ import annotations
 
-import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-import pyarrow as pa
 import pytest
 
-from flywheel.schema import (
-    PRODUCTION_LOGS,
-    TABLES,
-    candidate_from_row,
-    empty_table,
-    row_to_json,
-    rows_to_table,
-    validate_row,
-)
+from flywheel.config import FiltersConfig
+from flywheel.filters import LengthRule
+from flywheel.records import candidate_from_row
+from flywheel.validation import ValidationLimits, validate_row
 
 TS = datetime(2026, 2, 3, 12, 0, tzinfo=UTC)
 
@@ -55,9 +48,6 @@ def test_missing_required_text(row, field, how):
 
 @pytest.mark.parametrize("empty", ["", "  \t"])
 def test_empty_response_is_valid_and_the_length_rule_rejects_it(row, empty):
-    from flywheel.config import FiltersConfig
-    from flywheel.filters import LengthRule
-
     row["response"] = empty
     assert validate_row(row) == []
     d = LengthRule(FiltersConfig().min_words, FiltersConfig().min_tokens).decide(candidate_from_row(row))
@@ -168,67 +158,6 @@ def test_empty_row_reports_every_required_field():
     }
 
 
-def test_candidate_from_row(row):
-    row.update(quality_score=1, context="", included_in_training=None)
-    c = candidate_from_row(row)
-    assert c.request_id == "req-1" and c.timestamp == TS
-    assert c.quality_score == 1.0 and isinstance(c.quality_score, float)
-    assert c.context is None and c.correction is None
-    assert c.included_in_training is False
-
-
-@pytest.mark.parametrize(
-    ("action", "correction", "target"),
-    [
-        ("corrected", "GARDEN!", "GARDEN!"),
-        ("accepted", "GARDEN!", "GARDEN"),
-        ("copied", None, "GARDEN"),
-        ("regenerated", "other", "GARDEN"),
-    ],
-)
-def test_target_is_correction_only_for_corrected_rows(row, action, correction, target):
-    row.update(user_action=action, correction=correction, response="GARDEN")
-    assert candidate_from_row(row).target == target
-
-
-def test_candidate_round_trips_to_row(row):
-    c = candidate_from_row(row)
-    out = c.to_row()
-    assert out["request_id"] == "req-1" and out["response"] == "GARDEN"
-    assert set(out) == set(PRODUCTION_LOGS.names) - {"ingested_at"}
-
-
-def test_rows_to_table_uses_table_schema(row):
-    table = rows_to_table("production_logs", [row, {"request_id": "only-id"}])
-    assert table.schema.equals(PRODUCTION_LOGS)
-    assert table.num_rows == 2
-    assert table.column("request_id").to_pylist() == ["req-1", "only-id"]
-    assert table.column("prompt").to_pylist()[1] is None
-    assert table.column("timestamp").type == pa.timestamp("us", tz="UTC")
-
-
-@pytest.mark.parametrize("name", sorted(TABLES))
-def test_every_table_has_keys_in_its_schema(name):
-    spec = TABLES[name]
-    assert spec.keys and set(spec.keys) <= set(spec.schema.names)
-    assert empty_table(name).schema.equals(spec.schema)
-    assert rows_to_table(name, []).num_rows == 0
-
-
-def test_rows_to_table_ignores_unknown_keys():
-    table = rows_to_table("metrics", [{"cycle_id": "c", "name": "n", "value": 1.5, "junk": 1}])
-    assert table.column_names == ["cycle_id", "name", "value", "recorded_at"]
-    assert table.to_pylist()[0]["value"] == 1.5
-
-
-def test_row_to_json_keeps_everything(row):
-    row["user_action"] = "liked"
-    data = json.loads(row_to_json(row))
-    assert data["user_action"] == "liked"
-    assert data["timestamp"].startswith("2026-02-03 12:00:00")
-    assert data["correction"] is None
-
-
 # Hostile structure: oversized text, control characters, implausible or future timestamps.
 
 
@@ -249,8 +178,6 @@ def test_ordinary_whitespace_and_unicode_are_fine(row, text):
 
 
 def test_oversized_text_is_quarantined_without_quoting_it(row):
-    from flywheel.schema import ValidationLimits
-
     row["response"] = "x" * 1001
     (issue,) = validate_row(row, ValidationLimits(max_text_chars=1000))
     assert (issue.field, issue.rule) == ("response", "max_length")
@@ -260,8 +187,6 @@ def test_oversized_text_is_quarantined_without_quoting_it(row):
 
 
 def test_future_and_implausible_timestamps(row):
-    from datetime import UTC, datetime, timedelta
-
     ingested = row["ingested_at"]
     row["timestamp"] = ingested + timedelta(minutes=11)
     assert _issues(row) == {("timestamp", "future")}
@@ -275,13 +200,3 @@ def test_huge_bad_action_is_not_echoed_whole(row):
     row["user_action"] = "A" * 10_000
     (issue,) = validate_row(row)
     assert issue.rule == "allowed_values" and len(issue.reason) < 200
-
-
-def test_content_fingerprint_ignores_ingestion_time_only(row):
-    from datetime import timedelta
-
-    from flywheel.schema import content_fingerprint
-
-    again = {**row, "ingested_at": row["ingested_at"] + timedelta(hours=1)}
-    assert content_fingerprint(row) == content_fingerprint(again)
-    assert content_fingerprint(row) != content_fingerprint({**row, "response": "other"})

@@ -1,0 +1,170 @@
+"""Row validation with reasons: why a production-log row cannot become a `TrainingCandidate`.
+
+A reason names the field and the rule, never quotes the text (a log row may hold PII). Text
+fields are judged by their facts (`TextFacts`), which the warehouse computes for the rows whose
+text a pushed-down read withholds, so a withheld text is judged exactly as a present one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from flywheel.config import USER_ACTIONS
+from flywheel.records import ELIDABLE_TEXT_FIELDS
+
+
+@dataclass(frozen=True)
+class ValidationIssue:
+    """Why a row cannot be used: the field at fault, the rule it broke, and a readable reason."""
+
+    field: str
+    rule: str
+    reason: str
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+@dataclass(frozen=True)
+class ValidationLimits:
+    """Structural limits from `flywheel.config.ValidationConfig`."""
+
+    max_text_chars: int = 20000
+    max_clock_skew: timedelta = timedelta(minutes=10)
+    earliest_timestamp: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ValidationLimits:
+        earliest = datetime.fromisoformat(cfg.earliest_timestamp)
+        if earliest.tzinfo is None:
+            earliest = earliest.replace(tzinfo=UTC)
+        return cls(cfg.max_text_chars, timedelta(minutes=cfg.max_clock_skew_minutes), earliest)
+
+
+TEXT_FIELDS = ("request_id", "user_id", "prompt", "response", "correction", "task_type", "context", "model_version")
+# C0/C1 control characters (tab, newline and carriage return are text) and the bidirectional
+# overrides and isolates that make text display differently from what it says.
+CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+@dataclass(frozen=True)
+class TextFacts:
+    """What validation needs to know about a text field, with or without the text itself.
+
+    The warehouse query computes the same facts for the rows whose text it withholds
+    (``read_logs_window.sql``); `text_facts` computes them from the text."""
+
+    present: bool
+    chars: int | None = None
+    blank: bool = False
+    control_at: int | None = None
+    control_char: int | None = None
+    is_text: bool = True
+
+
+def text_facts(value: Any) -> TextFacts:
+    if value is None:
+        return TextFacts(False)
+    if not isinstance(value, str):
+        return TextFacts(True, is_text=False)
+    bad = CONTROL_CHARACTERS.search(value)
+    return TextFacts(
+        True, len(value), not value.strip(), bad.start() if bad else None, ord(bad.group()) if bad else None
+    )
+
+
+def facts_from_row(row: dict[str, Any]) -> dict[str, TextFacts]:
+    """The facts a window snapshot row carries for its elidable text fields."""
+    out = {}
+    for name in ELIDABLE_TEXT_FIELDS:
+        if f"{name}_present" in row and row[f"{name}_present"] is not None:
+            out[name] = TextFacts(
+                bool(row[f"{name}_present"]),
+                row[f"{name}_chars"],
+                bool(row[f"{name}_blank"]),
+                row[f"{name}_control_at"],
+                row[f"{name}_control_char"],
+            )
+    return out
+
+
+def validate_row(
+    row: dict[str, Any], limits: ValidationLimits | None = None, facts: dict[str, TextFacts] | None = None
+) -> list[ValidationIssue]:
+    """Every reason this production-log row cannot become a `TrainingCandidate` (empty: valid).
+
+    ``facts`` stand in for text fields the warehouse withheld (pushdown); fields without facts
+    are judged from the row itself. Reasons name the field and the rule, never quote the text:
+    a log row may hold PII.
+    """
+    limits = limits or ValidationLimits()
+    facts = facts or {}
+    fact = {name: facts.get(name) or text_facts(row.get(name)) for name in TEXT_FIELDS}
+    issues: list[ValidationIssue] = []
+    for name in ("request_id", "user_id", "prompt", "response", "task_type"):
+        f = fact[name]
+        # An empty response is a real product event (the model said nothing), not a broken
+        # row: it stays valid and the filters reject it. Only a missing one is malformed.
+        if not f.present or (name != "response" and f.is_text and f.blank):
+            issues.append(ValidationIssue(name, "required", f"{name} is missing or empty"))
+        elif not f.is_text:
+            issues.append(ValidationIssue(name, "type", f"{name} must be text, got {type(row.get(name)).__name__}"))
+    for name in TEXT_FIELDS:
+        f = fact[name]
+        if not f.present or not f.is_text:
+            continue
+        if f.chars is not None and f.chars > limits.max_text_chars:
+            issues.append(ValidationIssue(name, "max_length", f"{name} has {f.chars} characters > {limits.max_text_chars}"))
+        if f.control_at is not None:
+            issues.append(
+                ValidationIssue(
+                    name, "control_characters", f"{name} holds control character U+{f.control_char or 0:04X} at {f.control_at}"
+                )
+            )
+
+    ts = row.get("timestamp")
+    if ts is None:
+        issues.append(ValidationIssue("timestamp", "required", "timestamp is missing"))
+    elif not isinstance(ts, datetime) or ts.tzinfo is None:
+        issues.append(ValidationIssue("timestamp", "type", f"timestamp must be a timezone-aware datetime, got {ts!r}"))
+    else:
+        ingested = row.get("ingested_at")
+        if ts < limits.earliest_timestamp:
+            issues.append(
+                ValidationIssue("timestamp", "plausible", f"timestamp {ts.isoformat()} is before {limits.earliest_timestamp.isoformat()}")
+            )
+        elif isinstance(ingested, datetime) and ingested.tzinfo is not None and ts > ingested + limits.max_clock_skew:
+            issues.append(
+                ValidationIssue(
+                    "timestamp", "future", f"timestamp {ts.isoformat()} is after its ingestion at {ingested.isoformat()}"
+                )
+            )
+
+    action = row.get("user_action")
+    if _missing(action):
+        issues.append(ValidationIssue("user_action", "required", "user_action is missing"))
+    elif action not in USER_ACTIONS:
+        shown = action if isinstance(action, str) and len(action) <= 40 else f"{str(action)[:40]}..."
+        issues.append(
+            ValidationIssue("user_action", "allowed_values", f"user_action {shown!r} is not one of {list(USER_ACTIONS)}")
+        )
+    elif action == "corrected" and (not fact["correction"].present or fact["correction"].blank):
+        issues.append(
+            ValidationIssue("correction", "required_when_corrected", "user_action is 'corrected' but correction is empty")
+        )
+
+    score = row.get("quality_score")
+    if score is None:
+        issues.append(ValidationIssue("quality_score", "required", "quality_score is missing"))
+    elif not isinstance(score, int | float) or isinstance(score, bool):
+        issues.append(ValidationIssue("quality_score", "type", f"quality_score must be a number, got {type(score).__name__}"))
+    elif not math.isfinite(score):
+        issues.append(ValidationIssue("quality_score", "finite", f"quality_score is {score}, not a finite number"))
+    elif not 0.0 <= float(score) <= 1.0:
+        issues.append(ValidationIssue("quality_score", "range", f"quality_score {score} is outside [0, 1]"))
+    return issues

@@ -1,0 +1,20 @@
+"""The one way the core opens a warehouse from config."""
+
+from __future__ import annotations
+
+from flywheel.config import FlywheelConfig
+from flywheel.errors import WarehouseError
+from flywheel.warehouse.base import Warehouse
+from flywheel.warehouse.duckdb import DuckDBWarehouse
+
+
+def warehouse_from_config(config: FlywheelConfig) -> Warehouse:
+    """The embedded default. The cloud backends need their Airflow connection's credentials:
+    `flywheel_airflow.hooks.FlywheelWarehouseHook` opens them (and the embedded one too)."""
+    backend = config.warehouse.backend
+    if backend == "duckdb":
+        return DuckDBWarehouse(config.duckdb_path)
+    raise WarehouseError(
+        f"warehouse backend {backend!r} is opened through its Airflow connection "
+        f"{config.warehouse.conn_id!r}: use flywheel_airflow.hooks.FlywheelWarehouseHook"
+    )
