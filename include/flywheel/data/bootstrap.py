@@ -30,7 +30,6 @@ from flywheel.tasks import TaskTemplates
 MANUAL_MODEL_VERSION = "manual-labels"
 SYNTHETIC_MODEL_VERSION = "synthetic"
 LABEL_COLUMNS = ("prompt", "response", "task_type")
-OPTIONAL_COLUMNS = ("context", "labeler", "quality_score")
 TEXT_COLUMNS = ("prompt", "response", "task_type", "context", "labeler")
 
 

@@ -132,7 +132,3 @@ def _snapshot_row(row: dict[str, Any]) -> dict[str, Any]:
         out |= {f"{name}_present": facts.present, f"{name}_chars": facts.chars, f"{name}_blank": facts.blank,
                 f"{name}_control_at": facts.control_at, f"{name}_control_char": facts.control_char}  # fmt: skip
     return out
-
-
-def read_snapshot(path: Path) -> pa.Table:
-    return pq.read_table(path)

@@ -22,9 +22,6 @@ from flywheel.warehouse import Warehouse
 # matplotlib is imported inside the functions that use it: it takes seconds to
 # import, and DAG parsing and the light stages import this module without needing it.
 
-VELOCITY_METRICS = (
-    "examples_per_day", "filter_pass_rate", "quality_delta", "examples_collected", "time_to_improvement_days",
-)  # fmt: skip
 PHASE_COLOURS = {"cold_start": "#dbe9f6", "growth": "#e2f2e0", "maturity": "#fbeed6"}
 
 

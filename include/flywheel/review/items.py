@@ -37,7 +37,6 @@ from flywheel.warehouse import Warehouse
 # import, and DAG parsing and the light stages import this module without needing it.
 
 VERDICTS = ("approve", "reject")
-SCORES = ("accuracy", "helpfulness", "safety")
 
 
 class ReviewError(FlywheelError):

@@ -30,7 +30,6 @@ from flywheel.records import TrainingCandidate
 # torch is imported inside the functions that use it: it takes seconds to
 # import, and DAG parsing and the light stages import this module without needing it.
 
-SIGNALS = ("uncertainty", "behaviour_change", "disagreement", "rare_task", "correction")
 NEAR_THRESHOLD = 0.15  # a score within this of its threshold counts as a near miss
 
 
