@@ -1,8 +1,10 @@
 """The warehouse tables: their Arrow schemas and the keys a write merges on.
 
 Every backend creates these tables from the schemas here (`flywheel.warehouse.sql`), and every
-stage writes its rows through `rows_to_table`, so a column is declared once. The module is long
-because it is a catalogue: 22 declarations and nothing else, read in one place.
+stage writes its rows through `rows_to_table`, so a column is declared once.
+
+Why this module is long: it is a catalogue, 22 table declarations and nothing else, read in one
+place; split, a reader would hunt for a column across files.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import pyarrow as pa
 
 from flywheel.errors import WarehouseError
@@ -51,8 +52,6 @@ class DuckDBWarehouse(Warehouse):
 
     @contextmanager
     def _connect(self) -> Iterator[Any]:
-        import duckdb  # heavy (it loads numpy): a DAG file parses through this package without it
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_timeout_s
         delay = 0.05
