@@ -24,8 +24,6 @@ import numpy as np
 from flywheel.config import FiltersConfig
 from flywheel.text import word_tokens
 
-_MASK64 = (1 << 64) - 1
-
 
 def exact_key(tokens: Sequence[str]) -> int:
     """A signed 64-bit hash of the normalised words (an int64 the warehouse can store)."""
