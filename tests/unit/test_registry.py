@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flywheel.model import registry
 from flywheel.errors import RegistryError
+from flywheel.model import registry
 from flywheel.model.registry import (
     BOOTSTRAP_CYCLE,
     ModelVersion,
@@ -233,7 +233,7 @@ def test_rerecording_a_cycle_replaces_it(wh):
 
 
 def test_module_exposes_registry_error():
-    # cycle.stage_train raises registry.RegistryError; it must be the project's error type
+    # train_challenger raises registry.RegistryError; it must be the project's error type
     assert registry.RegistryError is RegistryError
 
 
