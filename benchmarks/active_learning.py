@@ -34,8 +34,11 @@ def main() -> int:
     parser.add_argument("--epochs", type=float, default=2)
     args = parser.parse_args()
 
-    from flywheel import cycle as fc
     from flywheel.config import FlywheelConfig
+    from flywheel.cycle import make_cycle
+    from flywheel.cycle.extract import extract_window
+    from flywheel.cycle.filtering import filter_candidates
+    from flywheel.cycle.validate import validate_rows
     from flywheel.data.dataset import build_chat_dataset
     from flywheel.evaluation.offline import evaluate_answer_fn, load_golden_set
     from flywheel.model import registry
@@ -67,9 +70,9 @@ def main() -> int:
                                                      seed=7, truth=truth, pii_rate=0.02))  # fmt: skip
     # The pool: the data filters' survivors over all the weeks, as one window.
     end = t0 + timedelta(weeks=args.weeks)
-    cycle = fc.make_cycle("active_learning", data_interval_end=end, logical_date=end,
+    cycle = make_cycle("active_learning", data_interval_end=end, logical_date=end,
                           config=config.with_overrides({"extract.lag_days": 0, "extract.window_days": 7 * args.weeks}))  # fmt: skip
-    for stage in (fc.stage_extract, fc.stage_validate, fc.stage_filter):
+    for stage in (extract_window, validate_rows, filter_candidates):
         stage(cycle, wh)
     import pyarrow.parquet as pq
 

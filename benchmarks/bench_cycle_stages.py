@@ -29,19 +29,17 @@ def main() -> None:
     os.environ["FLYWHEEL_HOME"] = str(home)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from flywheel.model import registry
     from flywheel.config import load_config
-    from flywheel.cycle import (
-        make_cycle,
-        stage_build_dataset,
-        stage_extract,
-        stage_filter,
-        stage_train,
-        stage_validate,
-    )
+    from flywheel.cycle import make_cycle
+    from flywheel.cycle.dataset import build_dataset
+    from flywheel.cycle.extract import extract_window
+    from flywheel.cycle.filtering import filter_candidates
+    from flywheel.cycle.train import train_challenger
+    from flywheel.cycle.validate import validate_rows
+    from flywheel.model import registry
     from flywheel.sim import traffic
-    from flywheel.sim.traffic import simulate_traffic
     from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.sim.traffic import simulate_traffic
     from flywheel.warehouse import warehouse_from_config
 
     config = load_config()
@@ -54,9 +52,9 @@ def main() -> None:
     _, t_merge = _timed(lambda: wh.merge("production_logs", logs))
     _, t_merge2 = _timed(lambda: wh.merge("production_logs", logs))
     cycle = make_cycle("bench", data_interval_end=week + timedelta(days=21), logical_date=week + timedelta(days=21), config=config)
-    _, t_extract = _timed(lambda: stage_extract(cycle, wh))
-    _, t_validate = _timed(lambda: stage_validate(cycle, wh))
-    kept, t_filter = _timed(lambda: stage_filter(cycle, wh))
+    _, t_extract = _timed(lambda: extract_window(cycle, wh))
+    _, t_validate = _timed(lambda: validate_rows(cycle, wh))
+    kept, t_filter = _timed(lambda: filter_candidates(cycle, wh))
     n = args.rows
     print(f"rows: {n}  (simulated in {t_sim:.2f}s)")
     print(f"warehouse MERGE (new rows)        {n / t_merge:12,.0f} rows/s")
@@ -67,8 +65,8 @@ def main() -> None:
 
     info = build_tiny_model(config)
     registry.ensure_bootstrap_champion(wh, resolve_base_model(config))
-    ds, t_ds = _timed(lambda: stage_build_dataset(cycle, wh))
-    tr, t_train = _timed(lambda: stage_train(cycle, wh))
+    ds, t_ds = _timed(lambda: build_dataset(cycle, wh))
+    tr, t_train = _timed(lambda: train_challenger(cycle, wh))
     print(f"build chat dataset                {ds['n_train'] / t_ds:12,.0f} examples/s")
     print(f"LoRA train, 1 epoch, tiny model   {tr['n_examples'] / t_train:12,.0f} examples/s "
           f"({tr['steps']} steps, {t_train:.1f}s incl. load; model {info.parameters:,} params)")

@@ -19,7 +19,18 @@ from airflow.exceptions import AirflowFailException, AirflowSkipException
 from airflow.sdk import BaseOperator, Context
 
 from flywheel.config import load_config
-from flywheel.cycle import CycleSpec, make_cycle
+from flywheel.cycle import CycleSpec, InsufficientDataError, make_cycle
+from flywheel.cycle.data_gates import gate_raw_window, gate_training_set
+from flywheel.cycle.dataset import build_dataset
+from flywheel.cycle.evaluate import evaluate_golden_set
+from flywheel.cycle.extract import extract_bootstrap, extract_window
+from flywheel.cycle.filtering import filter_candidates
+from flywheel.cycle.promote import promote_if_better
+from flywheel.cycle.record import record_cycle
+from flywheel.cycle.report import write_report
+from flywheel.cycle.review import calibrate_filters, sample_for_review
+from flywheel.cycle.train import train_challenger, train_twin
+from flywheel.cycle.validate import validate_rows
 from flywheel.runconfig import build_run_config
 from flywheel.warehouse import Warehouse
 from flywheel_airflow.hooks import FlywheelWarehouseHook
@@ -98,12 +109,9 @@ class FlywheelStageOperator(FlywheelOperator):
     """Runs one stage of the cycle for the run's logical date and returns its summary."""
 
     ui_color = "#e8f0fe"
-    stage_name: ClassVar[str] = ""
-
-    def stage(self) -> Callable[..., dict[str, Any]]:
-        from flywheel import cycle
-
-        return getattr(cycle, f"stage_{self.stage_name}")
+    # The stage function this operator runs (one of `flywheel.cycle.STAGES`); each subclass
+    # sets it as ``staticmethod(fn)``.
+    stage: ClassVar[Callable[..., dict[str, Any]]]
 
     def execute(self, context: Context) -> dict[str, Any]:
         from flywheel.errors import (
@@ -121,11 +129,11 @@ class FlywheelStageOperator(FlywheelOperator):
         log.info("cycle %s, window [%s, %s), phase policy %s%s", cycle.cycle_id, cycle.window.start, cycle.window.end,
                  cycle.phase, " (dry run)" if cycle.dry_run else "")  # fmt: skip
         try:
-            result = self.stage()(cycle, warehouse)
+            result = self.stage(cycle, warehouse)
         except (ConfigError, GateError, RegistryError, TrainingError, WindowError) as exc:
             # Deterministic failures: a retry would fail the same way, so fail now, loudly.
             raise self.fail_now(exc) from exc
-        log.info("%s: %s", self.stage_name, result)
+        log.info("%s: %s", self.stage.__name__, result)
         return result
 
     def on_kill(self) -> None:
@@ -139,33 +147,33 @@ class FlywheelStageOperator(FlywheelOperator):
 class ExtractWindowOperator(FlywheelStageOperator):
     """Snapshot the lagged window's production logs (`[end - lag - window, end - lag)`)."""
 
-    stage_name = "extract"
+    stage = staticmethod(extract_window)
 
 
 class ExtractBootstrapOperator(FlywheelStageOperator):
     """Cold start: beta traffic, plus manual labels (validated like logs) and synthetic examples."""
 
-    stage_name = "extract_bootstrap"
+    stage = staticmethod(extract_bootstrap)
 
 
 class GateRawWindowOperator(FlywheelStageOperator):
     """Great Expectations on the raw window; a failure fails the run before any filtering."""
 
-    stage_name = "gate_raw_window"
+    stage = staticmethod(gate_raw_window)
     ui_color = "#f3e8fd"
 
 
 class GateTrainingSetOperator(FlywheelStageOperator):
     """Great Expectations on the training set (no PII, no golden overlap, balance, length)."""
 
-    stage_name = "gate_training_set"
+    stage = staticmethod(gate_training_set)
     ui_color = "#f3e8fd"
 
 
 class ValidateRowsOperator(FlywheelStageOperator):
     """Quarantine malformed rows with their reasons; pass the valid ones on."""
 
-    stage_name = "validate"
+    stage = staticmethod(validate_rows)
     ui_color = "#fde8e8"
 
 
@@ -173,31 +181,29 @@ class FilterCandidatesOperator(FlywheelStageOperator):
     """Every filter of the method (action, length, quality, PII, toxicity, grounding,
     decontamination, dedup, selection); a decision per row and rule."""
 
-    stage_name = "filter"
+    stage = staticmethod(filter_candidates)
 
 
 class SampleForReviewOperator(FlywheelStageOperator):
     """Send a prioritised, stratified 5-10% sample (and a random calibration slice) to review."""
 
-    stage_name = "sample_for_review"
+    stage = staticmethod(sample_for_review)
     ui_color = "#fdf3e1"
 
 
 class CalibrateFiltersOperator(FlywheelStageOperator):
     """Refit the threshold filters to the reviews' verdicts; adopted fits apply to later cycles."""
 
-    stage_name = "calibrate"
+    stage = staticmethod(calibrate_filters)
     ui_color = "#fdf3e1"
 
 
 class BuildDatasetOperator(FlywheelStageOperator):
     """Kept candidates → a chat-format `datasets` dataset. Too few examples skips training."""
 
-    stage_name = "build_dataset"
+    stage = staticmethod(build_dataset)
 
     def execute(self, context: Context) -> dict[str, Any]:
-        from flywheel.cycle import InsufficientDataError
-
         try:
             return super().execute(context)
         except InsufficientDataError as exc:
@@ -210,7 +216,7 @@ class TrainLoraOperator(FlywheelStageOperator):
     The ``skip_training`` param skips it (and so evaluation and promotion): the run still
     extracts, gates, filters, builds the dataset and records the cycle."""
 
-    stage_name = "train"
+    stage = staticmethod(train_challenger)
     ui_color = "#fff4e0"
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -225,7 +231,7 @@ class TrainTwinOperator(FlywheelStageOperator):
     Runs where `evaluation.compare_new_data` is on (the monthly DAG; the ``compare_new_data``
     param for one run); otherwise it succeeds at once, saying why there is no twin."""
 
-    stage_name = "train_twin"
+    stage = staticmethod(train_twin)
     ui_color = "#fff4e0"
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -240,20 +246,20 @@ class TrainTwinOperator(FlywheelStageOperator):
 class EvaluateGoldenSetOperator(FlywheelStageOperator):
     """Champion, challenger (and its twin, when one was trained) on the fixed golden set."""
 
-    stage_name = "evaluate"
+    stage = staticmethod(evaluate_golden_set)
 
 
 class PromoteIfBetterOperator(FlywheelStageOperator):
     """Move the champion pointer to the challenger only if it evaluated better."""
 
-    stage_name = "promote"
+    stage = staticmethod(promote_if_better)
     ui_color = "#e6f4ea"
 
 
 class WriteReportOperator(FlywheelStageOperator):
     """The cycle's Markdown report with its velocity plots (artefact store, `reports/`)."""
 
-    stage_name = "report"
+    stage = staticmethod(write_report)
     ui_color = "#eef7ee"
 
 
@@ -263,7 +269,7 @@ class RecordCycleOperator(FlywheelStageOperator):
     When the flywheel is stagnant (no real gain for several cycles) it alerts operators with
     the likely causes, through the same channels as a failed gate; the task itself succeeds."""
 
-    stage_name = "record"
+    stage = staticmethod(record_cycle)
 
     def execute(self, context: Context) -> dict[str, Any]:
         result = super().execute(context)

@@ -32,8 +32,12 @@ def _answers(pairs):
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
 
-    from flywheel import cycle as fc
     from flywheel.config import load_config
+    from flywheel.cycle import make_cycle
+    from flywheel.cycle.extract import extract_window
+    from flywheel.cycle.filtering import filter_candidates
+    from flywheel.cycle.review import sample_for_review
+    from flywheel.cycle.validate import validate_rows
     from flywheel.model import registry
     from flywheel.sim.localenv import airflow_env
     from flywheel.sim.traffic import simulate_traffic
@@ -49,10 +53,10 @@ def server(tmp_path_factory):
     wh = warehouse_from_config(config)
     wh.ensure_schema()
     registry.ensure_bootstrap_champion(wh, "stand-in")
-    cycle = fc.make_cycle("flywheel_weekly", data_interval_end=T, logical_date=T, config=config)
+    cycle = make_cycle("flywheel_weekly", data_interval_end=T, logical_date=T, config=config)
     wh.merge("production_logs", simulate_traffic(cycle.window.start, _answers, model_version="stand-in", n_requests=80,
                                                  seed=2, malformed_rate=0.0, pii_rate=0.2))  # fmt: skip
-    for stage in (fc.stage_extract, fc.stage_validate, fc.stage_filter, fc.stage_sample_for_review):
+    for stage in (extract_window, validate_rows, filter_candidates, sample_for_review):
         stage(cycle, wh)
     assert wh.count("review_items") >= 5
 

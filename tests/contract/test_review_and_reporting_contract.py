@@ -54,7 +54,7 @@ def test_review_store_leases_verdicts_and_golden_set(wh, tmp_path):
 
 
 def test_flagged_windows_ab_table_and_dashboard(wh):
-    from flywheel import cycle as fc
+    from flywheel.cycle.dataset import flagged_windows
     from flywheel.evaluation import experiment
     from flywheel.evaluation.monitor import format_experiments_table
     from flywheel.model import registry
@@ -68,8 +68,8 @@ def test_flagged_windows_ab_table_and_dashboard(wh):
         "newest_start": T0 + (k - 1) * week, "newest_end": T0 + k * week, "n_newest": 10, "challenger_accuracy": 0.2,
         "twin_accuracy": 0.3 if k else 0.1, "delta": -0.1 if k else 0.1, "delta_low": -0.2, "delta_high": 0.2,
         "verdict": "hurt" if k else "helped", "flagged": bool(k), "reason": "r", "compared_at": T0} for k in range(3)]))  # fmt: skip
-    assert [f["cycle_id"] for f in fc.flagged_windows(wh, T0 + 2 * week)] == ["m1"]  # strictly before, flagged only
-    assert [f["cycle_id"] for f in fc.flagged_windows(wh, T0 + 3 * week)] == ["m1", "m2"]
+    assert [f["cycle_id"] for f in flagged_windows(wh, T0 + 2 * week)] == ["m1"]  # strictly before, flagged only
+    assert [f["cycle_id"] for f in flagged_windows(wh, T0 + 3 * week)] == ["m1", "m2"]
     wh.merge("cycles", rows_to_table("cycles", [{
         "cycle_id": "c1", "dag_id": "flywheel_weekly", "logical_date": T0, "window_start": T0, "window_end": T0,
         "rows_in_window": 4, "quarantined": 0, "kept": 2, "rejected": 2, "pass_rate": 0.5, "promoted": False,

@@ -187,13 +187,15 @@ def test_named_queries_run_on_every_backend(wh):
 
 def test_validation_quarantines_the_same_rows(backend, tmp_path, running):
     """Extract and validate a window with malformed rows: the same quarantine on every backend."""
-    from flywheel import cycle as fc
+    from flywheel.cycle import make_cycle
+    from flywheel.cycle.extract import extract_window
+    from flywheel.cycle.validate import validate_rows
 
     config = backend_config(backend, tmp_path, running)
     wh = open_warehouse(config)
     wh.ensure_schema()
     end = T0 + timedelta(days=21)
-    cycle = fc.make_cycle("flywheel_weekly", data_interval_end=end, logical_date=end, config=config)
+    cycle = make_cycle("flywheel_weekly", data_interval_end=end, logical_date=end, config=config)
     mid = cycle.window.start + timedelta(days=2)
     rows = [log_row(f"ok{i}", mid + i * H) for i in range(5)] + [
         log_row("bad-user", mid, user_id=None),
@@ -204,8 +206,8 @@ def test_validation_quarantines_the_same_rows(backend, tmp_path, running):
         log_row("ok0", mid + timedelta(seconds=1), response="a different answer"),
     ]
     wh.merge("production_logs", rows_to_table("production_logs", rows))
-    assert fc.stage_extract(cycle, wh)["rows_in_window"] == len(rows)
-    res = fc.stage_validate(cycle, wh)
+    assert extract_window(cycle, wh)["rows_in_window"] == len(rows)
+    res = validate_rows(cycle, wh)
     got = sorted((r["request_id"], r["field"], r["rule"]) for r in wh.select("quarantine").to_pylist())
     assert got == [
         ("bad-action", "user_action", "allowed_values"),

@@ -10,8 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig
+from flywheel.cycle import make_cycle
+from flywheel.cycle.data_gates import gate_raw_window, gate_training_set
+from flywheel.cycle.dataset import build_dataset
+from flywheel.cycle.evaluate import evaluate_golden_set
+from flywheel.cycle.extract import extract_window
+from flywheel.cycle.filtering import filter_candidates
+from flywheel.cycle.promote import promote_if_better
+from flywheel.cycle.record import record_cycle
+from flywheel.cycle.train import train_challenger
+from flywheel.cycle.validate import validate_rows
 from flywheel.model import registry
 from flywheel.sim.traffic import simulate_traffic
 from flywheel.tables import rows_to_table
@@ -19,8 +28,8 @@ from tests.helpers.backends import backend_config, open_warehouse
 
 pytestmark = pytest.mark.contract
 END = datetime(2026, 3, 2, tzinfo=UTC)
-STAGES = ("extract", "gate_raw_window", "validate", "filter", "build_dataset", "gate_training_set",
-          "train", "evaluate", "promote", "record")  # fmt: skip
+STAGES = (extract_window, gate_raw_window, validate_rows, filter_candidates, build_dataset, gate_training_set,
+          train_challenger, evaluate_golden_set, promote_if_better, record_cycle)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +62,11 @@ def _cycle(backend: str, home: Path, running, small: dict) -> dict:
     config = backend_config(backend, home, running, **small)
     wh = open_warehouse(config)
     wh.ensure_schema()
-    cycle = fc.make_cycle("flywheel_weekly", data_interval_end=END, logical_date=END, config=config)
+    cycle = make_cycle("flywheel_weekly", data_interval_end=END, logical_date=END, config=config)
     rows = _week(cycle.window.start) + _week(cycle.window.start - timedelta(days=7))
     wh.merge("production_logs", rows_to_table("production_logs", rows))
     registry.ensure_bootstrap_champion(wh, config.training.base_model)
-    out = {stage: getattr(fc, f"stage_{stage}")(cycle, wh) for stage in STAGES}
+    out = {stage.__name__: stage(cycle, wh) for stage in STAGES}
     out["tables"] = {t: wh.count(t, {"cycle_id": cycle.cycle_id}) for t in ("quarantine", "decisions", "cycles", "metrics")}
     out["evaluations"] = sorted(
         (r["role"], r["n_items"], r["n_correct"]) for r in wh.select("evaluations", {"cycle_id": cycle.cycle_id}).to_pylist()
@@ -73,13 +82,13 @@ def reference(tmp_path_factory, running, small) -> dict:
 @pytest.mark.parametrize("backend", ["snowflake", "bigquery"])
 def test_weekly_cycle_matches_duckdb(backend, tmp_path, running, small, reference):
     out = _cycle(backend, tmp_path, running, small)
-    rec, ref = out["record"], reference["record"]
+    rec, ref = out["record_cycle"], reference["record_cycle"]
     assert rec["quarantined"] + rec["kept"] + rec["rejected"] == rec["rows_in_window"]
     assert rec["quarantined"] > 0 and rec["kept"] > 0
     for key in ("rows_in_window", "quarantined", "kept", "rejected", "pass_rate", "promoted"):
         assert rec[key] == ref[key], key
-    assert out["validate"]["quarantine_reasons"] == reference["validate"]["quarantine_reasons"]
-    assert out["filter"]["rejected_by_rule"] == reference["filter"]["rejected_by_rule"]
+    assert out["validate_rows"]["quarantine_reasons"] == reference["validate_rows"]["quarantine_reasons"]
+    assert out["filter_candidates"]["rejected_by_rule"] == reference["filter_candidates"]["rejected_by_rule"]
     assert out["build_dataset"]["content_hash"] == reference["build_dataset"]["content_hash"]
     assert out["tables"] == reference["tables"]
     assert out["evaluations"] == reference["evaluations"]

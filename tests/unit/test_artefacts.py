@@ -160,7 +160,13 @@ def test_cycle_stages_on_three_machines_share_only_the_bucket(tmp_path, gcs_buck
     import shutil
     from datetime import UTC, datetime
 
-    from flywheel import cycle as fc
+    from flywheel.cycle import CycleSpec, make_cycle
+    from flywheel.cycle.dataset import build_dataset
+    from flywheel.cycle.evaluate import evaluate_golden_set
+    from flywheel.cycle.extract import extract_window
+    from flywheel.cycle.filtering import filter_candidates
+    from flywheel.cycle.train import train_challenger
+    from flywheel.cycle.validate import validate_rows
     from flywheel.model import registry
     from flywheel.sim.traffic import simulate_traffic
     from flywheel.tables import rows_to_table
@@ -174,23 +180,23 @@ def test_cycle_stages_on_three_machines_share_only_the_bucket(tmp_path, gcs_buck
                             n_requests=80, seed=3, malformed_rate=0.0, adversarial_rate=0.0)  # fmt: skip
     wh.merge("production_logs", rows_to_table("production_logs", logs.to_pylist()))
 
-    def machine(name: str) -> fc.CycleSpec:
+    def machine(name: str) -> CycleSpec:
         config = FlywheelConfig(home=tmp_path / name).with_overrides({
             "artefacts.root": root, "training.min_examples": 5, "filters.keep_fraction": 1.0,
             "tiny_model.pretrain_examples": 300, "tiny_model.pretrain_epochs": 1, "evaluation.golden_set_size": 40,
             "review.model_signals": False,
         })  # fmt: skip
-        return fc.make_cycle("flywheel_weekly", data_interval_end=end, logical_date=end, config=config)
+        return make_cycle("flywheel_weekly", data_interval_end=end, logical_date=end, config=config)
 
     a = machine("a")
-    for stage in (fc.stage_extract, fc.stage_validate, fc.stage_filter):
+    for stage in (extract_window, validate_rows, filter_candidates):
         stage(a, wh)
-    built = fc.stage_build_dataset(a, wh)
+    built = build_dataset(a, wh)
     assert built["path"] == f"{root}/datasets/{a.cycle_id}"
     shutil.rmtree(tmp_path / "a")
 
     b = machine("b")
-    trained = fc.stage_train(b, wh)
+    trained = train_challenger(b, wh)
     assert trained["adapter_path"] == f"{root}/adapters/{b.challenger_version}"
     challenger = registry.get_model(wh, b.challenger_version)
     assert challenger.adapter_path == trained["adapter_path"] and challenger.base_model == f"{root}/base_models/tiny-llama"
@@ -198,7 +204,7 @@ def test_cycle_stages_on_three_machines_share_only_the_bucket(tmp_path, gcs_buck
 
     c = machine("c")
     assert not c.config.artefacts_root.exists()
-    evaluated = fc.stage_evaluate(c, wh)
+    evaluated = evaluate_golden_set(c, wh)
     assert evaluated["challenger_version"] == b.challenger_version and 0.0 <= evaluated["challenger_accuracy"] <= 1.0
     fetched = c.config.artefacts_root
     assert (fetched / "adapters" / b.challenger_version / "adapter_model.safetensors").is_file()

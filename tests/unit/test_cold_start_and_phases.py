@@ -9,8 +9,15 @@ from datetime import UTC, datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig, PhasesConfig
+from flywheel.cycle import make_cycle
+from flywheel.cycle.data_gates import gate_raw_window
+from flywheel.cycle.dataset import build_dataset
+from flywheel.cycle.extract import extract_bootstrap, extract_window
+from flywheel.cycle.filtering import filter_candidates
+from flywheel.cycle.promote import promote_if_better
+from flywheel.cycle.record import record_cycle
+from flywheel.cycle.validate import validate_rows
 from flywheel.data import bootstrap
 from flywheel.errors import ConfigError, FlywheelError, WindowError
 from flywheel.model import registry
@@ -84,7 +91,7 @@ def _bootstrap_cycle(tmp_path, labels_path):
         "extract.lag_days": 0, "extract.window_days": 14, "filters.keep_fraction": 1.0, "training.min_examples": 5,
         "bootstrap.labels_path": str(labels_path), "bootstrap.synthetic_per_task_type": 4,
     })  # fmt: skip
-    return fc.make_cycle("flywheel_bootstrap", data_interval_end=BOOT, logical_date=BOOT, config=config)
+    return make_cycle("flywheel_bootstrap", data_interval_end=BOOT, logical_date=BOOT, config=config)
 
 
 def test_bootstrap_cycle_joins_sources_quarantines_bad_labels_and_keeps_gold(tmp_path, wh, answer_fns, oracle):
@@ -92,24 +99,24 @@ def test_bootstrap_cycle_joins_sources_quarantines_bad_labels_and_keeps_gold(tmp
                             seed=3, malformed_rate=0.0, days=14)  # fmt: skip
     wh.merge("production_logs", beta)
     cycle = _bootstrap_cycle(tmp_path, _labels(tmp_path, oracle))
-    out = fc.stage_extract_bootstrap(cycle, wh)
+    out = extract_bootstrap(cycle, wh)
     assert (out["manual_labels"], out["synthetic"], out["unreadable_label_lines"]) == (6, 4 * len(TASK_TYPES), 3)
     assert out["rows_in_window"] == 40 + 6 + 4 * len(TASK_TYPES)
     # Rows from other sources carry the text facts the raw gate profiles, as warehouse rows do.
-    assert fc.stage_gate_raw_window(cycle, wh)["success"] is True
-    v = fc.stage_validate(cycle, wh)
+    assert gate_raw_window(cycle, wh)["success"] is True
+    v = validate_rows(cycle, wh)
     # the label without a prompt, and the lines that are not rows, each with their reason
     assert v["quarantined"] == 4 and v["quarantine_reasons"] == {"prompt.required": 1, "line.unreadable": 3}
     reasons = [q["reason"] for q in wh.select("quarantine", {"cycle_id": cycle.cycle_id}).to_pylist()]
     assert any("a.jsonl line 7: not valid JSON" in r for r in reasons)
-    fc.stage_filter(cycle, wh)
-    ds = fc.stage_build_dataset(cycle, wh)
+    filter_candidates(cycle, wh)
+    ds = build_dataset(cycle, wh)
     gold = wh.select("gold_examples").to_pylist()
     assert 1 <= len(gold) <= 5 and ds["n_gold"] == len(gold)
     assert all(g["source"] == "manual_labels" and g["cycle_id"] == cycle.cycle_id for g in gold)
     assert not any("dana.9@example.com" in g["prompt"] for g in gold), "gold text is stored after PII redaction"
     registry.ensure_bootstrap_champion(wh, BASE)
-    rec = fc.stage_record(cycle, wh)
+    rec = record_cycle(cycle, wh)
     # The unreadable lines count as rows of the window, quarantined: counts still add up.
     assert rec["rows_in_window"] == out["rows_in_window"] + 3
     assert rec["quarantined"] + rec["kept"] + rec["rejected"] == rec["rows_in_window"]
@@ -129,9 +136,9 @@ def test_monthly_window_adds_the_gold_set_accepted_before_it(tmp_path, wh, make_
     wh.merge("production_logs", rows_to_table("production_logs", [
         make_log_row("manual-0", t - timedelta(days=20), response="GARDN", user_action="corrected", correction="GARDEN")]))  # fmt: skip
     config = FlywheelConfig(home=tmp_path).with_overrides({"extract.window_days": 28, "extract.include_gold": True})
-    cycle = fc.make_cycle("flywheel_monthly", data_interval_end=t, logical_date=t, config=config)
+    cycle = make_cycle("flywheel_monthly", data_interval_end=t, logical_date=t, config=config)
     assert (cycle.window.start, cycle.window.end) == (t - timedelta(days=42), t - timedelta(days=14))
-    out = fc.stage_extract(cycle, wh)
+    out = extract_window(cycle, wh)
     assert out["gold_rows"] == 1  # the one accepted before the run; the later one is not yet gold
     (row,) = pq.read_table(cycle.file("extract.parquet")).to_pylist()  # read once: the gold version stands for it
     assert row["request_id"] == "manual-0" and row["pushdown_kept"] and row["model_version"] == "gold:manual_labels"
@@ -141,11 +148,11 @@ def test_monthly_window_adds_the_gold_set_accepted_before_it(tmp_path, wh, make_
 def test_window_override_reads_the_chosen_days(tmp_path):
     t = datetime(2026, 3, 2, tzinfo=UTC)
     config = FlywheelConfig(home=tmp_path)
-    c = fc.make_cycle("flywheel_weekly", data_interval_end=t, logical_date=t, config=config,
+    c = make_cycle("flywheel_weekly", data_interval_end=t, logical_date=t, config=config,
                       window_start=datetime(2026, 2, 1))  # fmt: skip
     assert (c.window.start, c.window.end) == (datetime(2026, 2, 1, tzinfo=UTC), datetime(2026, 2, 8, tzinfo=UTC))
     with pytest.raises(WindowError, match="ends after the run's date"):
-        fc.make_cycle("flywheel_weekly", data_interval_end=t, logical_date=t, config=config, window_start=t)
+        make_cycle("flywheel_weekly", data_interval_end=t, logical_date=t, config=config, window_start=t)
 
 
 def test_phases_need_both_quality_and_volume():
@@ -180,7 +187,7 @@ def test_a_policy_naming_an_unknown_key_is_a_config_error(tmp_path):
 def test_dry_run_records_the_decision_but_keeps_the_champion(tmp_path, wh):
     base = registry.ensure_bootstrap_champion(wh, BASE)
     t = datetime(2026, 3, 2, tzinfo=UTC)
-    cycle = fc.make_cycle("flywheel_weekly", data_interval_end=t, logical_date=t, config=FlywheelConfig(home=tmp_path),
+    cycle = make_cycle("flywheel_weekly", data_interval_end=t, logical_date=t, config=FlywheelConfig(home=tmp_path),
                           dry_run=True)  # fmt: skip
     # The offline gate compares item by item on the golden set: a champion right on every fifth
     # item, a challenger right on all of them.
@@ -195,7 +202,7 @@ def test_dry_run_records_the_decision_but_keeps_the_champion(tmp_path, wh):
              "n_correct": r.n_correct, "per_task_json": json.dumps(r.per_task), "golden_hash": golden.content_hash,
              "evaluated_at": t, "item_scores_json": json.dumps(r.item_scores)}
         ]))  # fmt: skip
-    out = fc.stage_promote(cycle, wh)
+    out = promote_if_better(cycle, wh)
     assert out["promoted"] is False and out["champion_after"] == base
     assert out["reason"].startswith("dry run") and "would have promoted" in out["reason"]
     assert registry.current_champion(wh) == base

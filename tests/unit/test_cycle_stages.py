@@ -11,8 +11,13 @@ from zoneinfo import ZoneInfo
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig
+from flywheel.cycle import CycleSpec, InsufficientDataError, make_cycle
+from flywheel.cycle.dataset import build_dataset
+from flywheel.cycle.extract import extract_window
+from flywheel.cycle.filtering import filter_candidates
+from flywheel.cycle.record import record_cycle
+from flywheel.cycle.validate import validate_rows
 from flywheel.data.dataset import load_chat_dataset
 from flywheel.errors import FlywheelError, WindowError
 from flywheel.model import registry
@@ -31,7 +36,7 @@ TABLES = ("quarantine", "decisions", "datasets", "cycles", "metrics")
 @dataclass
 class World:
     wh: DuckDBWarehouse
-    cycle: fc.CycleSpec
+    cycle: CycleSpec
     logs: list[dict]  # everything loaded into the warehouse
     in_window: int
     dup_id: str
@@ -49,7 +54,7 @@ def _config(tmp_path, **overrides) -> FlywheelConfig:
 @pytest.fixture
 def world(tmp_path, answer_fns, make_log_row) -> World:
     config = _config(tmp_path)
-    cycle = fc.make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
+    cycle = make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
     assert (cycle.window.start, cycle.window.end) == (W_START, W_END)
 
     def sim(week, n, seed):
@@ -106,14 +111,14 @@ def world(tmp_path, answer_fns, make_log_row) -> World:
 
 def _run(w: World, *, record=True) -> dict[str, dict]:
     out = {
-        "extract": fc.stage_extract(w.cycle, w.wh),
-        "validate": fc.stage_validate(w.cycle, w.wh),
-        "filter": fc.stage_filter(w.cycle, w.wh),
-        "build_dataset": fc.stage_build_dataset(w.cycle, w.wh),
+        "extract": extract_window(w.cycle, w.wh),
+        "validate": validate_rows(w.cycle, w.wh),
+        "filter": filter_candidates(w.cycle, w.wh),
+        "build_dataset": build_dataset(w.cycle, w.wh),
     }
     if record:
         registry.ensure_bootstrap_champion(w.wh, BASE)
-        out["record"] = fc.stage_record(w.cycle, w.wh)
+        out["record"] = record_cycle(w.cycle, w.wh)
     return out
 
 
@@ -122,24 +127,24 @@ def _counts(w: World) -> dict[str, int]:
 
 
 def test_make_cycle():
-    c = fc.make_cycle(
+    c = make_cycle(
         DAG, data_interval_end=END, logical_date=END, config=FlywheelConfig(home="/tmp/x")
     )
     assert c.cycle_id == "flywheel_weekly-20260302T0000"
     assert c.challenger_version == c.cycle_id
     assert c.work_dir.name == c.cycle_id and c.file("a.parquet").parent == c.work_dir
     local = END.astimezone(ZoneInfo("Asia/Kolkata"))
-    c2 = fc.make_cycle(
+    c2 = make_cycle(
         DAG, data_interval_end=local, logical_date=local, config=FlywheelConfig(home="/tmp/x")
     )
     assert c2.cycle_id == c.cycle_id and c2.window == c.window and c2.logical_date == END
     # logical date alone is enough (manual trigger)
     assert (
-        fc.make_cycle(DAG, data_interval_end=None, logical_date=END, config=c.config).window
+        make_cycle(DAG, data_interval_end=None, logical_date=END, config=c.config).window
         == c.window
     )
     # the lag comes from the config
-    c3 = fc.make_cycle(
+    c3 = make_cycle(
         DAG,
         data_interval_end=END,
         logical_date=END,
@@ -147,11 +152,11 @@ def test_make_cycle():
     )
     assert c3.window.end == END
     with pytest.raises(WindowError):
-        fc.make_cycle(DAG, data_interval_end=None, logical_date=None, config=c.config)
+        make_cycle(DAG, data_interval_end=None, logical_date=None, config=c.config)
 
 
 def test_extract_reads_only_the_window(world):
-    res = fc.stage_extract(world.cycle, world.wh)
+    res = extract_window(world.cycle, world.wh)
     assert res["rows_in_window"] == world.in_window == N_SIM + 6
     assert res["window_start"] == W_START.isoformat() and res["window_end"] == W_END.isoformat()
     snap = pq.read_table(world.cycle.file("extract.parquet"))
@@ -166,14 +171,14 @@ def test_extract_reads_only_the_window(world):
 def test_extract_of_an_empty_window_writes_an_empty_snapshot(tmp_path):
     config = _config(tmp_path)
     wh = DuckDBWarehouse(tmp_path / "w.duckdb")
-    c = fc.make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
-    assert fc.stage_extract(c, wh)["rows_in_window"] == 0
+    c = make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
+    assert extract_window(c, wh)["rows_in_window"] == 0
     assert pq.read_table(c.file("extract.parquet")).schema.equals(WINDOW_SNAPSHOT)
 
 
 def test_validate_quarantines_malformed_rows_with_reasons(world):
-    fc.stage_extract(world.cycle, world.wh)
-    res = fc.stage_validate(world.cycle, world.wh)
+    extract_window(world.cycle, world.wh)
+    res = validate_rows(world.cycle, world.wh)
     assert res["quarantined"] == 6
     assert res["valid"] == world.in_window - 6
     assert res["quarantine_reasons"] == {
@@ -203,33 +208,33 @@ def test_validate_quarantines_malformed_rows_with_reasons(world):
 
 def test_identical_redelivery_keeps_the_first_copy(tmp_path, make_log_row):
     config = _config(tmp_path)
-    cycle = fc.make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
+    cycle = make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
     row = make_log_row("twice", W_START + timedelta(days=1))
     again = {**row, "ingested_at": row["ingested_at"] + timedelta(hours=2)}  # same event, later
     wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
     wh.ensure_schema()
     wh.merge("production_logs", rows_to_table("production_logs", [row, again]))
-    fc.stage_extract(cycle, wh)
-    res = fc.stage_validate(cycle, wh)
+    extract_window(cycle, wh)
+    res = validate_rows(cycle, wh)
     assert (res["valid"], res["quarantined"]) == (1, 1)
     assert res["quarantine_reasons"] == {"request_id.duplicate_delivery": 1}
 
 
 def test_future_stamped_row_is_read_once_by_ingestion_time_and_quarantined(tmp_path, make_log_row):
     config = _config(tmp_path)
-    cycle = fc.make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
+    cycle = make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
     ingested = W_START + timedelta(days=2)
     future = make_log_row("from-the-future", ingested + timedelta(days=30), ingested_at=ingested)
     wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
     wh.ensure_schema()
     wh.merge("production_logs", rows_to_table("production_logs", [future]))
-    assert fc.stage_extract(cycle, wh)["rows_in_window"] == 1
-    assert fc.stage_validate(cycle, wh)["quarantine_reasons"] == {"timestamp.future": 1}
+    assert extract_window(cycle, wh)["rows_in_window"] == 1
+    assert validate_rows(cycle, wh)["quarantine_reasons"] == {"timestamp.future": 1}
     # the window its bogus timestamp falls into does not read it a second time
-    later = fc.make_cycle(
+    later = make_cycle(
         DAG, data_interval_end=END + timedelta(days=28), logical_date=END + timedelta(days=28), config=config
     )
-    assert fc.stage_extract(later, wh)["rows_in_window"] == 0
+    assert extract_window(later, wh)["rows_in_window"] == 0
 
 
 CHEAP_RULES = {"user_action", "length", "quality_score"}
@@ -237,9 +242,9 @@ TEXT_RULES = {"pii", "toxicity", "grounding", "decontamination"}
 
 
 def test_filter_records_a_decision_per_rule_met(world):
-    fc.stage_extract(world.cycle, world.wh)
-    valid = fc.stage_validate(world.cycle, world.wh)["valid"]
-    res = fc.stage_filter(world.cycle, world.wh)
+    extract_window(world.cycle, world.wh)
+    valid = validate_rows(world.cycle, world.wh)["valid"]
+    res = filter_candidates(world.cycle, world.wh)
     assert res["kept"] + res["rejected"] == valid == res["candidates"]
     assert res["kept"] >= 5 and res["rejected"] >= 1
     decisions = world.wh.select("decisions", {"cycle_id": world.cycle.cycle_id}).to_pylist()
@@ -278,13 +283,13 @@ def test_filter_records_a_decision_per_rule_met(world):
 
 
 def test_selection_keeps_the_top_share_per_task_type(world):
-    cycle = fc.make_cycle(
+    cycle = make_cycle(
         DAG, data_interval_end=END, logical_date=END,
         config=world.cycle.config.with_overrides({"filters.keep_fraction": 0.2, "filters.min_per_task_type": 1}),
     )  # fmt: skip
-    fc.stage_extract(cycle, world.wh)
-    valid = fc.stage_validate(cycle, world.wh)["valid"]
-    res = fc.stage_filter(cycle, world.wh)
+    extract_window(cycle, world.wh)
+    valid = validate_rows(cycle, world.wh)["valid"]
+    res = filter_candidates(cycle, world.wh)
     sel = [d for d in world.wh.select("decisions", {"cycle_id": cycle.cycle_id}).to_pylist() if d["rule"] == "selection"]
     assert sel and res["kept"] == sum(d["kept"] for d in sel) < len(sel)
     assert res["kept"] <= 0.2 * valid + 5  # a quota per task type, rounded up
@@ -390,58 +395,58 @@ def test_content_hash_changes_with_the_data(world, make_log_row):
 
 
 def test_too_few_examples_raise_insufficient_data(world):
-    cycle = fc.make_cycle(
+    cycle = make_cycle(
         DAG,
         data_interval_end=END,
         logical_date=END,
         config=world.cycle.config.with_overrides({"training.min_examples": 10_000}),
     )
-    fc.stage_extract(cycle, world.wh)
-    fc.stage_validate(cycle, world.wh)
-    kept = fc.stage_filter(cycle, world.wh)["kept"]
+    extract_window(cycle, world.wh)
+    validate_rows(cycle, world.wh)
+    kept = filter_candidates(cycle, world.wh)["kept"]
     with pytest.raises(
-        fc.InsufficientDataError, match=f"{kept} kept examples < training.min_examples=10000"
+        InsufficientDataError, match=f"{kept} kept examples < training.min_examples=10000"
     ):
-        fc.stage_build_dataset(cycle, world.wh)
+        build_dataset(cycle, world.wh)
     assert world.wh.count("datasets") == 0
-    assert issubclass(fc.InsufficientDataError, FlywheelError)
+    assert issubclass(InsufficientDataError, FlywheelError)
     # the cycle still records itself
     registry.ensure_bootstrap_champion(world.wh, BASE)
-    assert fc.stage_record(cycle, world.wh)["kept"] == kept
+    assert record_cycle(cycle, world.wh)["kept"] == kept
 
 
 def test_record_refuses_counts_that_do_not_add_up(world):
-    fc.stage_extract(world.cycle, world.wh)
-    fc.stage_validate(world.cycle, world.wh)
-    fc.stage_filter(world.cycle, world.wh)
+    extract_window(world.cycle, world.wh)
+    validate_rows(world.cycle, world.wh)
+    filter_candidates(world.cycle, world.wh)
     registry.ensure_bootstrap_champion(world.wh, BASE)
     world.wh.execute(
         "DELETE FROM decisions WHERE request_id = (SELECT MIN(request_id) FROM decisions)"
     )
     with pytest.raises(FlywheelError, match="counts do not add up"):
-        fc.stage_record(world.cycle, world.wh)
+        record_cycle(world.cycle, world.wh)
 
 
 def test_record_without_champion_raises(world):
-    fc.stage_extract(world.cycle, world.wh)
-    fc.stage_validate(world.cycle, world.wh)
-    fc.stage_filter(world.cycle, world.wh)
+    extract_window(world.cycle, world.wh)
+    validate_rows(world.cycle, world.wh)
+    filter_candidates(world.cycle, world.wh)
     with pytest.raises(registry.RegistryError):
-        fc.stage_record(world.cycle, world.wh)
+        record_cycle(world.cycle, world.wh)
 
 
 def test_cycles_are_partitioned_by_cycle_id(world):
     _run(world)
-    other = fc.make_cycle(
+    other = make_cycle(
         DAG,
         data_interval_end=END + timedelta(days=7),
         logical_date=END + timedelta(days=7),
         config=world.cycle.config,
     )
-    fc.stage_extract(other, world.wh)
-    fc.stage_validate(other, world.wh)
-    fc.stage_filter(other, world.wh)
-    rec = fc.stage_record(other, world.wh)
+    extract_window(other, world.wh)
+    validate_rows(other, world.wh)
+    filter_candidates(other, world.wh)
+    rec = record_cycle(other, world.wh)
     # the next window: the 20 simulated rows of the following week, the edge row at W_END and
     # the row with no timestamp ingested just after W_END (quarantined there, and only there)
     assert rec["rows_in_window"] == 22
@@ -453,14 +458,14 @@ def test_cycles_are_partitioned_by_cycle_id(world):
 
 def test_quarantined_rows_keep_no_pii(tmp_path, make_log_row):
     config = _config(tmp_path)
-    cycle = fc.make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
+    cycle = make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
     bad = make_log_row("bad-user", W_START + timedelta(days=1), user_id=None,
                        prompt="Call me on (212) 555-0198 about the word garden in capitals, please.")  # fmt: skip
     wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
     wh.ensure_schema()
     wh.merge("production_logs", rows_to_table("production_logs", [bad]))
-    fc.stage_extract(cycle, wh)
-    assert fc.stage_validate(cycle, wh)["quarantined"] == 1
+    extract_window(cycle, wh)
+    assert validate_rows(cycle, wh)["quarantined"] == 1
     (q,) = wh.select("quarantine").to_pylist()
     assert "555-0198" not in q["raw_json"] and "<PHONE_NUMBER>" in json.loads(q["raw_json"])["prompt"]
 
@@ -471,8 +476,8 @@ def test_rows_trained_on_in_an_earlier_cycle_are_duplicates_later(tmp_path, make
     config = _config(tmp_path)
     wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
     wh.ensure_schema()
-    first = fc.make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
-    second = fc.make_cycle(DAG, data_interval_end=END + timedelta(days=7), logical_date=END + timedelta(days=7), config=config)
+    first = make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
+    second = make_cycle(DAG, data_interval_end=END + timedelta(days=7), logical_date=END + timedelta(days=7), config=config)
     prompts = [f"Please rewrite the word {w} in capital letters for the heading of my school poster, I want it to stand out."
                for w in ("garden", "harbor", "island", "jungle", "kettle", "ladder")]  # fmt: skip
     rows = [make_log_row(f"w1-{i}", W_START + timedelta(days=1), prompt=p, response=p.split()[4].upper()) for i, p in enumerate(prompts)]
@@ -480,17 +485,17 @@ def test_rows_trained_on_in_an_earlier_cycle_are_duplicates_later(tmp_path, make
              for i, p in enumerate(prompts[:3])]  # fmt: skip
     wh.merge("production_logs", rows_to_table("production_logs", rows))
     for cycle in (first, second):
-        fc.stage_extract(cycle, wh)
-        fc.stage_validate(cycle, wh)
-        fc.stage_filter(cycle, wh)
+        extract_window(cycle, wh)
+        validate_rows(cycle, wh)
+        filter_candidates(cycle, wh)
         if cycle is first:
-            built = fc.stage_build_dataset(cycle, wh)
+            built = build_dataset(cycle, wh)
             assert built["n_train"] + built["n_val"] == 6
     dedup = {d["request_id"]: d for d in wh.select("decisions", {"cycle_id": second.cycle_id}).to_pylist() if d["rule"] == "dedup"}
     assert set(dedup) == {"w2-0", "w2-1", "w2-2"}
     assert all(not d["kept"] and f"trained in {first.cycle_id}" in d["reason"] for d in dedup.values())
     # the earlier cycle, rerun, keeps what it kept: its own training set is not its history
-    fc.stage_filter(first, wh)
+    filter_candidates(first, wh)
     assert all(d["kept"] for d in wh.select("decisions", {"cycle_id": first.cycle_id, "rule": "dedup"}).to_pylist())
 
 
@@ -511,11 +516,11 @@ def test_record_diagnoses_a_stagnant_flywheel(world):
     results = []
     for week in range(3):
         end = END + timedelta(days=7 * week)
-        cycle = fc.make_cycle(DAG, data_interval_end=end, logical_date=end, config=world.cycle.config)
-        fc.stage_extract(cycle, world.wh)
-        fc.stage_validate(cycle, world.wh)
-        fc.stage_filter(cycle, world.wh)
-        results.append(fc.stage_record(cycle, world.wh))
+        cycle = make_cycle(DAG, data_interval_end=end, logical_date=end, config=world.cycle.config)
+        extract_window(cycle, world.wh)
+        validate_rows(cycle, world.wh)
+        filter_candidates(cycle, world.wh)
+        results.append(record_cycle(cycle, world.wh))
     assert [r["stagnation"]["stagnant"] for r in results] == [False, False, True]
     assert results[-1]["stagnation"]["cycles_without_gain"] == 3
     assert any("too little volume" in c for c in results[-1]["stagnation"]["causes"])

@@ -9,8 +9,13 @@ from datetime import UTC, datetime, timedelta
 import pyarrow as pa
 import pytest
 
-from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig
+from flywheel.cycle import make_cycle
+from flywheel.cycle.data_gates import gate_raw_window, gate_training_set
+from flywheel.cycle.dataset import build_dataset
+from flywheel.cycle.extract import extract_window
+from flywheel.cycle.filtering import filter_candidates
+from flywheel.cycle.validate import validate_rows
 from flywheel.errors import GateError
 from flywheel.sim import traffic
 from flywheel.sim.traffic import simulate_traffic
@@ -24,7 +29,7 @@ SECRET = "dana.smith@example.com"
 @pytest.fixture
 def setup(tmp_path, answer_fns):
     config = FlywheelConfig(home=tmp_path).with_overrides({"training.min_examples": 5})
-    cycle = fc.make_cycle("flywheel_weekly", data_interval_end=END, logical_date=END, config=config)
+    cycle = make_cycle("flywheel_weekly", data_interval_end=END, logical_date=END, config=config)
     wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
     wh.ensure_schema()
 
@@ -52,8 +57,8 @@ def _docs_text(config) -> str:
 def test_raw_gate_passes_on_a_normal_window(setup):
     config, cycle, wh, load = setup
     load()
-    fc.stage_extract(cycle, wh)
-    out = fc.stage_gate_raw_window(cycle, wh)
+    extract_window(cycle, wh)
+    out = gate_raw_window(cycle, wh)
     assert out["success"] and out["expectations"] >= 10
     (row,) = wh.select("gate_results", {"cycle_id": cycle.cycle_id}).to_pylist()
     assert row["gate"] == "raw_window" and row["success"] and row["n_failed"] == 0
@@ -63,9 +68,9 @@ def test_raw_gate_passes_on_a_normal_window(setup):
 def test_raw_gate_fails_closed_naming_the_expectation(setup):
     config, cycle, wh, load = setup
     load(bad_share=0.2)  # 20% of rows with an unknown action: a broken source, not noise
-    fc.stage_extract(cycle, wh)
+    extract_window(cycle, wh)
     with pytest.raises(GateError) as err:
-        fc.stage_gate_raw_window(cycle, wh)
+        gate_raw_window(cycle, wh)
     message = str(err.value)
     assert "gate 'raw_window' failed" in message
     assert "expect_column_values_to_be_in_set(user_action)" in message
@@ -88,9 +93,9 @@ def test_raw_gate_checks_volume_against_recent_cycles(setup):
             rows_to_table("cycles", [{"cycle_id": f"c{k}", "dag_id": cycle.dag_id,
                                       "logical_date": END - timedelta(weeks=k), "rows_in_window": 1000 + k}]),
         )  # fmt: skip
-    fc.stage_extract(cycle, wh)
+    extract_window(cycle, wh)
     with pytest.raises(GateError, match=r"expect_table_row_count_to_be_between: observed 60"):
-        fc.stage_gate_raw_window(cycle, wh)
+        gate_raw_window(cycle, wh)
 
 
 def test_raw_gate_fails_on_a_missing_column(setup):
@@ -98,36 +103,36 @@ def test_raw_gate_fails_on_a_missing_column(setup):
 
     config, cycle, wh, load = setup
     load()
-    fc.stage_extract(cycle, wh)
+    extract_window(cycle, wh)
     snapshot = cycle.file("extract.parquet")
     pq.write_table(pq.read_table(snapshot).drop_columns(["quality_score"]), snapshot)
     with pytest.raises(GateError, match="expect_table_columns_to_match_set"):
-        fc.stage_gate_raw_window(cycle, wh)
+        gate_raw_window(cycle, wh)
 
 
 def test_disabled_gates_skip(setup):
     config, cycle, wh, load = setup
-    cycle = fc.make_cycle(
+    cycle = make_cycle(
         "flywheel_weekly", data_interval_end=END, logical_date=END, config=config.with_overrides({"gates.enabled": False})
     )
-    assert "skipped" in fc.stage_gate_raw_window(cycle, wh)
+    assert "skipped" in gate_raw_window(cycle, wh)
 
 
 def _built(setup, **overrides):
     config, cycle, wh, load = setup
     if overrides:
-        cycle = fc.make_cycle("flywheel_weekly", data_interval_end=END, logical_date=END, config=config.with_overrides(overrides))
+        cycle = make_cycle("flywheel_weekly", data_interval_end=END, logical_date=END, config=config.with_overrides(overrides))
     load(n=300)
-    fc.stage_extract(cycle, wh)
-    fc.stage_validate(cycle, wh)
-    fc.stage_filter(cycle, wh)
-    fc.stage_build_dataset(cycle, wh)
+    extract_window(cycle, wh)
+    validate_rows(cycle, wh)
+    filter_candidates(cycle, wh)
+    build_dataset(cycle, wh)
     return cycle, wh
 
 
 def test_training_gate_passes_on_a_filtered_set(setup):
     cycle, wh = _built(setup)
-    out = fc.stage_gate_training_set(cycle, wh)
+    out = gate_training_set(cycle, wh)
     assert out["success"] and out["expectations"] == 6
 
 
@@ -150,7 +155,7 @@ def test_training_gate_catches_pii_and_golden_overlap_that_bypassed_the_filters(
     kept = [candidate_from_row(r) for r in pq.read_table(cycle.file("kept.parquet")).to_pylist()]
     build_chat_dataset(kept + leaked, cycle.dataset_dir, val_fraction=0.1)
     with pytest.raises(GateError) as err:
-        fc.stage_gate_training_set(cycle, wh)
+        gate_training_set(cycle, wh)
     message = str(err.value)
     assert "expect_column_values_to_be_between(pii_hits)" in message
     assert "expect_column_values_to_be_in_set(golden_overlap)" in message
@@ -160,4 +165,4 @@ def test_training_gate_catches_pii_and_golden_overlap_that_bypassed_the_filters(
 def test_training_gate_checks_class_balance(setup):
     cycle, wh = _built(setup, **{"gates.max_task_type_share": 0.2})
     with pytest.raises(GateError, match=r"expect_column_max_to_be_between\(task_type_share\)"):
-        fc.stage_gate_training_set(cycle, wh)
+        gate_training_set(cycle, wh)

@@ -8,8 +8,12 @@ from datetime import UTC, datetime
 
 import pytest
 
-from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig
+from flywheel.cycle import make_cycle
+from flywheel.cycle.evaluate import evaluate_golden_set
+from flywheel.cycle.extract import extract_window
+from flywheel.cycle.filtering import filter_candidates
+from flywheel.cycle.validate import validate_rows
 from flywheel.evaluation.golden import golden_for, golden_from_reviews, load_curated_golden_set
 from flywheel.evaluation.offline import GoldenSetError, check_golden_unchanged
 from flywheel.tables import rows_to_table
@@ -75,13 +79,13 @@ def test_curated_inputs_are_kept_out_of_training(tmp_path, wh, make_log_row):
     config = FlywheelConfig(home=tmp_path).with_overrides({
         "evaluation.golden_path": "golden.jsonl", "evaluation.required_task_types": ["uppercase"],
         "filters.keep_fraction": 1.0, "training.min_examples": 1})  # fmt: skip
-    cycle = fc.make_cycle("flywheel_weekly", data_interval_end=T, logical_date=T, config=config)
+    cycle = make_cycle("flywheel_weekly", data_interval_end=T, logical_date=T, config=config)
     start = cycle.window.start
     other = ("Please write the word orchard in capital letters for the title of my garden club newsletter, so it is "
              "easy to read from far away.")  # fmt: skip
     wh.merge("production_logs", rows_to_table("production_logs", [
         make_log_row("copy", start), make_log_row("other", start, prompt=other, response="ORCHARD")]))  # fmt: skip
-    for stage in (fc.stage_extract, fc.stage_validate, fc.stage_filter):
+    for stage in (extract_window, validate_rows, filter_candidates):
         stage(cycle, wh)
     rules = {(d["request_id"], d["rule"]): d["kept"] for d in wh.select("decisions", {"cycle_id": cycle.cycle_id}).to_pylist()}
     assert rules[("copy", "decontamination")] is False and rules[("other", "decontamination")] is True
@@ -152,6 +156,6 @@ def test_a_golden_set_registered_from_another_worker_path_is_still_held_to_its_h
     wh.merge("golden_sets", rows_to_table("golden_sets", [{
         "golden_hash": "0" * 64, "path": elsewhere, "n_items": 60, "task_types_json": "{}", "first_cycle_id": "c0",
         "created_at": T}]))  # fmt: skip
-    cycle = fc.make_cycle("flywheel_weekly", data_interval_end=T, logical_date=T, config=config)
+    cycle = make_cycle("flywheel_weekly", data_interval_end=T, logical_date=T, config=config)
     with pytest.raises(GoldenSetError, match="changed since it was registered"):
-        fc.stage_evaluate(cycle, wh)
+        evaluate_golden_set(cycle, wh)

@@ -2,7 +2,7 @@
 the golden set, and a window that hurt flagged and kept out of this and later cycles.
 
 The stages run on a DuckDB warehouse with no model: training is the one step replaced here (the
-twin's registration is what `stage_train_twin` hands on), and the golden-set scores are set item
+twin's registration is what `train_twin` hands on), and the golden-set scores are set item
 by item, so that each verdict is known in advance. The real twin, trained and evaluated through
 Airflow, is in tests/integration/test_weekly_cycle.py.
 """
@@ -14,8 +14,16 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig
+from flywheel.cycle import CycleSpec, InsufficientDataError, make_cycle
+from flywheel.cycle import train as cycle_train
+from flywheel.cycle.dataset import build_dataset, flagged_windows
+from flywheel.cycle.extract import extract_window
+from flywheel.cycle.filtering import filter_candidates
+from flywheel.cycle.promote import promote_if_better
+from flywheel.cycle.record import record_cycle
+from flywheel.cycle.train import train_twin
+from flywheel.cycle.validate import validate_rows
 from flywheel.data.dataset import build_chat_dataset, load_chat_dataset, subset_chat_dataset
 from flywheel.evaluation.offline import load_golden_set, score_answers
 from flywheel.model import registry
@@ -44,14 +52,14 @@ def world(tmp_path, wh, answer_fns):
     return tmp_path, wh
 
 
-def _cycle(tmp_path, end: datetime = END, **overrides) -> fc.CycleSpec:
-    return fc.make_cycle("flywheel_weekly", data_interval_end=end, logical_date=end, config=_config(tmp_path, **overrides))
+def _cycle(tmp_path, end: datetime = END, **overrides) -> CycleSpec:
+    return make_cycle("flywheel_weekly", data_interval_end=end, logical_date=end, config=_config(tmp_path, **overrides))
 
 
 def _data_stages(cycle, wh) -> dict:
-    for stage in (fc.stage_extract, fc.stage_validate, fc.stage_filter):
+    for stage in (extract_window, validate_rows, filter_candidates):
         stage(cycle, wh)
-    return fc.stage_build_dataset(cycle, wh)
+    return build_dataset(cycle, wh)
 
 
 def _fake_training(monkeypatch) -> list[dict]:
@@ -66,12 +74,12 @@ def _fake_training(monkeypatch) -> list[dict]:
             cycle_id=cycle.cycle_id, dataset_id=dataset["dataset_id"], dataset_hash=dataset["content_hash"]))  # fmt: skip
         return {"version": version}
 
-    monkeypatch.setattr(fc, "_train_version", train)
+    monkeypatch.setattr(cycle_train, "_train_version", train)
     return calls
 
 
 def _evaluations(cycle, wh, right_every: dict[str, int]) -> None:
-    """Evaluation rows as `stage_evaluate` writes them: role -> right on every k-th golden item."""
+    """Evaluation rows as `evaluate_golden_set` writes them: role -> right on every k-th golden item."""
     ev = cycle.config.evaluation
     golden = load_golden_set(cycle.config.artefacts_root, templates=traffic, n=ev.golden_set_size, seed=ev.golden_seed)
     versions = {"champion": registry.base_version_name(BASE), "challenger": cycle.challenger_version, "twin": cycle.twin_version}
@@ -119,7 +127,7 @@ def test_twin_is_trained_without_the_newest_window(world, monkeypatch):
     cycle = _cycle(tmp_path)
     assert (cycle.newest_window.start, cycle.newest_window.end) == (NEWEST, W_END)
     full = _data_stages(cycle, wh)
-    out = fc.stage_train_twin(cycle, wh)
+    out = train_twin(cycle, wh)
     (call,) = calls
     newest = _newest_in_dataset(cycle, wh)
     assert newest and out["n_newest"] == len(newest)
@@ -131,7 +139,7 @@ def test_twin_is_trained_without_the_newest_window(world, monkeypatch):
     assert ds["cycle_id"] == cycle.cycle_id and ds["window_end"] == NEWEST
     # The challenger's own dataset row is untouched, and a rerun replaces the twin's.
     assert wh.select("datasets", {"dataset_id": cycle.cycle_id}).to_pylist()[0]["content_hash"] == full["content_hash"]
-    fc.stage_train_twin(cycle, wh)
+    train_twin(cycle, wh)
     assert wh.count("datasets", {"dataset_id": cycle.twin_version}) == 1
 
 
@@ -148,11 +156,11 @@ def test_no_twin_where_there_is_nothing_to_compare(world, monkeypatch, overrides
     calls = _fake_training(monkeypatch)
     cycle = _cycle(tmp_path, **overrides)
     if why is None:
-        with pytest.raises(fc.InsufficientDataError):
+        with pytest.raises(InsufficientDataError):
             _data_stages(cycle, wh)
         return
     _data_stages(cycle, wh)
-    out = fc.stage_train_twin(cycle, wh)
+    out = train_twin(cycle, wh)
     assert why in out["skipped"] and not calls and wh.count("datasets", {"dataset_id": cycle.twin_version}) == 0
 
 
@@ -162,9 +170,9 @@ def _compared(world, monkeypatch, right_every: dict[str, int]):
     _fake_training(monkeypatch)
     cycle = _cycle(tmp_path)
     _data_stages(cycle, wh)
-    fc.stage_train_twin(cycle, wh)
+    train_twin(cycle, wh)
     _evaluations(cycle, wh, right_every)
-    return cycle, wh, fc.stage_promote(cycle, wh)
+    return cycle, wh, promote_if_better(cycle, wh)
 
 
 def test_newest_window_that_helped_is_kept(world, monkeypatch):
@@ -192,7 +200,7 @@ def test_newest_window_that_hurt_is_flagged_and_kept_out(world, monkeypatch):
     # Its examples are no longer counted as kept, and the cycle's counts still add up.
     dropped = {d["request_id"] for d in wh.select("decisions", {"cycle_id": cycle.cycle_id, "rule": "new_data_check"}).to_pylist()}
     assert dropped == newest
-    rec = fc.stage_record(cycle, wh)
+    rec = record_cycle(cycle, wh)
     assert rec["challenger"] == cycle.twin_version and rec["challenger_accuracy"] == pytest.approx(c["twin_accuracy"])
     section = "\n".join(new_data_section(wh, cycle.cycle_id))
     assert "**Flagged:**" in section and "made the model worse" in section
@@ -213,10 +221,10 @@ def test_newest_window_that_hurt_is_flagged_and_kept_out(world, monkeypatch):
     ids = {r["request_id"] for split in ("train", "validation") for r in data[split]}
     assert ids and not any(NEWEST <= ts[i] < W_END for i in ids)
     assert built["n_train"] + built["n_val"] == len(ids)
-    rec = fc.stage_record(later, wh)  # raises if the counts do not add up
+    rec = record_cycle(later, wh)  # raises if the counts do not add up
     assert rec["kept"] == len(ids)
     # The flagging cycle itself does not keep out its own window on a rerun of build_dataset.
-    assert fc.flagged_windows(wh, cycle.logical_date) == []
+    assert flagged_windows(wh, cycle.logical_date) == []
 
 
 def test_rerun_without_a_twin_forgets_the_comparison(world, monkeypatch):
@@ -224,9 +232,9 @@ def test_rerun_without_a_twin_forgets_the_comparison(world, monkeypatch):
     cycle, wh, _ = _compared(world, monkeypatch, {"champion": 7, "challenger": 3, "twin": 2})
     assert wh.count("decisions", {"cycle_id": cycle.cycle_id, "rule": "new_data_check"}) > 0
     off = _cycle(tmp_path, **{"evaluation.compare_new_data": False})
-    assert "skipped" in fc.stage_train_twin(off, wh)
-    wh.execute("DELETE FROM evaluations WHERE role = 'twin'")  # what stage_evaluate's rerun leaves
-    out = fc.stage_promote(off, wh)
+    assert "skipped" in train_twin(off, wh)
+    wh.execute("DELETE FROM evaluations WHERE role = 'twin'")  # what evaluate_golden_set's rerun leaves
+    out = promote_if_better(off, wh)
     assert wh.count("new_data_comparisons", {"cycle_id": cycle.cycle_id}) == 0
     assert wh.count("decisions", {"cycle_id": cycle.cycle_id, "rule": "new_data_check"}) == 0
     assert wh.select("offline_comparisons", {"cycle_id": cycle.cycle_id}).to_pylist()[0]["challenger"] == cycle.challenger_version
@@ -245,12 +253,12 @@ def test_gold_examples_are_old_data_whatever_their_timestamp(world, monkeypatch)
     wh.merge("gold_examples", rows_to_table("gold_examples", [{
         "request_id": gold_id, "source": "review", "cycle_id": "earlier", "logical_date": END - timedelta(days=1),
         "task_type": "uppercase", "prompt": "p", "response": "r", "created_at": END}]))  # fmt: skip
-    out = fc.stage_train_twin(cycle, wh)
+    out = train_twin(cycle, wh)
     assert out["n_newest"] == len(newest) - 1
     twin_rows = load_chat_dataset(calls[0]["dataset"]["path"])
     assert gold_id in {r["request_id"] for split in ("train", "validation") for r in twin_rows[split]}
     _evaluations(cycle, wh, {"champion": 7, "challenger": 3, "twin": 2})
-    fc.stage_promote(cycle, wh)
+    promote_if_better(cycle, wh)
     dropped = {d["request_id"] for d in wh.select("decisions", {"cycle_id": cycle.cycle_id, "rule": "new_data_check"}).to_pylist()}
     assert dropped == set(newest) - {gold_id}
     later = _cycle(tmp_path, end=END + timedelta(days=7), **{"filters.dedup_against_history": False})
@@ -262,15 +270,15 @@ def test_gold_examples_are_old_data_whatever_their_timestamp(world, monkeypatch)
 def test_a_dry_run_flags_nothing(world, monkeypatch):
     tmp_path, wh = world
     _fake_training(monkeypatch)
-    cycle = fc.make_cycle("flywheel_weekly", data_interval_end=END, logical_date=END, config=_config(tmp_path), dry_run=True)
+    cycle = make_cycle("flywheel_weekly", data_interval_end=END, logical_date=END, config=_config(tmp_path), dry_run=True)
     _data_stages(cycle, wh)
-    fc.stage_train_twin(cycle, wh)
+    train_twin(cycle, wh)
     _evaluations(cycle, wh, {"champion": 7, "challenger": 3, "twin": 2})
-    out = fc.stage_promote(cycle, wh)
+    out = promote_if_better(cycle, wh)
     (c,) = wh.select("new_data_comparisons", {"cycle_id": cycle.cycle_id}).to_pylist()
     assert c["verdict"] == "hurt" and not c["flagged"] and "a dry run, so nothing is flagged" in c["reason"]
     assert wh.count("decisions", {"cycle_id": cycle.cycle_id, "rule": "new_data_check"}) == 0
-    assert fc.flagged_windows(wh, END + timedelta(days=30)) == []
+    assert flagged_windows(wh, END + timedelta(days=30)) == []
     assert not out["promoted"] and registry.current_champion(wh) == registry.base_version_name(BASE)
 
 
@@ -282,10 +290,10 @@ def test_a_twin_that_cannot_be_trained_leaves_the_cycle_to_its_challenger(world,
     def broken(*args, **kwargs):
         raise TrainingError("training of the twin failed (exit 137): killed")
 
-    monkeypatch.setattr(fc, "_train_version", broken)
+    monkeypatch.setattr(cycle_train, "_train_version", broken)
     cycle = _cycle(tmp_path)
     _data_stages(cycle, wh)
-    out = fc.stage_train_twin(cycle, wh)
+    out = train_twin(cycle, wh)
     assert out["failed"] and "exit 137" in out["skipped"]
     assert wh.count("datasets", {"dataset_id": cycle.twin_version}) == 0  # evaluate will not look for a twin
 

@@ -233,7 +233,7 @@ def test_rerecording_a_cycle_replaces_it(wh):
 
 
 def test_module_exposes_registry_error():
-    # cycle.stage_train raises registry.RegistryError; it must be the project's error type
+    # train_challenger raises registry.RegistryError; it must be the project's error type
     assert registry.RegistryError is RegistryError
 
 

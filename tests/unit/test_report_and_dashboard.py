@@ -8,8 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from flywheel import cycle as fc
 from flywheel.config import FlywheelConfig
+from flywheel.cycle import make_cycle
+from flywheel.cycle.dataset import build_dataset
+from flywheel.cycle.extract import extract_window
+from flywheel.cycle.filtering import filter_candidates
+from flywheel.cycle.record import record_cycle
+from flywheel.cycle.validate import validate_rows
 from flywheel.model import registry
 from flywheel.ops.report import (
     format_velocity_table,
@@ -32,10 +37,10 @@ def recorded(tmp_path, wh, answer_fns):
     cycles = []
     for k in range(2):
         t = T1 + timedelta(weeks=k)
-        c = fc.make_cycle("flywheel_weekly", data_interval_end=t, logical_date=t, config=config)
+        c = make_cycle("flywheel_weekly", data_interval_end=t, logical_date=t, config=config)
         wh.merge("production_logs", simulate_traffic(c.window.start, answer_fns["half"], model_version="base:x",
                                                      n_requests=60, seed=k, malformed_rate=0.02))  # fmt: skip
-        for stage in (fc.stage_extract, fc.stage_validate, fc.stage_filter, fc.stage_build_dataset):
+        for stage in (extract_window, validate_rows, filter_candidates, build_dataset):
             stage(c, wh)
         cycles.append(c)
     last = cycles[-1]
@@ -53,7 +58,7 @@ def recorded(tmp_path, wh, answer_fns):
          "kind": "gate_failed", "message": "raw window gate failed: <script>alert(1)</script>", "link": None, "raised_at": T1},
     ]))  # fmt: skip
     for c in cycles:
-        fc.stage_record(c, wh)
+        record_cycle(c, wh)
     return cycles
 
 

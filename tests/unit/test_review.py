@@ -11,8 +11,14 @@ from datetime import UTC, datetime, timedelta
 import pyarrow.parquet as pq
 import pytest
 
-from flywheel import cycle as fc
 from flywheel.config import CalibrationConfig, FiltersConfig, FlywheelConfig
+from flywheel.cycle import make_cycle
+from flywheel.cycle.dataset import build_dataset
+from flywheel.cycle.extract import extract_window
+from flywheel.cycle.filtering import filter_candidates
+from flywheel.cycle.record import record_cycle
+from flywheel.cycle.review import sample_for_review
+from flywheel.cycle.validate import validate_rows
 from flywheel.data.dataset import load_chat_dataset
 from flywheel.filters import RULES
 from flywheel.model import registry
@@ -83,14 +89,14 @@ def reviewed_world(tmp_path, wh, answer_fns):
     config = FlywheelConfig(home=tmp_path).with_overrides({
         "training.min_examples": 5, "filters.keep_fraction": 1.0, "review.sample_rate": 0.2, "review.model_signals": False,
     })  # fmt: skip
-    cycle = fc.make_cycle("flywheel_weekly", data_interval_end=T, logical_date=T, config=config)
+    cycle = make_cycle("flywheel_weekly", data_interval_end=T, logical_date=T, config=config)
     truth: dict[str, str] = {}
     wh.merge("production_logs", simulate_traffic(cycle.window.start, answer_fns["half"], model_version="base:x", n_requests=150,
                                                  seed=4, malformed_rate=0.0, pii_rate=0.3, truth=truth))  # fmt: skip
     registry.ensure_bootstrap_champion(wh, "base")
-    for stage in (fc.stage_extract, fc.stage_validate, fc.stage_filter):
+    for stage in (extract_window, validate_rows, filter_candidates):
         stage(cycle, wh)
-    out = fc.stage_sample_for_review(cycle, wh)
+    out = sample_for_review(cycle, wh)
     return {"cycle": cycle, "truth": truth, "sample": out}
 
 
@@ -108,7 +114,7 @@ def test_review_items_are_the_sample_redacted_with_their_reasons(reviewed_world,
     assert {i["slice"] for i in items} == {"random", "priority"}
     assert all(i["filter_kept"] for i in items if i["slice"] == "priority")
     # Rerunning the stage draws the same items (reviews stay attached to them).
-    fc.stage_sample_for_review(cycle, wh)
+    sample_for_review(cycle, wh)
     assert sorted(i["item_id"] for i in wh.select("review_items").to_pylist()) == sorted(i["item_id"] for i in items)
 
 
@@ -153,14 +159,14 @@ def test_reviews_change_the_dataset_and_feed_the_gold_set(reviewed_world, wh):
     review.submit_review(wh, item=rejected["item_id"], reviewer="ann", accuracy=1, helpfulness=1, safety=5, verdict="reject")
     review.submit_review(wh, item=edited["item_id"], reviewer="ann", accuracy=2, helpfulness=3, safety=5, verdict="approve",
                          edited_response="THE RIGHT ANSWER")  # fmt: skip
-    out = fc.stage_build_dataset(cycle, wh)
+    out = build_dataset(cycle, wh)
     assert (out["review_rejected"], out["review_approved"], out["n_gold"]) == (1, 1, 1)
     rows = {r["request_id"]: r for split in load_chat_dataset(cycle.dataset_dir).values() for r in split}
     assert rejected["request_id"] not in rows
     assert rows[edited["request_id"]]["messages"][1]["content"] == "THE RIGHT ANSWER" and rows[edited["request_id"]]["gold"]
     (gold,) = wh.select("gold_examples", {"source": "review"}).to_pylist()
     assert gold["request_id"] == edited["request_id"] and gold["response"] == "THE RIGHT ANSWER"
-    rec = fc.stage_record(cycle, wh)  # the review decision keeps the counts true
+    rec = record_cycle(cycle, wh)  # the review decision keeps the counts true
     assert rec["kept"] == out["n_train"] + out["n_val"]
     items = wh.count("review_items", {"cycle_id": cycle.cycle_id})
     assert (rec["metrics"]["review_items"], rec["metrics"]["reviews"]) == (items, 2)  # review throughput

@@ -323,7 +323,12 @@ def test_pii_never_reaches_the_dataset_or_the_decisions(tmp_path, make_log_row, 
     """Every supported PII kind, in every text field, through filter and dataset build."""
     import logging
 
-    from flywheel import cycle as fc
+    from flywheel.cycle import make_cycle
+    from flywheel.cycle.data_gates import gate_training_set
+    from flywheel.cycle.dataset import build_dataset
+    from flywheel.cycle.extract import extract_window
+    from flywheel.cycle.filtering import filter_candidates
+    from flywheel.cycle.validate import validate_rows
     from flywheel.tables import rows_to_table
     from flywheel.warehouse.duckdb import DuckDBWarehouse
 
@@ -332,7 +337,7 @@ def test_pii_never_reaches_the_dataset_or_the_decisions(tmp_path, make_log_row, 
     config = FlywheelConfig(home=tmp_path).with_overrides(
         {"training.min_examples": 1, "filters.keep_fraction": 1.0, "filters.max_toxicity": 0.5}
     )
-    cycle = fc.make_cycle("flywheel_weekly", data_interval_end=end, logical_date=end, config=config)
+    cycle = make_cycle("flywheel_weekly", data_interval_end=end, logical_date=end, config=config)
     ts = cycle.window.start + timedelta(days=1)
     rows = []
     filler = " I need it for a school project that is due tomorrow morning, so a quick answer really helps."
@@ -347,12 +352,12 @@ def test_pii_never_reaches_the_dataset_or_the_decisions(tmp_path, make_log_row, 
     wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
     wh.ensure_schema()
     wh.merge("production_logs", rows_to_table("production_logs", rows))
-    fc.stage_extract(cycle, wh)
-    fc.stage_validate(cycle, wh)
-    res = fc.stage_filter(cycle, wh)
+    extract_window(cycle, wh)
+    validate_rows(cycle, wh)
+    res = filter_candidates(cycle, wh)
     assert res["kept"] == len(rows), res  # redact policy: every row kept, without its PII
-    fc.stage_build_dataset(cycle, wh)
-    fc.stage_gate_training_set(cycle, wh)  # the training-set gate agrees: no PII left
+    build_dataset(cycle, wh)
+    gate_training_set(cycle, wh)  # the training-set gate agrees: no PII left
 
     dataset_bytes = b"".join(p.read_bytes() for p in cycle.dataset_dir.rglob("*") if p.is_file())
     kept_bytes = cycle.file("kept.parquet").read_bytes()

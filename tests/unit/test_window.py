@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flywheel.errors import WindowError
 from flywheel.data.extract import Window, lagged_window
+from flywheel.errors import WindowError
 
 END = datetime(2026, 3, 2, tzinfo=UTC)
 US = timedelta(microseconds=1)

@@ -1,0 +1,46 @@
+"""The operators run exactly the registered stages of `flywheel.cycle`, and parsing the DAGs,
+which imports every stage through the operators, imports none of the heavy dependencies (they
+take seconds, and the stages import them only when they run)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from flywheel.cycle import STAGES
+from flywheel_airflow import operators
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _stage_operators() -> list[type[operators.FlywheelStageOperator]]:
+    found, todo = [], [operators.FlywheelStageOperator]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.append(sub)
+            todo.append(sub)
+    return found
+
+
+def test_every_stage_operator_runs_a_registered_stage_and_every_stage_has_one():
+    ran = {op.__name__: op.stage for op in _stage_operators()}
+    assert all(stage in STAGES.values() for stage in ran.values()), ran
+    assert sorted(s.__name__ for s in ran.values()) == sorted(STAGES)
+
+
+def test_parsing_the_dags_imports_no_heavy_dependency():
+    dag_files = sorted(str(p) for p in (ROOT / "dags").glob("*.py") if not p.name.startswith("_"))
+    probe = (
+        "import runpy, sys\n"
+        f"for f in {dag_files!r}: runpy.run_path(f)\n"
+        "heavy = ('torch', 'transformers', 'peft', 'datasets', 'great_expectations', 'presidio_analyzer', 'spacy',\n"
+        "         'detoxify', 'matplotlib', 'gcsfs')\n"
+        "assert 'flywheel.cycle' in sys.modules, 'the probe must load the stages'\n"
+        "print(sorted(m for m in sys.modules if m in heavy))\n"
+    )
+    path = [str(ROOT / "plugins"), str(ROOT / "include"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
