@@ -27,16 +27,11 @@ from __future__ import annotations
 import pendulum
 from airflow.sdk import dag
 
+from flywheel.runconfig import DAG_OVERRIDES
 from flywheel_airflow.cycle_dag import cycle_chain, cycle_params, default_args
 from flywheel_airflow.operators import ExtractBootstrapOperator
 
-BOOTSTRAP_OVERRIDES = {
-    "extract.lag_days": 0,
-    "extract.window_days": 14,  # beta traffic: the two weeks before the run
-    "filters.keep_fraction": 1.0,  # every example that passes the filters: data is scarce
-    "review.enabled": False,  # manual labels are reviewed already; there is no champion to prioritise for
-    "experiment.enabled": False,  # model v1 replaces the bare base model on the offline gate alone
-}
+BOOTSTRAP_OVERRIDES = DAG_OVERRIDES["flywheel_bootstrap"]  # see flywheel.runconfig
 
 
 @dag(

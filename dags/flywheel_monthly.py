@@ -37,15 +37,10 @@ import pendulum
 from airflow.sdk import dag
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from flywheel.runconfig import DAG_OVERRIDES
 from flywheel_airflow.cycle_dag import cycle_chain, cycle_params, default_args
 
-MONTHLY_OVERRIDES = {
-    "extract.window_days": 28,
-    "extract.include_gold": True,
-    "filters.dedup_against_history": False,
-    "review.enabled": False,  # the weeks' samples were reviewed; the month is calibrated on them
-    "evaluation.compare_new_data": True,  # a twin without the newest week: did the new data help?
-}
+MONTHLY_OVERRIDES = DAG_OVERRIDES["flywheel_monthly"]  # see flywheel.runconfig
 
 
 @dag(

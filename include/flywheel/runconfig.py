@@ -26,6 +26,26 @@ from flywheel.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
+# Each DAG's fixed overrides (layer 4 of `build_run_config`), here rather than in the DAG files
+# so that a cycle run in process (`flywheel.cycle.inprocess`) is the same cycle as the DAG's.
+DAG_OVERRIDES: dict[str, dict[str, Any]] = {
+    "flywheel_weekly": {},
+    "flywheel_bootstrap": {
+        "extract.lag_days": 0,
+        "extract.window_days": 14,  # beta traffic: the two weeks before the run
+        "filters.keep_fraction": 1.0,  # every example that passes the filters: data is scarce
+        "review.enabled": False,  # manual labels are reviewed already; there is no champion to prioritise for
+        "experiment.enabled": False,  # model v1 replaces the bare base model on the offline gate alone
+    },
+    "flywheel_monthly": {
+        "extract.window_days": 28,
+        "extract.include_gold": True,
+        "filters.dedup_against_history": False,
+        "review.enabled": False,  # the weeks' samples were reviewed; the month is calibrated on them
+        "evaluation.compare_new_data": True,  # a twin without the newest week: did the new data help?
+    },
+}
+
 # What a set value of each JSON-schema type must be in Python (bool is an int: checked apart).
 _PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
     "integer": int,
