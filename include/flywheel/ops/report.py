@@ -17,12 +17,8 @@ from typing import Any
 from flywheel.config import PHASES
 from flywheel.filters import RULE_NAMES
 from flywheel.model import registry
+from flywheel.ops.plotting import PHASE_COLOURS, pyplot, save_png
 from flywheel.warehouse import Warehouse
-
-# matplotlib is imported inside the functions that use it: it takes seconds to
-# import, and DAG parsing and the light stages import this module without needing it.
-
-PHASE_COLOURS = {"cold_start": "#dbe9f6", "growth": "#e2f2e0", "maturity": "#fbeed6"}
 
 
 @dataclass(frozen=True)
@@ -106,19 +102,10 @@ def task_slices(wh: Warehouse, cycle_id: str) -> list[dict[str, Any]]:
 # --- Plots ---------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: files and the dashboard only
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_velocity(rows: list[VelocityRow], path: Any) -> Any:
     """Four panels over cycles: examples per day, pass rate, quality delta (with the 2-5%
     healthy band), and the champion's golden accuracy on the phases' background."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 6.5), sharex=True)
     x = list(range(len(rows)))
     labels = [f"{r.logical_date:%m-%d}\n{r.dag_id.removeprefix('flywheel_')}" for r in rows]
@@ -148,11 +135,11 @@ def plot_velocity(rows: list[VelocityRow], path: Any) -> Any:
     for a in axes[1]:
         a.set_xticks(x, labels, fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_rule_pass_rates(rows: list[VelocityRow], path: Any) -> Any:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(11, 3.8))
     x = list(range(len(rows)))
     for rule in RULE_NAMES:
@@ -164,11 +151,11 @@ def plot_rule_pass_rates(rows: list[VelocityRow], path: Any) -> Any:
     ax.set_title("pass rate per filter rule (share kept of the rows each rule judged)")
     ax.legend(ncol=5, fontsize=7, loc="lower left")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_task_slices(slices: list[dict[str, Any]], path: Any) -> Any:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.8))
     tasks = sorted({s["task_type"] for s in slices})
     for k, role in enumerate(("champion", "challenger")):
@@ -183,18 +170,7 @@ def plot_task_slices(slices: list[dict[str, Any]], path: Any) -> Any:
     ax.set_title("golden accuracy per task type (95% Wilson intervals)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig: Any, path: Any) -> Any:
-    """Save to a file path (its folder made) or a binary file object (the dashboard's)."""
-    import matplotlib.pyplot as plt
-
-    if isinstance(path, Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 # --- Reports -------------------------------------------------------------------------------
