@@ -88,12 +88,14 @@ def test_cycle_report_writes_markdown_and_plots(recorded, wh, tmp_path):
         assert c.cycle_id in text
     assert "| `base:some-base` | champion | arithmetic | 20 | 0.250 | 0.112 - 0.469 |" in text
     assert "(base model)" in text  # the champion's lineage
-    for name in ("velocity.png", "pass_rates.png", "task_slices.png"):
+    for name in ("velocity.png", "pass_rates.png", "task_slices.png", "flywheel_curve.png"):
         assert (path.parent / name).read_bytes().startswith(PNG), name
         assert f"({name})" in text
-    # The first cycle's report only covers what was known then.
+    assert "## Learning curve" in text
+    # The first cycle's report only covers what was known then; it has its curve so far.
     first = write_cycle_report(wh, recorded[0].cycle_id, tmp_path / "first").read_text()
     assert recorded[1].cycle_id not in first and not (tmp_path / "first" / "task_slices.png").exists()
+    assert (tmp_path / "first" / "flywheel_curve.png").read_bytes().startswith(PNG)
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
-"""Cycle reports and the dashboard's content: velocity over cycles, phases, the champion and its
-lineage, gate failures and alerts, read from the warehouse and drawn with matplotlib.
+"""Cycle reports and the dashboard's content: velocity over cycles, phases, the learning curve
+(`flywheel.ops.curve`), the champion and its lineage, gate failures and alerts, read from the
+warehouse and drawn with matplotlib.
 
 The same functions feed the Markdown report each cycle writes next to its artefacts
 (``reports/<cycle_id>/``) and the Airflow dashboard plugin, so the two always agree.
@@ -14,9 +15,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flywheel.config import PHASES
+from flywheel.config import PHASES, PhasesConfig
 from flywheel.filters import RULE_NAMES
 from flywheel.model import registry
+from flywheel.ops.curve import CURVE_FILE, write_learning_curve
 from flywheel.ops.plotting import PHASE_COLOURS, pyplot, save_png
 from flywheel.warehouse import Warehouse
 
@@ -249,8 +251,12 @@ def format_new_data_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_cycle_report(wh: Warehouse, cycle_id: str, out_dir: Path, *, broad: bool = False) -> Path:
-    """``report.md`` and its PNG plots for one cycle, over every cycle up to it.
+def write_cycle_report(
+    wh: Warehouse, cycle_id: str, out_dir: Path, *, broad: bool = False, phases: PhasesConfig | None = None
+) -> Path:
+    """``report.md`` and its PNG plots for one cycle, over every cycle up to it: the latest
+    report always holds the learning curve so far, on the bands of ``phases`` (the defaults'
+    when not given).
 
     ``broad`` adds the monthly evaluation: per task type, champion and challenger with 95%
     intervals, so a gain that rests on one slice (or a slice that regressed) is visible."""
@@ -259,6 +265,7 @@ def write_cycle_report(wh: Warehouse, cycle_id: str, out_dir: Path, *, broad: bo
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_velocity(rows, out_dir / "velocity.png")
     plot_rule_pass_rates(rows, out_dir / "pass_rates.png")
+    write_learning_curve(wh, phases or PhasesConfig(), out_dir / CURVE_FILE, until=cycle["logical_date"])
     metrics = rows[-1].metrics if rows and rows[-1].cycle_id == cycle_id else {}
     lines = [
         f"# Flywheel report: {cycle_id}",
@@ -281,7 +288,8 @@ def write_cycle_report(wh: Warehouse, cycle_id: str, out_dir: Path, *, broad: bo
         ).to_pylist()
         lines.append(f"- **Stagnant** for {int(metrics.get('cycles_without_gain', 0))} cycles"
                      + (f": {alert[0]['message']}" if alert else ""))  # fmt: skip
-    lines += ["", "## Velocity", "", "![velocity](velocity.png)", "", "```", format_velocity_table(rows), "```", "",
+    lines += ["", "## Learning curve", "", f"![learning curve]({CURVE_FILE})", "",
+              "## Velocity", "", "![velocity](velocity.png)", "", "```", format_velocity_table(rows), "```", "",
               "## Filters", "", "![pass rates](pass_rates.png)", ""]  # fmt: skip
     if broad:
         slices = task_slices(wh, cycle_id)
