@@ -1,6 +1,7 @@
 """The flywheel dashboard: a FastAPI app the Airflow API server serves under ``/flywheel``.
 
-Velocity plots over cycles (with phases), the champion and its lineage, every model's status,
+The learning curve (``/flywheel/curve.png``, drawn from the warehouse on each request), velocity
+plots over cycles (with phases), the champion and its lineage, every model's status,
 running A/B tests, new-data checks, recent gate failures, alerts and rollbacks, read from the warehouse through
 `flywheel.ops.report` (the functions the cycle reports use). Airflow does not authenticate plugin
 apps, so every route here depends on Airflow's own `requires_authenticated`: without a valid
@@ -15,7 +16,7 @@ import io
 from typing import Any
 
 from fastapi import Depends, FastAPI
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, Response
 
 
 def _authenticated() -> Any:
@@ -24,13 +25,24 @@ def _authenticated() -> Any:
     return Depends(requires_authenticated())
 
 
-def _warehouse():
+def _warehouse(config: Any = None):
     from flywheel.config import load_config
     from flywheel_airflow.hooks import FlywheelWarehouseHook
 
-    wh = FlywheelWarehouseHook(load_config()).get_warehouse()
+    wh = FlywheelWarehouseHook(config or load_config()).get_warehouse()
     wh.ensure_schema()
     return wh
+
+
+def render_curve() -> bytes:
+    """The learning curve of every cycle so far as PNG bytes, on the configured phase bands."""
+    from flywheel.config import load_config
+    from flywheel.ops.curve import write_learning_curve
+
+    config = load_config()
+    buf = io.BytesIO()
+    write_learning_curve(_warehouse(config), config.phases, buf)
+    return buf.getvalue()
 
 
 def _png(plot: Any, rows: Any) -> str:
@@ -107,9 +119,13 @@ def render_dashboard(wh: Any) -> str:
     data = dashboard_data(wh)
     rows = velocity_rows(wh)
     plots = (_png(plot_velocity, rows) + _png(plot_rule_pass_rates, rows)) if rows else "<p class='empty'>No cycle recorded yet.</p>"
+    # Its own route, relative to the page (/flywheel/): the browser sends the same Airflow token.
+    curve = ('<img alt="learning curve: golden-set accuracy per cycle" src="curve.png">' if rows
+             else "<p class='empty'>No cycle recorded yet.</p>")  # fmt: skip
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Flywheel</title><style>{STYLE}</style></head><body>
 <h1>Flywheel</h1>
 <p>Champion: <b>{html.escape(data["champion"] or "none yet")}</b></p>
+<h2>Learning curve</h2>{curve}
 <h2>Velocity</h2>{plots}
 {_table(data["cycles"], ["cycle_id", "phase", "kept", "pass_rate", "examples_per_day", "champion_accuracy", "challenger_accuracy", "quality_delta", "promoted"], "No cycle recorded yet.")}
 <h2>Champion lineage</h2>{_table(data["lineage"], ["version", "cycle_id", "window_start", "window_end", "dataset_hash"], "No champion yet.")}
@@ -135,5 +151,10 @@ def create_app() -> FastAPI:
     @app.get("/api/summary")
     def summary() -> dict[str, Any]:
         return dashboard_data(_warehouse())
+
+    @app.get("/curve.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
+    def curve() -> Response:
+        # Drawn on each request, so the page always shows the cycles recorded so far.
+        return Response(render_curve(), media_type="image/png", headers={"Cache-Control": "no-store"})
 
     return app

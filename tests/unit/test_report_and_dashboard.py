@@ -88,12 +88,14 @@ def test_cycle_report_writes_markdown_and_plots(recorded, wh, tmp_path):
         assert c.cycle_id in text
     assert "| `base:some-base` | champion | arithmetic | 20 | 0.250 | 0.112 - 0.469 |" in text
     assert "(base model)" in text  # the champion's lineage
-    for name in ("velocity.png", "pass_rates.png", "task_slices.png"):
+    for name in ("velocity.png", "pass_rates.png", "task_slices.png", "flywheel_curve.png"):
         assert (path.parent / name).read_bytes().startswith(PNG), name
         assert f"({name})" in text
-    # The first cycle's report only covers what was known then.
+    assert "## Learning curve" in text
+    # The first cycle's report only covers what was known then; it has its curve so far.
     first = write_cycle_report(wh, recorded[0].cycle_id, tmp_path / "first").read_text()
     assert recorded[1].cycle_id not in first and not (tmp_path / "first" / "task_slices.png").exists()
+    assert (tmp_path / "first" / "flywheel_curve.png").read_bytes().startswith(PNG)
 
 
 @pytest.fixture
@@ -110,7 +112,7 @@ def client_and_token():
 
 def test_dashboard_refuses_anonymous_and_forged_requests(client_and_token):
     client, token = client_and_token
-    for route in ("/", "/api/summary"):
+    for route in ("/", "/api/summary", "/curve.png"):
         assert client.get(route).status_code == 401, route
         assert client.get(route, cookies={"_token": token[:-4] + "AAAA"}).status_code == 403, route
         assert client.get(route, headers={"Authorization": "Bearer not-a-jwt"}).status_code == 403, route
@@ -124,6 +126,10 @@ def test_dashboard_shows_velocity_champion_failures_and_alerts(recorded, wh, cli
     assert page.status_code == 200
     body = page.text
     assert body.count("data:image/png;base64,") == 2
+    assert 'src="curve.png"' in body  # the learning curve, drawn by its own route
+    curve = client.get("/curve.png", cookies={"_token": token})
+    assert curve.status_code == 200 and curve.headers["content-type"] == "image/png"
+    assert curve.content.startswith(PNG) and curve.headers["cache-control"] == "no-store"
     for c in recorded:
         assert c.cycle_id in body
     assert "Champion: <b>base:some-base</b>" in body
@@ -166,4 +172,4 @@ def test_plugin_registers_the_dashboard_app_and_its_link():
     (app,) = FlywheelPlugin.fastapi_apps
     assert app["url_prefix"] == "/flywheel"
     assert [v["href"] for v in FlywheelPlugin.external_views] == ["flywheel/", "flywheel/review/"]
-    assert {r.path for r in app["app"].routes} >= {"/", "/api/summary", "/review/", "/review/items/{item_id}"}
+    assert {r.path for r in app["app"].routes} >= {"/", "/api/summary", "/curve.png", "/review/", "/review/items/{item_id}"}

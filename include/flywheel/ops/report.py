@@ -1,5 +1,6 @@
-"""Cycle reports and the dashboard's content: velocity over cycles, phases, the champion and its
-lineage, gate failures and alerts, read from the warehouse and drawn with matplotlib.
+"""Cycle reports and the dashboard's content: velocity over cycles, phases, the learning curve
+(`flywheel.ops.curve`), the champion and its lineage, gate failures and alerts, read from the
+warehouse and drawn with matplotlib.
 
 The same functions feed the Markdown report each cycle writes next to its artefacts
 (``reports/<cycle_id>/``) and the Airflow dashboard plugin, so the two always agree.
@@ -14,15 +15,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from flywheel.config import PHASES
+from flywheel.config import PHASES, PhasesConfig
 from flywheel.filters import RULE_NAMES
 from flywheel.model import registry
+from flywheel.ops.curve import CURVE_FILE, write_learning_curve
+from flywheel.ops.plotting import PHASE_COLOURS, pyplot, save_png
 from flywheel.warehouse import Warehouse
-
-# matplotlib is imported inside the functions that use it: it takes seconds to
-# import, and DAG parsing and the light stages import this module without needing it.
-
-PHASE_COLOURS = {"cold_start": "#dbe9f6", "growth": "#e2f2e0", "maturity": "#fbeed6"}
 
 
 @dataclass(frozen=True)
@@ -106,19 +104,10 @@ def task_slices(wh: Warehouse, cycle_id: str) -> list[dict[str, Any]]:
 # --- Plots ---------------------------------------------------------------------------------
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")  # no display: files and the dashboard only
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_velocity(rows: list[VelocityRow], path: Any) -> Any:
     """Four panels over cycles: examples per day, pass rate, quality delta (with the 2-5%
     healthy band), and the champion's golden accuracy on the phases' background."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 6.5), sharex=True)
     x = list(range(len(rows)))
     labels = [f"{r.logical_date:%m-%d}\n{r.dag_id.removeprefix('flywheel_')}" for r in rows]
@@ -148,11 +137,11 @@ def plot_velocity(rows: list[VelocityRow], path: Any) -> Any:
     for a in axes[1]:
         a.set_xticks(x, labels, fontsize=7)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_rule_pass_rates(rows: list[VelocityRow], path: Any) -> Any:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(11, 3.8))
     x = list(range(len(rows)))
     for rule in RULE_NAMES:
@@ -164,11 +153,11 @@ def plot_rule_pass_rates(rows: list[VelocityRow], path: Any) -> Any:
     ax.set_title("pass rate per filter rule (share kept of the rows each rule judged)")
     ax.legend(ncol=5, fontsize=7, loc="lower left")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def plot_task_slices(slices: list[dict[str, Any]], path: Any) -> Any:
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.8))
     tasks = sorted({s["task_type"] for s in slices})
     for k, role in enumerate(("champion", "challenger")):
@@ -183,18 +172,7 @@ def plot_task_slices(slices: list[dict[str, Any]], path: Any) -> Any:
     ax.set_title("golden accuracy per task type (95% Wilson intervals)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig: Any, path: Any) -> Any:
-    """Save to a file path (its folder made) or a binary file object (the dashboard's)."""
-    import matplotlib.pyplot as plt
-
-    if isinstance(path, Path):
-        path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90, format="png")
-    plt.close(fig)
-    return path
+    return save_png(fig, path)
 
 
 # --- Reports -------------------------------------------------------------------------------
@@ -273,8 +251,12 @@ def format_new_data_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_cycle_report(wh: Warehouse, cycle_id: str, out_dir: Path, *, broad: bool = False) -> Path:
-    """``report.md`` and its PNG plots for one cycle, over every cycle up to it.
+def write_cycle_report(
+    wh: Warehouse, cycle_id: str, out_dir: Path, *, broad: bool = False, phases: PhasesConfig | None = None
+) -> Path:
+    """``report.md`` and its PNG plots for one cycle, over every cycle up to it: the latest
+    report always holds the learning curve so far, on the bands of ``phases`` (the defaults'
+    when not given).
 
     ``broad`` adds the monthly evaluation: per task type, champion and challenger with 95%
     intervals, so a gain that rests on one slice (or a slice that regressed) is visible."""
@@ -283,6 +265,7 @@ def write_cycle_report(wh: Warehouse, cycle_id: str, out_dir: Path, *, broad: bo
     out_dir.mkdir(parents=True, exist_ok=True)
     plot_velocity(rows, out_dir / "velocity.png")
     plot_rule_pass_rates(rows, out_dir / "pass_rates.png")
+    write_learning_curve(wh, phases or PhasesConfig(), out_dir / CURVE_FILE, until=cycle["logical_date"])
     metrics = rows[-1].metrics if rows and rows[-1].cycle_id == cycle_id else {}
     lines = [
         f"# Flywheel report: {cycle_id}",
@@ -305,7 +288,8 @@ def write_cycle_report(wh: Warehouse, cycle_id: str, out_dir: Path, *, broad: bo
         ).to_pylist()
         lines.append(f"- **Stagnant** for {int(metrics.get('cycles_without_gain', 0))} cycles"
                      + (f": {alert[0]['message']}" if alert else ""))  # fmt: skip
-    lines += ["", "## Velocity", "", "![velocity](velocity.png)", "", "```", format_velocity_table(rows), "```", "",
+    lines += ["", "## Learning curve", "", f"![learning curve]({CURVE_FILE})", "",
+              "## Velocity", "", "![velocity](velocity.png)", "", "```", format_velocity_table(rows), "```", "",
               "## Filters", "", "![pass rates](pass_rates.png)", ""]  # fmt: skip
     if broad:
         slices = task_slices(wh, cycle_id)

@@ -52,6 +52,7 @@ from flywheel.evaluation.monitor import format_experiments_table, needs_monitori
 from flywheel.evaluation.offline import format_offline_table
 from flywheel.model import registry
 from flywheel.model.inference import answer_fn, load_model
+from flywheel.ops.curve import CURVE_FILE, write_learning_curve
 from flywheel.ops.metrics import (
     cycles_report,
     format_cycles_table,
@@ -359,6 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     reports = sorted((config.artefacts_root / "reports").glob("*/report.md"))
     print(f"\nReports:    {len(reports)} cycle reports with plots; the monthly one: "
           + next((str(p.parent) for p in reports if "monthly" in p.parent.name), "-"))
+    curve = write_learning_curve(wh, config.phases, config.artefacts_root / "reports" / CURVE_FILE)
+    print(f"Curve:      {curve} (golden-set accuracy per cycle on the phase bands)")
     print(f"\nWarehouse:  {config.duckdb_path}")
     print(f"Artefacts:  {config.artefacts_root} (base_models/, datasets/, adapters/, golden/, cycles/, reports/)")
     print(f"Airflow:    AIRFLOW_HOME={airflow_home}; run logs in {airflow_home / 'demo-logs'}")
