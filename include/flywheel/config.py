@@ -390,6 +390,7 @@ class SimulateConfig(_Section):
 
 
 class TinyModelConfig(_Section):
+    tokenizer: Literal["char", "bpe"] = "bpe"
     vocab_size: int = Field(384, gt=64)
     hidden_size: int = Field(96, gt=0)
     intermediate_size: int = Field(256, gt=0)

@@ -80,20 +80,31 @@ def _corpus(tasks: list[Task]) -> list[str]:
     return [f"{user_message(t.prompt, t.context)} {t.answer}" for t in tasks]
 
 
-def build_tokenizer(texts: list[str], vocab_size: int):  # -> PreTrainedTokenizerFast
+def build_tokenizer(texts: list[str], vocab_size: int, *, kind: str = "char"):  # -> PreTrainedTokenizerFast
+    """A byte-level tokenizer. ``char``: one token per byte, no merges, so every letter and
+    digit is its own token and spelling, counting and carrying are visible to the model (a BPE
+    that merges "apple" into one token hides its letters; a model of this size then has to
+    memorise each word's spelling). ``bpe``: merges learnt from ``texts`` up to ``vocab_size``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.BPE())
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    if kind == "char":
+        vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, *alphabet])}
+        tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+        tok.add_special_tokens(SPECIAL_TOKENS)
+    else:
+        tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(texts, trainer=trainer)
+    if kind != "char":
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=SPECIAL_TOKENS,
+            initial_alphabet=alphabet,
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
@@ -127,7 +138,7 @@ def build_tiny_model(config: FlywheelConfig, *, force: bool = False) -> TinyMode
     started = time.monotonic()
     set_seed(cfg.seed)
     tasks = pretraining_tasks(cfg.pretrain_examples, cfg.seed)
-    tokenizer = build_tokenizer(_corpus(tasks), cfg.vocab_size)
+    tokenizer = build_tokenizer(_corpus(tasks), cfg.vocab_size, kind=cfg.tokenizer)
     model_cfg = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
