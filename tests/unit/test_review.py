@@ -29,6 +29,7 @@ from flywheel.review.prioritize import Priority, disagreement, prioritise
 from flywheel.sim.reviewers import run_simulated_reviewers
 from flywheel.sim.traffic import golden_set, simulate_traffic
 from flywheel.tables import rows_to_table
+from tests.helpers.simulated_product import SIMULATED_PRODUCT
 
 T = datetime(2026, 3, 2, tzinfo=UTC)
 NOW = datetime(2026, 3, 2, 9, tzinfo=UTC)
@@ -88,7 +89,7 @@ def test_priorities_name_their_reasons():
 def reviewed_world(tmp_path, wh, answer_fns):
     """A weekly cycle's data stages on simulated traffic with PII, then its review sample."""
     config = FlywheelConfig(home=tmp_path).with_overrides({
-        "training.min_examples": 5, "filters.keep_fraction": 1.0, "review.sample_rate": 0.2, "review.model_signals": False,
+        **SIMULATED_PRODUCT, "training.min_examples": 5, "filters.keep_fraction": 1.0, "review.sample_rate": 0.2, "review.model_signals": False,
     })  # fmt: skip
     cycle = make_cycle("flywheel_weekly", data_interval_end=T, logical_date=T, config=config)
     truth: dict[str, str] = {}

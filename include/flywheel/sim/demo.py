@@ -206,6 +206,9 @@ def demo_config(home: Path) -> Path:
 
     data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     data["review"].update({"poll_seconds": 2, "reviewers_per_item": 2})
+    # The simulated product's answers are one or two words, checkable by exact match, where a
+    # real chat product's responses are sentences: counting the response alone would keep none.
+    data["filters"]["length_counts"] = "prompt_and_response"
     data["experiment"].update({"ramp": [0.2, 0.5], "min_rows_per_step": 30, "min_detectable_effect": 0.1,
                                "max_sample_factor": 1.0})  # fmt: skip
     path = home / "demo-flywheel.yaml"
