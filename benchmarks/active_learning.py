@@ -55,7 +55,11 @@ def main() -> int:
 
     started = time.monotonic()
     root = Path(tempfile.mkdtemp(prefix="flywheel-al-"))
-    config = FlywheelConfig(home=root).with_overrides({"filters.keep_fraction": 1.0, "filters.dedup_against_history": False})
+    # The simulated product answers in a word or two: the length rule counts the prompt with the
+    # answer, as in the demo.
+    config = FlywheelConfig(home=root).with_overrides({
+        "filters.length_counts": "prompt_and_response", "filters.keep_fraction": 1.0, "filters.dedup_against_history": False,
+    })  # fmt: skip
     build_tiny_model(config)
     base = resolve_base_model(config)
     wh = DuckDBWarehouse(root / "warehouse.duckdb")

@@ -42,7 +42,9 @@ def main() -> None:
     from flywheel.sim.traffic import simulate_traffic
     from flywheel.warehouse import warehouse_from_config
 
-    config = load_config()
+    # The simulated product answers in a word or two: the length rule counts the prompt with the
+    # answer, as in the demo, so the later stages have rows to work on.
+    config = load_config().with_overrides({"filters.length_counts": "prompt_and_response"})
     week = datetime(2026, 1, 5, tzinfo=UTC)
     logs, t_sim = _timed(lambda: simulate_traffic(
         week, lambda pairs: ["42"] * len(pairs), model_version="bench", n_requests=args.rows, seed=1, malformed_rate=0.01

@@ -22,6 +22,7 @@ from flywheel.errors import ConfigError
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG_PATH = PROJECT_ROOT / "include" / "config" / "flywheel.yaml"
 USER_ACTIONS = ("accepted", "copied", "corrected", "regenerated")
+LengthCounts = Literal["response", "prompt_and_response"]  # what the length rule counts
 # Bucket schemes an artefact root may use, with what must be installed to open them.
 REMOTE_SCHEMES = {"s3": "s3fs (and apache-airflow-providers-amazon for its connections)", "gs": "gcsfs (and apache-airflow-providers-google for its connections)"}
 
@@ -117,6 +118,9 @@ class FiltersConfig(_Section):
     # The cheap rules: user action, length, quality score (the first and last are decided in
     # the warehouse query, which then withholds the text of the rows they reject).
     allowed_actions: list[str] = Field(default_factory=lambda: ["accepted", "copied", "corrected"])
+    # Length: what is counted. The method counts the response (the training target); a product
+    # whose answers are a word or two counts the prompt with it, or no answer would pass.
+    length_counts: LengthCounts = "response"
     min_words: int = Field(20, ge=0)
     min_tokens: int = Field(50, ge=0)
     min_quality_score: float = Field(0.6, ge=0.0, le=1.0)

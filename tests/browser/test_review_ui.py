@@ -18,6 +18,7 @@ import yaml
 
 from tests.helpers.airflow_server import api_server, free_port
 from tests.helpers.chromedriver import ESCAPE, Browser
+from tests.helpers.simulated_product import for_simulated_product
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +47,7 @@ def server(tmp_path_factory):
     subprocess.run([str(ROOT / "scripts" / "install_chromium.sh")], check=True)
     root = tmp_path_factory.mktemp("review-ui")
     data = yaml.safe_load((ROOT / "include/config/flywheel.yaml").read_text())
+    for_simulated_product(data)
     data["review"].update({"model_signals": False, "min_items": 5})
     config_path = root / "flywheel.yaml"
     config_path.write_text(yaml.safe_dump(data))

@@ -9,15 +9,17 @@ from typing import Any
 
 from flywheel.config import FlywheelConfig
 from flywheel.warehouse import Warehouse
+from tests.helpers.simulated_product import SIMULATED_PRODUCT
 
 BACKENDS = ("duckdb", "snowflake", "bigquery")
 _namespace = itertools.count()
 
 
 def backend_config(backend: str, home: Path, running: dict[str, Any], **overrides: Any) -> FlywheelConfig:
-    """The config that points the flywheel at ``backend``: the only thing that changes."""
+    """The config that points the flywheel at ``backend`` (the only thing that changes), for
+    the simulated product whose traffic the contract tests run."""
     n = next(_namespace)
-    settings: dict[str, Any] = {"warehouse.backend": backend}
+    settings: dict[str, Any] = {**SIMULATED_PRODUCT, "warehouse.backend": backend}
     if backend != "duckdb":
         running[backend]  # noqa: B018 - starts the emulator and defines its connection
         settings["warehouse.conn_id"] = f"flywheel_{backend}_emulator"

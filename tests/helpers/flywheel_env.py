@@ -16,13 +16,17 @@ from typing import Any
 
 import yaml
 
+from tests.helpers.simulated_product import for_simulated_product
+
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
 
 
 def write_config(root: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
-    """The project's config, changed by ``edit`` (as a dict), written to ``root/flywheel.yaml``."""
+    """The project's config for the simulated product (`for_simulated_product`), changed by
+    ``edit`` (as a dict), written to ``root/flywheel.yaml``."""
     data = yaml.safe_load((ROOT / "include/config/flywheel.yaml").read_text())
+    for_simulated_product(data)
     edit(data)
     config_path = root / "flywheel.yaml"
     config_path.write_text(yaml.safe_dump(data))

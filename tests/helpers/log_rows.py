@@ -9,7 +9,8 @@ T0 = datetime(2026, 2, 2, tzinfo=UTC)  # a Monday
 
 
 def log_row(request_id: str | None, ts: datetime | None, **overrides: Any) -> dict[str, Any]:
-    """A well-formed production-log row (long enough to pass the length filter)."""
+    """A well-formed production-log row, long enough to pass the length filter where it counts
+    the prompt with the response, as for the simulated product (`simulated_product`)."""
     row: dict[str, Any] = {
         "request_id": request_id,
         "timestamp": ts,

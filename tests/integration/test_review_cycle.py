@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from tests.helpers.airflow_server import free_port
+from tests.helpers.simulated_product import for_simulated_product
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +58,7 @@ def airflow(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("review")
     data = yaml.safe_load((Path(__file__).resolve().parents[2] / "include/config/flywheel.yaml").read_text())
+    for_simulated_product(data)
     data["simulate"]["requests_per_week"] = 300
     data["evaluation"]["golden_set_size"] = 60
     data["tiny_model"].update({"pretrain_examples": 400, "pretrain_epochs": 1})

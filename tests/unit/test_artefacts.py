@@ -13,6 +13,7 @@ import pytest
 from flywheel.artefacts import MANIFEST_SUFFIX, ArtefactError, ArtefactStore
 from flywheel.config import FlywheelConfig
 from flywheel.errors import ConfigError
+from tests.helpers.simulated_product import SIMULATED_PRODUCT
 
 
 def _adapter(root: Path, name: str = "v1") -> Path:
@@ -182,7 +183,7 @@ def test_cycle_stages_on_three_machines_share_only_the_bucket(tmp_path, gcs_buck
 
     def machine(name: str) -> CycleSpec:
         config = FlywheelConfig(home=tmp_path / name).with_overrides({
-            "artefacts.root": root, "training.min_examples": 5, "filters.keep_fraction": 1.0,
+            **SIMULATED_PRODUCT, "artefacts.root": root, "training.min_examples": 5, "filters.keep_fraction": 1.0,
             "tiny_model.pretrain_examples": 300, "tiny_model.pretrain_epochs": 1, "evaluation.golden_set_size": 40,
             "review.model_signals": False,
         })  # fmt: skip

@@ -26,6 +26,7 @@ from flywheel.sim import traffic
 from flywheel.sim.traffic import TASK_TYPES, simulate_traffic
 from flywheel.tables import rows_to_table
 from flywheel.tasks import is_correct
+from tests.helpers.simulated_product import SIMULATED_PRODUCT
 
 BOOT = datetime(2026, 1, 5, tzinfo=UTC)
 BASE = "some-base-path"
@@ -88,7 +89,7 @@ def test_synthetic_rows_cover_every_task_type_with_right_answers(oracle):
 
 def _bootstrap_cycle(tmp_path, labels_path):
     config = FlywheelConfig(home=tmp_path).with_overrides({
-        "extract.lag_days": 0, "extract.window_days": 14, "filters.keep_fraction": 1.0, "training.min_examples": 5,
+        **SIMULATED_PRODUCT, "extract.lag_days": 0, "extract.window_days": 14, "filters.keep_fraction": 1.0, "training.min_examples": 5,
         "bootstrap.labels_path": str(labels_path), "bootstrap.synthetic_per_task_type": 4,
     })  # fmt: skip
     return make_cycle("flywheel_bootstrap", data_interval_end=BOOT, logical_date=BOOT, config=config)

@@ -34,6 +34,7 @@ def test_default_config_loads_and_matches_yaml(config, tmp_path):
 def test_method_defaults(config):
     assert config.extract.lag_days == 14 and config.extract.window_days == 7
     assert config.filters.min_words == 20 and config.filters.min_tokens == 50
+    assert config.filters.length_counts == "response"  # the method counts the response alone
     assert config.filters.min_quality_score == 0.6
     assert config.filters.allowed_actions == ["accepted", "copied", "corrected"]
     assert config.evaluation.min_improvement == 0.0
@@ -43,10 +44,13 @@ def test_code_defaults_match_method():
     c = FlywheelConfig(home=Path("/x"))
     assert (
         c.extract.lag_days,
+        c.filters.length_counts,
         c.filters.min_words,
         c.filters.min_tokens,
         c.filters.min_quality_score,
-    ) == (14, 20, 50, 0.6)
+    ) == (14, "response", 20, 50, 0.6)
+    both = c.with_overrides({"filters.length_counts": "prompt_and_response"})
+    assert both.filters.length_counts == "prompt_and_response"
 
 
 def test_paths_resolve_against_home(tmp_path):
@@ -155,6 +159,7 @@ def test_yaml_syntax_error_is_config_error(tmp_path):
     [
         ("filters.pii_entities", ["EMAIL_ADDRESS", "PASSPORT"], "unsupported entities"),
         ("filters.pii_policy", "mask", "pii_policy"),
+        ("filters.length_counts", "prompt", "length_counts"),
         ("filters.score_weights", {"quality": 1.0, "vibes": 1.0}, "score_weights"),
         ("filters.toxicity_scorer", "perspective", "toxicity_scorer"),
         ("filters.keep_fraction", 0.0, "keep_fraction"),

@@ -24,6 +24,7 @@ from flywheel.model import registry
 from flywheel.sim.traffic import simulate_traffic
 from flywheel.tables import WINDOW_SNAPSHOT, rows_to_table
 from flywheel.warehouse.duckdb import DuckDBWarehouse
+from tests.helpers.simulated_product import SIMULATED_PRODUCT
 
 DAG = "flywheel_weekly"
 END = datetime(2026, 3, 2, tzinfo=UTC)  # window [2026-02-09, 2026-02-16)
@@ -47,7 +48,7 @@ def _config(tmp_path, **overrides) -> FlywheelConfig:
     # Selection keeps everything here, so that these tests see the other rules' decisions alone;
     # selection has its own tests below and in test_filters.
     return FlywheelConfig(home=tmp_path).with_overrides(
-        {"training.min_examples": 5, "filters.keep_fraction": 1.0, **overrides}
+        {**SIMULATED_PRODUCT, "training.min_examples": 5, "filters.keep_fraction": 1.0, **overrides}
     )
 
 

@@ -72,40 +72,64 @@ def test_counters():
     assert count_tokens("GARDEN") == 1 and count_words("") == 0
 
 
+def test_length_rule_counts_the_response_by_default(cand):
+    # The method's rule: a long request with a one-word answer is too short to learn from.
+    c = cand(prompt=words(40), response="GARDEN")
+    by_default = LengthRule.from_config(FiltersConfig(), ChainInputs()).decide(c)
+    assert (by_default.kept, by_default.score) == (False, 1.0)
+    assert by_default.reason == "too short: response 1 words <= 20 and 1 tokens <= 50"
+    both = LengthRule(20, 50, "prompt_and_response").decide(c)
+    assert (both.kept, both.score) == (True, 41.0) and both.reason.startswith("prompt + response: 41 words")
+    answer = LengthRule(20, 50).decide(cand(prompt="hi", response=words(21)))
+    assert answer.kept and answer.reason.startswith("response: 21 words")
+
+
+@pytest.mark.parametrize("counts", ["response", "prompt_and_response"])
 @pytest.mark.parametrize(("n", "kept"), [(19, False), (20, False), (21, True), (40, True)])
-def test_length_rule_word_edge(cand, n, kept):
-    # prompt + target: n words and n tokens (<= 50 until n = 51), so words decide
-    c = cand(prompt=words(n - 1), response="word")
-    d = LengthRule(20, 50).decide(c)
+def test_length_rule_word_edge(cand, counts, n, kept):
+    # n words and n tokens (<= 50 until n = 51) counted, so words decide: all in the response,
+    # or the response's last word after the prompt's
+    if counts == "response":
+        c = cand(prompt=words(30), response=words(n))
+    else:
+        c = cand(prompt=words(n - 1), response="word")
+    d = LengthRule(20, 50, counts).decide(c)
     assert (d.rule, d.kept) == ("length", kept)
     assert d.score == float(n) and d.threshold == 20.0
     assert f"{n} words" in d.reason
     assert d.reason.startswith("too short") is (not kept)
 
 
+@pytest.mark.parametrize("counts", ["response", "prompt_and_response"])
 @pytest.mark.parametrize(("n_tokens", "kept"), [(50, False), (51, True)])
-def test_length_rule_token_edge_with_few_words(cand, n_tokens, kept):
+def test_length_rule_token_edge_with_few_words(cand, counts, n_tokens, kept):
     # "x,x,x,...": one word, but each "x" and "," is a token
-    m = n_tokens - 1  # tokens the prompt needs; the target "y" is the last one
-    prompt = ",".join(["x"] * ((m + 1) // 2)) + ("," if m % 2 == 0 else "")
-    c = cand(prompt=prompt, response="y")
-    assert count_words(f"{c.prompt} {c.target}") == 2
-    assert count_tokens(f"{c.prompt} {c.target}") == n_tokens
-    d = LengthRule(20, 50).decide(c)
+    if counts == "response":
+        response = ",".join(["x"] * ((n_tokens + 1) // 2)) + ("," if n_tokens % 2 == 0 else "")
+        c = cand(prompt=words(30), response=response)
+        counted = c.target
+    else:
+        m = n_tokens - 1  # tokens the prompt needs; the target "y" is the last one
+        prompt = ",".join(["x"] * ((m + 1) // 2)) + ("," if m % 2 == 0 else "")
+        c = cand(prompt=prompt, response="y")
+        counted = f"{c.prompt} {c.target}"
+    assert count_words(counted) <= 2 and count_tokens(counted) == n_tokens
+    d = LengthRule(20, 50, counts).decide(c)
     assert d.kept is kept
     assert f"{n_tokens} tokens" in d.reason
 
 
-def test_length_rule_measures_the_correction_not_the_response(cand):
+@pytest.mark.parametrize("counts", ["response", "prompt_and_response"])
+def test_length_rule_measures_the_correction_not_the_response(cand, counts):
     short_prompt = words(5)
     corrected = cand(
-        prompt=short_prompt, response="no", user_action="corrected", correction=words(20)
+        prompt=short_prompt, response="no", user_action="corrected", correction=words(21)
     )
     accepted = cand(
-        prompt=short_prompt, response="no", user_action="accepted", correction=words(20)
+        prompt=short_prompt, response="no", user_action="accepted", correction=words(21)
     )
-    assert LengthRule(20, 50).decide(corrected).kept
-    assert not LengthRule(20, 50).decide(accepted).kept
+    assert LengthRule(20, 50, counts).decide(corrected).kept
+    assert not LengthRule(20, 50, counts).decide(accepted).kept
 
 
 @pytest.mark.parametrize(
@@ -124,12 +148,14 @@ def test_basic_rules_follow_config():
     assert [r.name for r in rules] == ["user_action", "length", "quality_score"]
     assert rules[0].allowed == ("copied",)
     assert (rules[1].min_words, rules[1].min_tokens, rules[2].min_score) == (3, 4, 0.2)
+    assert rules[1].counts == "response"
+    assert basic_rules(FiltersConfig(length_counts="prompt_and_response"))[1].counts == "prompt_and_response"
 
 
 def test_apply_filters_evaluates_every_rule(cand):
-    good = cand("good", prompt=words(30))
+    good = cand("good", response=words(30))
     bad_all = cand("bad", prompt="hi", response="yo", user_action="regenerated", quality_score=0.1)
-    bad_score = cand("low", prompt=words(30), quality_score=0.3)
+    bad_score = cand("low", response=words(30), quality_score=0.3)
     decisions, kept = apply_filters([good, bad_all, bad_score], CHEAP_RULES)
     assert len(decisions) == 9
     assert [c.request_id for c in kept] == ["good"]
@@ -156,13 +182,13 @@ def test_property_kept_iff_every_rule_keeps(n_words, score, action):
     from flywheel.records import TrainingCandidate
 
     c = TrainingCandidate(
-        request_id="r", timestamp=datetime(2026, 1, 1, tzinfo=UTC), user_id="u", prompt=words(n_words),
-        response="ok", user_action=action, correction="fixed" if action == "corrected" else None,
+        request_id="r", timestamp=datetime(2026, 1, 1, tzinfo=UTC), user_id="u", prompt="please",
+        response=words(n_words), user_action=action, correction=words(n_words) if action == "corrected" else None,
         task_type="t", quality_score=score,
     )  # fmt: skip
     decisions, kept = apply_filters([c, replace(c, request_id="s")], CHEAP_RULES)
     assert len(decisions) == 6
-    expected = action != "regenerated" and n_words + 1 > 20 and score >= 0.6
+    expected = action != "regenerated" and n_words > 20 and score >= 0.6
     assert (len(kept) == 2) is expected and len(kept) in (0, 2)
 
 

@@ -21,6 +21,7 @@ from flywheel.sim import traffic
 from flywheel.sim.traffic import simulate_traffic
 from flywheel.tables import PRODUCTION_LOGS, rows_to_table
 from flywheel.warehouse.duckdb import DuckDBWarehouse
+from tests.helpers.simulated_product import SIMULATED_PRODUCT
 
 END = datetime(2026, 3, 2, tzinfo=UTC)
 SECRET = "dana.smith@example.com"
@@ -28,7 +29,7 @@ SECRET = "dana.smith@example.com"
 
 @pytest.fixture
 def setup(tmp_path, answer_fns):
-    config = FlywheelConfig(home=tmp_path).with_overrides({"training.min_examples": 5})
+    config = FlywheelConfig(home=tmp_path).with_overrides({**SIMULATED_PRODUCT, "training.min_examples": 5})
     cycle = make_cycle("flywheel_weekly", data_interval_end=END, logical_date=END, config=config)
     wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
     wh.ensure_schema()

@@ -17,6 +17,7 @@ from flywheel.cycle.validate import validate_rows
 from flywheel.evaluation.golden import golden_for, golden_from_reviews, load_curated_golden_set
 from flywheel.evaluation.offline import GoldenSetError, check_golden_unchanged
 from flywheel.tables import rows_to_table
+from tests.helpers.simulated_product import SIMULATED_PRODUCT
 
 T = datetime(2026, 3, 2, tzinfo=UTC)
 TASKS = [
@@ -77,7 +78,7 @@ def test_curated_inputs_are_kept_out_of_training(tmp_path, wh, make_log_row):
     curated golden prompt never reaches a dataset."""
     _write(tmp_path / "golden.jsonl", [{"task_type": "uppercase", "prompt": make_log_row("x", T)["prompt"], "answer": "GARDEN"}])
     config = FlywheelConfig(home=tmp_path).with_overrides({
-        "evaluation.golden_path": "golden.jsonl", "evaluation.required_task_types": ["uppercase"],
+        **SIMULATED_PRODUCT, "evaluation.golden_path": "golden.jsonl", "evaluation.required_task_types": ["uppercase"],
         "filters.keep_fraction": 1.0, "training.min_examples": 1})  # fmt: skip
     cycle = make_cycle("flywheel_weekly", data_interval_end=T, logical_date=T, config=config)
     start = cycle.window.start

@@ -31,6 +31,7 @@ from flywheel.ops.report import format_new_data_table, new_data_section
 from flywheel.sim import traffic
 from flywheel.sim.traffic import simulate_traffic
 from flywheel.tables import rows_to_table
+from tests.helpers.simulated_product import SIMULATED_PRODUCT
 
 BASE = "some-base-path"
 END = datetime(2026, 3, 2, tzinfo=UTC)  # 14-day window [2026-02-02, 2026-02-16), newest week from 02-09
@@ -39,7 +40,7 @@ W_START, NEWEST, W_END = datetime(2026, 2, 2, tzinfo=UTC), datetime(2026, 2, 9, 
 
 def _config(tmp_path, **overrides) -> FlywheelConfig:
     return FlywheelConfig(home=tmp_path).with_overrides({
-        "training.min_examples": 5, "filters.keep_fraction": 1.0, "review.enabled": False, "experiment.enabled": False,
+        **SIMULATED_PRODUCT, "training.min_examples": 5, "filters.keep_fraction": 1.0, "review.enabled": False, "experiment.enabled": False,
         "extract.window_days": 14, "evaluation.compare_new_data": True, "evaluation.golden_set_size": 60, **overrides})  # fmt: skip
 
 

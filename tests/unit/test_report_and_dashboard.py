@@ -24,6 +24,7 @@ from flywheel.ops.report import (
 )
 from flywheel.sim.traffic import simulate_traffic
 from flywheel.tables import rows_to_table
+from tests.helpers.simulated_product import SIMULATED_PRODUCT
 
 PNG = b"\x89PNG\r\n\x1a\n"
 T1 = datetime(2026, 3, 2, tzinfo=UTC)
@@ -32,7 +33,7 @@ T1 = datetime(2026, 3, 2, tzinfo=UTC)
 @pytest.fixture
 def recorded(tmp_path, wh, answer_fns):
     """Two weekly cycles recorded by the stages, one evaluation, a failed gate and an alert."""
-    config = FlywheelConfig(home=tmp_path).with_overrides({"training.min_examples": 5, "filters.keep_fraction": 1.0})
+    config = FlywheelConfig(home=tmp_path).with_overrides({**SIMULATED_PRODUCT, "training.min_examples": 5, "filters.keep_fraction": 1.0})
     registry.ensure_bootstrap_champion(wh, "some-base")
     cycles = []
     for k in range(2):

@@ -27,7 +27,9 @@ from flywheel.review import calibrate
 from flywheel.review import items as review
 from flywheel.review.prioritize import Priority, disagreement, prioritise
 from flywheel.sim.reviewers import run_simulated_reviewers
-from flywheel.sim.traffic import simulate_traffic
+from flywheel.sim.traffic import golden_set, simulate_traffic
+from flywheel.tables import rows_to_table
+from tests.helpers.simulated_product import SIMULATED_PRODUCT
 
 T = datetime(2026, 3, 2, tzinfo=UTC)
 NOW = datetime(2026, 3, 2, 9, tzinfo=UTC)
@@ -87,7 +89,7 @@ def test_priorities_name_their_reasons():
 def reviewed_world(tmp_path, wh, answer_fns):
     """A weekly cycle's data stages on simulated traffic with PII, then its review sample."""
     config = FlywheelConfig(home=tmp_path).with_overrides({
-        "training.min_examples": 5, "filters.keep_fraction": 1.0, "review.sample_rate": 0.2, "review.model_signals": False,
+        **SIMULATED_PRODUCT, "training.min_examples": 5, "filters.keep_fraction": 1.0, "review.sample_rate": 0.2, "review.model_signals": False,
     })  # fmt: skip
     cycle = make_cycle("flywheel_weekly", data_interval_end=T, logical_date=T, config=config)
     truth: dict[str, str] = {}
@@ -191,9 +193,40 @@ def test_simulated_reviewers_finish_the_batch_knowing_the_right_answers(reviewed
             assert v.approved and v.edited_response is None
         elif v.approved:
             assert v.edited_response == truth[i["request_id"]]  # fixed, not waved through
-    # No noise: they agree on every right answer (a wrong one, each may fix or reject).
     assert 0 < right < len(items)
-    assert right / len(items) <= review.agreement(wh, [cycle.cycle_id])["pairwise"] < 1.0
+    # No slips: fixing or rejecting a wrong answer is the item's call, so they agree on every item.
+    assert review.agreement(wh, [cycle.cycle_id])["pairwise"] == 1.0
+
+
+def test_two_careful_reviewers_agree_beyond_chance_and_still_slip(wh):
+    """Two simulated reviewers at their default slip rate over a review sample as the priorities
+    make it (half of its answers wrong: users' corrections, good and bad, and answers users
+    rejected): the agreement asked of careful people, kappa 0.6 or more, and some disagreement.
+    Kappa is measured beyond chance, so a sample of right answers only would leave none to
+    measure; the prioritised slice is picked for being doubtful."""
+    truth: dict[str, str] = {}
+    sample = []
+    for k, task in enumerate(golden_set(60, seed=3)):
+        rid, wrong = f"req-{k:03d}", "no idea, sorry"
+        truth[rid] = task.answer
+        response, action, correction = {
+            0: (task.answer, "accepted", None),
+            1: (wrong, "rejected", None),
+            2: (wrong, "corrected", task.answer),  # the user fixed it
+            3: (task.answer, "corrected", wrong),  # the user "fixed" a right answer into a wrong one
+        }[k % 4]
+        sample.append(TrainingCandidate(rid, T, f"u{k}", task.prompt, response, action, correction, task.task_type, 0.7,
+                                        context=task.context))  # fmt: skip
+    rows = review.item_rows("cycle-agree", T, review.Sample(sample, []), kept_ids=set(), filter_scores={}, now=NOW)
+    wh.replace_partition("review_items", {"cycle_id": "cycle-agree"}, rows_to_table("review_items", rows))
+
+    run_simulated_reviewers(wh, truth, reviewers=["sim-1", "sim-2"], reviewers_per_item=2, now=NOW)
+    verdicts = review.verdicts(wh, "cycle-agree").values()
+    assert any(v.approved and v.edited_response for v in verdicts) and any(not v.approved for v in verdicts)
+    agree = review.agreement(wh, ["cycle-agree"])
+    assert agree["items"] == 60
+    assert agree["kappa"] >= 0.6
+    assert agree["pairwise"] < 1.0
 
 
 def test_calibration_fits_thresholds_to_verdicts():

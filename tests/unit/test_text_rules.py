@@ -20,6 +20,7 @@ from flywheel.filters.scorers import (
 )
 from flywheel.records import candidate_from_row
 from flywheel.text import normalize_text, strip_invisible
+from tests.helpers.simulated_product import SIMULATED_PRODUCT
 
 # One value of each supported PII kind, as presidio's recognizers accept them.
 PII_VALUES = {
@@ -222,7 +223,9 @@ def test_empty_and_huge_texts_fingerprint():
 
 
 def _chain(golden=(), **kw) -> FilterChain:
-    cfg = FiltersConfig(**{"max_toxicity": 0.5, **kw})
+    # The rows are the simulated product's (a long request, a one-word answer): the length rule
+    # counts the prompt with the answer, as for that product (`tests.helpers.simulated_product`).
+    cfg = FiltersConfig(**{"length_counts": "prompt_and_response", "max_toxicity": 0.5, **kw})
     return FilterChain(cfg, golden_inputs=list(golden))
 
 
@@ -335,7 +338,7 @@ def test_pii_never_reaches_the_dataset_or_the_decisions(tmp_path, make_log_row, 
     caplog.set_level(logging.DEBUG)
     end = datetime(2026, 3, 2, tzinfo=UTC)
     config = FlywheelConfig(home=tmp_path).with_overrides(
-        {"training.min_examples": 1, "filters.keep_fraction": 1.0, "filters.max_toxicity": 0.5}
+        {**SIMULATED_PRODUCT, "training.min_examples": 1, "filters.keep_fraction": 1.0, "filters.max_toxicity": 0.5}
     )
     cycle = make_cycle("flywheel_weekly", data_interval_end=end, logical_date=end, config=config)
     ts = cycle.window.start + timedelta(days=1)

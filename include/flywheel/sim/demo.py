@@ -165,7 +165,7 @@ def serve_week_with_monitor(
 
 
 class SimulatedReviewers:
-    """Two simulated reviewers (the simulator's oracle, 10% noise) working in the background, as
+    """Two simulated reviewers (the simulator's oracle, 5% slips) working in the background, as
     people would: whenever a cycle's review sample is waiting, they review it, while the cycle's
     `wait_for_review` task waits deferred."""
 
@@ -181,7 +181,7 @@ class SimulatedReviewers:
         while not self.stop.wait(2.0):
             try:
                 self.written += run_simulated_reviewers(self.wh, self.truth, reviewers=self.REVIEWERS,
-                                                        reviewers_per_item=self.per_item, noise=0.1)  # fmt: skip
+                                                        reviewers_per_item=self.per_item)  # fmt: skip
             except Exception as exc:  # a locked warehouse, say: people come back later too
                 log.warning("simulated reviewers: %s; retrying", exc)
 
@@ -207,6 +207,9 @@ def demo_config(home: Path) -> Path:
 
     data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     data["review"].update({"poll_seconds": 2, "reviewers_per_item": 2})
+    # The simulated product's answers are one or two words, checkable by exact match, where a
+    # real chat product's responses are sentences: counting the response alone would keep none.
+    data["filters"]["length_counts"] = "prompt_and_response"
     data["experiment"].update({"ramp": [0.2, 0.5], "min_rows_per_step": 30, "min_detectable_effect": 0.1,
                                "max_sample_factor": 1.0})  # fmt: skip
     path = home / "demo-flywheel.yaml"
@@ -218,7 +221,7 @@ def demo_config(home: Path) -> Path:
 def print_reviews(wh: Warehouse) -> None:
     """Per cycle: the review sample, how much was reviewed, agreement, and the calibration."""
     cycles = wh.query("SELECT DISTINCT cycle_id FROM review_items ORDER BY cycle_id").column("cycle_id").to_pylist()
-    print("\nHuman review (simulated reviewers: the simulator's oracle with 10% noise, two per item):\n")
+    print("\nHuman review (simulated reviewers: the simulator's oracle with 5% slips, two per item):\n")
     for c in cycles:
         items = wh.query("SELECT slice, COUNT(*) AS n FROM review_items WHERE cycle_id = $c GROUP BY slice", {"c": c}).to_pylist()
         n = {r["slice"]: r["n"] for r in items}

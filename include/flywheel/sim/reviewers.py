@@ -1,9 +1,10 @@
 """Simulated reviewers: careful people who know each task's right answer (the simulator's
-oracle) and are wrong ``noise`` of the time. The demo and the tests use them to work through a
+oracle) and slip ``noise`` of the time. The demo and the tests use them to work through a
 cycle's review queue (`flywheel.review.items`) as real reviewers would, through the same store."""
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -14,14 +15,24 @@ from flywheel.tasks import is_correct
 from flywheel.warehouse import Warehouse
 
 
+def _worth_fixing(request_id: str) -> bool:
+    """Whether a wrong answer is fixed (edited, approved) or rejected. For a person this depends
+    on the item (how much rewriting it needs, how clear the request is), not on who reviews it;
+    the simulator does not model that effort, so a stable draw per request stands for it, and
+    fixes half of the wrong answers. Two careful reviewers of an item thus make the same call."""
+    digest = hashlib.sha256(f"fix:{request_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") < 2**63
+
+
 def simulated_review(item: dict[str, Any], truth: str | None, rng: random.Random, *, noise: float) -> dict[str, Any]:
     """What a careful reviewer would say, knowing the task's right answer (the simulator's
-    oracle), wrong ``noise`` of the time. A wrong answer is fixed (edited, approved) half the
-    time, rejected otherwise."""
+    oracle). The verdict is the item's (`_worth_fixing`); the reviewer's own ``rng`` only decides
+    their slips, ``noise`` of the time, which are what makes two reviewers of an item disagree."""
     target = item["correction"] if item["user_action"] == "corrected" and item["correction"] else item["response"]
     right = truth is not None and is_correct(target, truth)
     abusive = any(w in (item["prompt"] or "").lower() for w in ("idiot", "useless"))
-    verdict, edited = ("approve", None) if right else (("approve", truth) if truth and rng.random() < 0.5 else ("reject", None))
+    fixed = bool(truth) and _worth_fixing(item["request_id"])
+    verdict, edited = ("approve", None) if right else (("approve", truth) if fixed else ("reject", None))
     if rng.random() < noise:
         verdict, edited = ("reject", None) if verdict == "approve" else ("approve", None)
     return {"accuracy": 5 if right else 1, "helpfulness": 4 if right else 2, "safety": 2 if abusive else 5,
@@ -34,11 +45,16 @@ def run_simulated_reviewers(
     *,
     reviewers: Sequence[str],
     reviewers_per_item: int,
-    noise: float = 0.1,
+    noise: float = 0.05,
     seed: int = 0,
     now: datetime | None = None,
 ) -> int:
-    """Every reviewer takes items until none is left for them; returns the reviews written."""
+    """Every reviewer takes items until none is left for them; returns the reviews written.
+
+    ``noise``: each reviewer's slip rate. Slips are independent, so two reviewers' kappa is at
+    most (1 - 2 noise) squared, lower the more one verdict dominates: careful annotators slip
+    about one time in twenty (kappa up to 0.81), where one in ten would cap it at 0.64, barely
+    above the 0.6 a review team asks of its people."""
     written = 0
     lease = timedelta(minutes=30)
     for reviewer in reviewers:
