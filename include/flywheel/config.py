@@ -394,16 +394,15 @@ class SimulateConfig(_Section):
 
 
 class TinyModelConfig(_Section):
-    tokenizer: Literal["char", "bpe"] = "bpe"
-    vocab_size: int = Field(384, gt=64)
+    vocab_size: int = Field(800, gt=64)
     hidden_size: int = Field(96, gt=0)
     intermediate_size: int = Field(256, gt=0)
     num_hidden_layers: int = Field(3, gt=0)
     num_attention_heads: int = Field(4, gt=0)
     num_key_value_heads: int = Field(2, gt=0)
     max_position_embeddings: int = Field(256, gt=0)
-    pretrain_examples: int = Field(3000, gt=0)
-    pretrain_epochs: float = Field(4, gt=0)
+    pretrain_examples: int = Field(6000, gt=0)
+    pretrain_epochs: float = Field(3, gt=0)
     pretrain_learning_rate: float = Field(4e-3, gt=0)
     seed: int = 11
 

@@ -21,9 +21,10 @@ def solve(prompt: str, context: str | None) -> str:
     low = prompt.lower()
     tokens = re.findall(r"[a-z]+", low)
     if context:
-        m = re.search(r"shipped to (\w+) with courier (\w+)", context)
-        assert m, context
-        return m.group(1) if "city" in low else m.group(2)
+        city = re.search(r"(?:shipped to|destination) (\w+)", context)
+        courier = re.search(r"courier (\w+)", context)
+        assert city and courier, context
+        return city.group(1) if "city" in low else courier.group(1)
     if "how many letters" in low or low.startswith("letters in"):
         (w,) = [t for t in tokens if t in _WORDS | _SHORT]
         return str(len(w))

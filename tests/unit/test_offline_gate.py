@@ -64,9 +64,9 @@ def test_bootstrap_interval_is_seeded_and_covers_the_mean():
     assert bootstrap_interval(scores, scores, samples=500, confidence=0.95, seed=1) == (0.0, 0.0)
 
 
-def _compare(champ_answers, chall_answers, **cfg):
+def _compare(champ_answers, chall_answers, tasks=TASKS, **cfg):
     config = EvaluationConfig(**cfg)
-    return compare_offline(TASKS, score_answers(TASKS, champ_answers), score_answers(TASKS, chall_answers),
+    return compare_offline(tasks, score_answers(tasks, champ_answers), score_answers(tasks, chall_answers),
                            champion_version="a", challenger_version="b", config=config)  # fmt: skip
 
 
@@ -96,11 +96,12 @@ def test_a_gain_that_regresses_one_slice_fails_on_the_slice():
 
 
 def test_one_item_of_noise_on_a_small_slice_is_tolerated():
-    champ = _answers(TASKS, right_types=("letter_count",))
-    first_letter = next(i for i, t in enumerate(TASKS) if t.task_type == "letter_count")
-    chall = _answers(TASKS, right_types=("letter_count", "arithmetic"))
+    tasks = golden_set(120, 20260101)  # the rare slice gets its floor, an eighth: 15 items
+    champ = _answers(tasks, right_types=("letter_count",))
+    first_letter = next(i for i, t in enumerate(tasks) if t.task_type == "letter_count")
+    chall = _answers(tasks, right_types=("letter_count", "arithmetic"))
     chall[first_letter] = "wrong"
-    gate = _compare(champ, chall)
+    gate = _compare(champ, chall, tasks)
     small = next(s for s in gate.slices if s.task_type == "letter_count")
     assert small.n < 20 and small.delta == pytest.approx(-1 / small.n) and not small.regressed
     assert gate.passed

@@ -22,7 +22,19 @@ from datetime import datetime
 from typing import Any
 
 from flywheel.config import FlywheelConfig
-from flywheel.cycle import data_gates, dataset, evaluate, extract, filtering, promote, record, report, review, train, validate
+from flywheel.cycle import (
+    data_gates,
+    dataset,
+    evaluate,
+    extract,
+    filtering,
+    promote,
+    record,
+    report,
+    review,
+    train,
+    validate,
+)
 from flywheel.cycle.spec import CycleSpec, InsufficientDataError, make_cycle
 from flywheel.data.extract import as_utc
 from flywheel.runconfig import DAG_OVERRIDES, build_run_config

@@ -71,8 +71,14 @@ from flywheel.warehouse import Warehouse, warehouse_from_config
 log = logging.getLogger("flywheel.sim.demo")
 
 DAG_ID = "flywheel_weekly"
+# A coordinated poisoning campaign (a third of users approve wrong answers, "fix" right ones and
+# fool the quality estimate) during the product week this weekly cycle reads: it must be caught.
+POISON_CYCLE = 4
+POISON_RATE = 0.3
 FIRST_WEEK = datetime(2026, 1, 5, tzinfo=UTC)  # a Monday: the bootstrap runs on it
 BETA_WEEKS = 2
+# The beta is a small group of early users: this share of the product's weekly volume.
+BETA_SHARE = 0.15
 
 
 def serve_week(
@@ -84,12 +90,14 @@ def serve_week(
     answer_for: Callable[[str], AnswerFn] | None = None,
     poison_rate: float | None = None,
     truth: dict[str, str] | None = None,
+    volume: float = 1.0,
 ) -> dict[str, object]:
     """The product's week (or ``days`` of it): the champion in force answers, simulated users
     react, logs land. While an A/B experiment runs, the users its hash buckets put in the
     challenger's arm are served by the challenger, and each row names the version that answered.
     ``answer_for`` maps a version to its answer function (default: load the model); ``truth``
-    collects each request's right answer, for the simulated reviewers."""
+    collects each request's right answer, for the simulated reviewers; ``volume`` scales the
+    week's traffic (the beta's few users)."""
     answer_for = answer_for or _model_answers(config, wh)
     champion = registry.champion_as_of(wh, week_start + timedelta(microseconds=1))
     routing = experiment.route(wh, week_start, config.experiment.bucket_salt)
@@ -98,7 +106,7 @@ def serve_week(
         week_start,
         answer_for(champion),
         model_version=champion,
-        n_requests=round(config.simulate.requests_per_week * days / 7),
+        n_requests=round(config.simulate.requests_per_week * volume * days / 7),
         seed=config.simulate.seed,
         malformed_rate=config.simulate.malformed_rate,
         adversarial_rate=config.simulate.adversarial_rate,
@@ -152,13 +160,14 @@ MONITOR_DAYS = (2, 2, 2, 1)
 
 
 def serve_week_with_monitor(
-    config: FlywheelConfig, wh: Warehouse, monday: datetime, env: dict[str, str], logs: Path, truth: dict[str, str]
+    config: FlywheelConfig, wh: Warehouse, monday: datetime, env: dict[str, str], logs: Path, truth: dict[str, str],
+    *, poison_rate: float | None = None,
 ) -> None:
     """Serve the week in slices, running `ab_monitor` through Airflow between them, so that a
     ramp, a promotion or a rollback changes who serves the rest of the week."""
     t = monday
     for k, days in enumerate(MONITOR_DAYS):
-        log.info("product days %s", serve_week(config, wh, t, days=days, truth=truth))
+        log.info("product days %s", serve_week(config, wh, t, days=days, truth=truth, poison_rate=poison_rate))
         t += timedelta(days=days)
         if k < len(MONITOR_DAYS) - 1 and needs_monitoring(wh, t, config.experiment):
             run_airflow_cycle(t, env, logs, dag_id="ab_monitor")
@@ -207,6 +216,13 @@ def demo_config(home: Path) -> Path:
 
     data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
     data["review"].update({"poll_seconds": 2, "reviewers_per_item": 2})
+    # The tiny model is pre-trained from scratch in a minute, not for months: a cycle's few
+    # hundred examples teach it only in five passes at a LoRA learning rate a 7B model would not
+    # take (the shipped defaults, one pass at 1e-3, are a real model's).
+    data["training"].update({"epochs": 5, "learning_rate": 0.003})
+    # About 300 requests a day: enough that a week's kept examples move the model and that an
+    # A/B test of a few points' lift decides within the week.
+    data["simulate"]["requests_per_week"] = 2000
     # The simulated product's answers are one or two words, checkable by exact match, where a
     # real chat product's responses are sentences: counting the response alone would keep none.
     data["filters"]["length_counts"] = "prompt_and_response"
@@ -256,7 +272,9 @@ def write_demo_labels(path: Path, *, n: int = 60, seed: int = 5) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cycles", type=int, default=4, help="weekly cycles to run through Airflow (default 4)")
+    parser.add_argument("--cycles", type=int, default=6, help="weekly cycles to run through Airflow (default 6)")
+    parser.add_argument("--poison-cycle", type=int, default=POISON_CYCLE,
+                        help=f"the weekly cycle (1-based) whose window a poisoning campaign hits (default {POISON_CYCLE}; 0: none)")
     parser.add_argument("--keep", action="store_true", help="keep the previous demo's warehouse and artefacts")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -293,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     truth: dict[str, str] = {}
     # Cold start: beta weeks served by the base model, then the bootstrap cycle.
     for w in range(BETA_WEEKS, 0, -1):
-        log.info("beta week %s", serve_week(config, wh, FIRST_WEEK - timedelta(weeks=w), truth=truth))
+        log.info("beta week %s", serve_week(config, wh, FIRST_WEEK - timedelta(weeks=w), truth=truth, volume=BETA_SHARE))
     labels = write_demo_labels(home / "labels" / "manual_labels.jsonl")
     t = time.monotonic()
     run_airflow_cycle(FIRST_WEEK, env, logs, dag_id="flywheel_bootstrap", conf={"labels_path": str(labels)})
@@ -302,15 +320,18 @@ def main(argv: list[str] | None = None) -> int:
     # serves that long before the first weekly cycle has a full window to read.
     weekly = build_run_config(config).config
     lag_weeks = (weekly.extract.lag_days + weekly.extract.window_days) // 7
+    # Weekly cycle k (1-based) reads product week k - 1: the poisoned week is that one.
+    poisoned = lambda week: POISON_RATE if args.poison_cycle and week == args.poison_cycle - 1 else None  # noqa: E731
     for w in range(lag_weeks):
-        log.info("product week %s", serve_week(config, wh, FIRST_WEEK + timedelta(weeks=w), truth=truth))
+        log.info("product week %s", serve_week(config, wh, FIRST_WEEK + timedelta(weeks=w), truth=truth,
+                                               poison_rate=poisoned(w)))  # fmt: skip
     with SimulatedReviewers(wh, truth, config.review.reviewers_per_item):
         for k in range(args.cycles):
             monday = FIRST_WEEK + timedelta(weeks=lag_weeks + k)
             t = time.monotonic()
             run_airflow_cycle(monday, env, logs)
             log.info("cycle for %s ran through Airflow in %.0fs", f"{monday:%Y-%m-%d}", time.monotonic() - t)
-            serve_week_with_monitor(config, wh, monday, env, logs, truth)
+            serve_week_with_monitor(config, wh, monday, env, logs, truth, poison_rate=poisoned(lag_weeks + k))
     monthly_date = FIRST_WEEK + timedelta(weeks=lag_weeks + args.cycles)
     t = time.monotonic()
     run_airflow_cycle(monthly_date, env, logs, dag_id="flywheel_monthly")
@@ -360,6 +381,10 @@ def main(argv: list[str] | None = None) -> int:
     diagnosis = wh.query("SELECT message FROM alerts WHERE kind = 'stagnation' ORDER BY raised_at DESC LIMIT 1").to_pylist()
     if diagnosis:
         print(f"Diagnosis: {diagnosis[0]['message']}")
+    print_curve(wh, config)
+    poisoned = (f"{DAG_ID}-{FIRST_WEEK + timedelta(weeks=lag_weeks + args.poison_cycle - 1):%Y%m%dT%H%M}"
+                if args.poison_cycle else None)  # fmt: skip
+    print_challengers(wh, poisoned)
     reports = sorted((config.artefacts_root / "reports").glob("*/report.md"))
     print(f"\nReports:    {len(reports)} cycle reports with plots; the monthly one: "
           + next((str(p.parent) for p in reports if "monthly" in p.parent.name), "-"))
@@ -386,6 +411,44 @@ def print_offline_and_ab(wh: Warehouse) -> None:
     print("\nChampion pointer decisions:")
     for p in wh.query("SELECT * FROM promotions ORDER BY logical_date, decided_at").to_pylist():
         print(f"  {p['logical_date']:%Y-%m-%d %H:%M} {p['cycle_id']}: {p['champion_before'] or '-'} -> {p['champion_after']}: {p['reason']}")
+
+
+def print_curve(wh: Warehouse, config: FlywheelConfig) -> None:
+    """The learning curve as a table: per cycle, the champion's golden accuracy once the cycle
+    (and, for a weekly one, the A/B test it started) was decided, and the phase it ended in."""
+    rows = cycles_report(wh)
+    print("\nLearning curve (golden-set accuracy of the champion; every point measured):\n")
+    print(f"{'cycle':<30} {'champion at start':>17} {'challenger':>10} {'decision':>22} {'phase':>11}")
+    for r in rows:
+        acc = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
+        print(f"{r['cycle_id']:<30} {acc(r['champion_accuracy']):>17} {acc(r['challenger_accuracy']):>10} "
+              f"{_decision_of(r):>22} {r['phase'] or '-':>11}")  # fmt: skip
+    final = registry.current_champion(wh)
+    scores = {r["challenger"]: r["challenger_accuracy"] for r in rows if r["challenger"]}
+    if final in scores:
+        print(f"{'now':<30} {acc(scores[final]):>17}   champion {final}")
+
+
+def _decision_of(row: dict) -> str:
+    if row.get("ab_status"):
+        return {"promoted": "A/B: promoted", "rolled_back": "A/B: rolled back", "stopped": "A/B: stopped, kept",
+                "running": "A/B: running"}.get(row["ab_status"], f"A/B: {row['ab_status']}")  # fmt: skip
+    if not row["challenger"]:
+        return "no challenger"
+    return "promoted offline" if row["promoted"] else "rejected offline"
+
+
+def print_challengers(wh: Warehouse, poisoned_cycle: str | None) -> None:
+    """What became of each challenger: the offline gate, the A/B test, the champion pointer."""
+    gates = {r["cycle_id"]: r for r in wh.query("SELECT * FROM offline_comparisons").to_pylist()}
+    print("\nEvery challenger's fate:\n")
+    for r in cycles_report(wh):
+        if not r["challenger"]:
+            continue
+        gate = gates.get(r["cycle_id"])
+        gate_s = ("passed" if gate["passed"] else "FAILED") + f" ({gate['delta']:+.3f})" if gate else "-"
+        mark = "  <- trained on the poisoned week" if r["cycle_id"] == poisoned_cycle else ""
+        print(f"  {r['challenger']:<34} offline gate {gate_s:<17} {_decision_of(r)}{mark}")
 
 
 def print_bootstrap(wh: Warehouse) -> None:

@@ -6,12 +6,27 @@ adversarial users "correct" right answers into wrong ones, and one task type is 
 every task's answer can be checked, the traffic's outcomes are real measurements of whichever
 model served it.
 
+What a model can learn here, and so why the flywheel turns: users ask about a long tail of
+words, sums, cities and couriers (`ZIPF_S`); the base model's pre-training knew a general half
+of them, in generic phrasing and the generic layout of a shipping note. The product's users
+write chatty requests about the whole tail and paste the product's own notes, so the base model
+answers them poorly; every week's corrections teach a little more of the tail.
+
+The golden set is drawn from the same product (stratified, so the rare type is judged on enough
+items), and a chatty request is small talk around the request, drawn clause by clause, so a
+training row is rarely a copy of a golden input and decontamination drops few good rows.
+
 The module knows nothing of torch or Airflow: the model is any ``answer_fn`` that maps
 ``(prompt, context)`` pairs to answers.
+
+Why this module is long: the world (entities, templates, the golden set's draw) and the users
+who react to a model's answers in it are one simulator, and read best together.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import random
 import uuid
 from collections.abc import Callable, Sequence
@@ -28,110 +43,160 @@ AnswerFn = Callable[[Sequence[tuple[str, str | None]]], list[str]]
 
 _NAMESPACE = uuid.UUID("5b1f3a52-8f0e-4a51-9a43-6d1d0c1e7f20")
 
+# The simulated product's world: the words, cities and names its users ask about. Small enough
+# for a model of a few hundred thousand parameters to learn on two CPU cores in minutes.
 WORDS = (
-    "apple river stone cloud tiger lemon piano garden silver rocket candle forest "
-    "window dragon orange basket mirror pencil castle rabbit summer winter violet "
-    "copper meadow falcon harbor island jungle kettle ladder marble needle oyster "
-    "parrot quartz saddle thunder velvet walnut yellow zebra anchor bridge cactus"
+    "apple river stone cloud tiger lemon piano garden silver rocket candle forest window dragon "
+    "orange basket mirror pencil castle rabbit summer winter violet copper meadow falcon harbor "
+    "island jungle kettle ladder marble needle oyster parrot quartz saddle thunder velvet walnut "
+    "yellow zebra anchor bridge cactus cherry coffee planet"
 ).split()
-SHORT_WORDS = "cat dog sun map cup box pen hat jam fox owl bee kiwi frog moon star lamp rope tree ship".split()
-CITIES = "Lisbon Oslo Cairo Lima Quito Dakar Riga Hanoi Perth Tunis Accra Bern Doha Kyiv Minsk Sofia".split()
-NAMES = "Dana Omar Lena Ravi Mina Tomas Ines Kofi Yuki Sara Ivan Leah Nico Ada Ben Zoe".split()
+SHORT_WORDS = "cat dog sun map cup box pen hat jam fox owl bee kiwi frog moon star lamp rope tree ship bus egg".split()
+CITIES = "Lisbon Oslo Cairo Lima Quito Dakar Riga Hanoi Perth Tunis Accra Bern Doha Kyiv Minsk Sofia Paris Rome".split()
+NAMES = "Dana Omar Lena Ravi Mina Tomas Ines Kofi Yuki Sara Ivan Leah Nico Ada Ben Zoe Amir Bea".split()
+NUMBERS = tuple(range(10))
 DAYS = "Monday Tuesday Wednesday Thursday Friday Saturday Sunday".split()
 
+# Which entities users ask about follows a long tail (Zipf, exponent ZIPF_S): a few words, cities
+# and sums come up every day, most rarely. The base model's pre-training knows a general half of
+# them (`general`); the rest the model learns from the product's own traffic, mostly from users'
+# corrections, a little more each week: that is what makes the flywheel turn.
+ZIPF_S = 0.9
 
-def _pick(rng: random.Random, chatty: bool, terse: list[str], verbose: list[str]) -> str:
-    return rng.choice(verbose if chatty else terse)
+
+def _rank(entity: object) -> int:
+    return int.from_bytes(hashlib.sha256(f"rank:{entity}".encode()).digest()[:4], "big")
 
 
-def _arithmetic(rng: random.Random, chatty: bool) -> Task:
-    a, b = rng.randint(0, 20), rng.randint(0, 20)
-    prompt = _pick(
+@functools.cache
+def _popularity(pool: tuple) -> tuple[tuple, tuple[float, ...]]:
+    ordered = tuple(sorted(pool, key=_rank))
+    return ordered, tuple(1 / (i + 1) ** ZIPF_S for i in range(len(ordered)))
+
+
+def general(entity: object) -> bool:
+    """Whether the base model's (generic) pre-training knows this entity: about half do."""
+    return hashlib.sha256(f"general:{entity}".encode()).digest()[0] < 128
+
+
+def _choose(rng: random.Random, pool: Sequence[object], source: str):
+    """An entity as its source sees them: pre-training (``general``) draws uniformly from the
+    general half; the product's users and its golden set (``product``) by popularity."""
+    if source == "general":
+        return rng.choice([x for x in pool if general(x)])
+    ordered, weights = _popularity(tuple(pool))
+    return rng.choices(ordered, weights=weights)[0]
+
+
+# Chatty requests are a request wrapped in small talk, as people write: an opener, the request,
+# a closer, each drawn on its own, so two users rarely send the same words. (With one fixed
+# sentence per request, a quarter of the product's requests were word-for-word copies of a
+# golden-set item, and decontamination rightly dropped them.)
+OPENERS = (
+    "Hi there!", "Hello, quick one.", "Good morning!", "Hey, hope you are well.", "Sorry to bother you again.",
+    "Okay, next question.", "Thanks for the help earlier.", "I have a small request.",
+)
+CLOSERS = (
+    "Just the answer please, nothing else.", "Thanks a lot in advance!", "I need it for a form at work today.",
+    "My kids are waiting for it.", "Please keep it short.", "It is for a puzzle I am making this weekend.",
+    "Reply with the answer only, I will paste it.", "I am in a hurry, so thank you!",
+)
+
+
+def _phrase(rng: random.Random, style: str, terse: list[str], chatty: list[str]) -> str:
+    if style == "terse":
+        return rng.choice(terse)
+    return f"{rng.choice(OPENERS)} {rng.choice(chatty)} {rng.choice(CLOSERS)}"
+
+
+def _arithmetic(rng: random.Random, style: str, source: str = "product") -> Task:
+    a, b = _choose(rng, NUMBERS, source), _choose(rng, NUMBERS, source)
+    prompt = _phrase(
         rng,
-        chatty,
+        style,
         [f"{a} + {b} = ?", f"what is {a} plus {b}?"],
         [
-            f"Hi! I am splitting a restaurant bill with friends and my head hurts. Could you tell me what {a} plus {b} comes to? Just the number please.",
-            f"Quick question for my homework tonight: if I have {a} apples and then get {b} more apples, how many apples do I have in total now?",
-            f"I keep getting a different total each time I count on my fingers, so please settle it for me: what is {a} + {b}? Reply with the number only.",
+            f"I am splitting a restaurant bill and my head hurts: what does {a} plus {b} come to?",
+            f"If I have {a} apples and then get {b} more apples, how many apples do I have in total?",
+            f"I keep getting a different total on my fingers, so settle it for me: what is {a} + {b}?",
         ],
     )
     return Task("arithmetic", prompt, str(a + b))
 
 
-def _uppercase(rng: random.Random, chatty: bool) -> Task:
-    w = rng.choice(WORDS)
-    prompt = _pick(
+def _uppercase(rng: random.Random, style: str, source: str = "product") -> Task:
+    w = _choose(rng, WORDS, source)
+    prompt = _phrase(
         rng,
-        chatty,
+        style,
         [f"uppercase: {w}", f"{w} in capitals"],
         [
-            f"Please rewrite the word {w} in capital letters for the heading of my school poster, I want it to stand out from the rest of the page.",
-            f"My keyboard's shift key is broken and I need the word {w} written in all capital letters for a form, could you type it out for me?",
+            f"Please rewrite the word {w} in capital letters for the heading of my school poster.",
+            f"My shift key is broken and I need the word {w} written in all capital letters.",
         ],
     )
     return Task("uppercase", prompt, w.upper())
 
 
-def _reverse(rng: random.Random, chatty: bool) -> Task:
-    w = rng.choice(SHORT_WORDS)
-    prompt = _pick(
+def _reverse(rng: random.Random, style: str, source: str = "product") -> Task:
+    w = _choose(rng, SHORT_WORDS, source)
+    prompt = _phrase(
         rng,
-        chatty,
+        style,
         [f"reverse {w}", f"{w} backwards"],
         [
-            f"For a little word puzzle I am making for my kids, could you write the word {w} backwards, letter by letter, with nothing else around it?",
-            f"I am designing a mirror-writing game and need the word {w} spelled in reverse order, last letter first; please give me just that reversed word.",
+            f"Could you write the word {w} backwards, letter by letter, for a little word puzzle?",
+            f"I need the word {w} spelled in reverse order, last letter first, for a mirror game.",
         ],
     )
     return Task("reverse", prompt, w[::-1])
 
 
-def _extraction(rng: random.Random, chatty: bool) -> Task:
+def _extraction(rng: random.Random, style: str, source: str = "product") -> Task:
     code = f"{rng.choice('ABCDEFGH')}{rng.randint(10, 99)}"
-    city, name, day = rng.choice(CITIES), rng.choice(NAMES), rng.choice(DAYS)
-    context = f"Order {code} left the warehouse on {day} and was shipped to {city} with courier {name}."
+    # The answer is in the context: what pre-training teaches here is to copy, so it sees every
+    # city and courier, not a general half.
+    pick = (lambda pool: rng.choice(pool)) if source == "general" else (lambda pool: _choose(rng, pool, source))
+    city, name, day = pick(CITIES), pick(NAMES), rng.choice(DAYS)
+    if source == "general":
+        context = f"Order {code} left the warehouse on {day} and was shipped to {city} with courier {name}."
+    else:  # the product's own shipping notes: a layout the base model never read
+        context = f"Note {code} / {day}: courier {name}; destination {city}."
     if rng.random() < 0.5:
-        prompt = _pick(
+        prompt = _phrase(
             rng,
-            chatty,
+            style,
             [f"Which city did order {code} go to?", f"city of order {code}?"],
-            [
-                f"I am following up on a customer complaint and need to know where the parcel was going: according to the shipping note, which city was order {code} shipped to?",
-            ],
+            [f"I am following up on a complaint: according to the shipping note, which city was order {code} shipped to?"],
         )
         return Task("extraction", prompt, city, context)
-    prompt = _pick(
+    prompt = _phrase(
         rng,
-        chatty,
+        style,
         [f"Who was the courier for order {code}?", f"courier of order {code}?"],
-        [
-            f"The customer wants to thank the person who delivered their parcel; going by the shipping note above, who was the courier that carried order {code} for us?",
-        ],
+        [f"The customer wants to thank the person who delivered it: going by the note, who was the courier of order {code}?"],
     )
     return Task("extraction", prompt, name, context)
 
 
-def _letter_count(rng: random.Random, chatty: bool) -> Task:
-    # The rare class: a few percent of traffic.
-    w = rng.choice(WORDS + SHORT_WORDS)
-    prompt = _pick(
+def _letter_count(rng: random.Random, style: str, source: str = "product") -> Task:
+    # The rare class: one request in twelve.
+    w = _choose(rng, WORDS + SHORT_WORDS, source)
+    prompt = _phrase(
         rng,
-        chatty,
+        style,
         [f"letters in {w}?", f"How many letters does {w} have?"],
-        [
-            f"How many letters does the word {w} have? I am checking a crossword answer and want to be sure before I write it into the grid.",
-        ],
+        [f"How many letters does the word {w} have? I am checking a crossword answer before I write it in."],
     )
     return Task("letter_count", prompt, str(len(w)))
 
 
-TASK_MIX: tuple[tuple[Callable[[random.Random, bool], Task], float], ...] = (
-    (_arithmetic, 0.30),
+TASK_MIX: tuple[tuple[Callable[..., Task], float], ...] = (
+    (_arithmetic, 0.26),
     (_uppercase, 0.22),
     (_reverse, 0.20),
     (_extraction, 0.24),
-    (_letter_count, 0.04),
+    (_letter_count, 0.08),
 )
 TASK_TYPES = ("arithmetic", "uppercase", "reverse", "extraction", "letter_count")
 
@@ -142,27 +207,52 @@ PRODUCT_CHATTY_SHARE = 0.7
 
 
 def sample_task(rng: random.Random, *, chatty_share: float = PRODUCT_CHATTY_SHARE) -> Task:
+    """A request of the product's mix: chatty ``chatty_share`` of the time, terse otherwise."""
     makers, weights = zip(*TASK_MIX, strict=True)
     maker = rng.choices(makers, weights=weights)[0]
-    return maker(rng, rng.random() < chatty_share)
+    chatty = rng.random() < chatty_share
+    return maker(rng, "chatty" if chatty else "terse")
 
 
 def golden_set(n: int, seed: int) -> list[Task]:
-    """A fixed evaluation set: the same ``(n, seed)`` always gives the same tasks."""
+    """A fixed evaluation set: the same ``(n, seed)`` always gives the same tasks.
+
+    Stratified by task type: each type gets its share of the product's mix, but at least an
+    eighth of the set, so that the offline gate's per-slice rule judges the rare type on enough
+    items (on a dozen, two unlucky answers read as a 15-point regression); the common types give
+    up the difference, the largest first."""
     rng = random.Random(f"golden:{seed}")
-    return [sample_task(rng) for _ in range(n)]
+    floor = n // 8
+    quota = {maker: max(floor, round(n * w)) for maker, w in TASK_MIX}
+    while sum(quota.values()) > n:
+        quota[max(quota, key=quota.__getitem__)] -= 1
+    while sum(quota.values()) < n:
+        quota[max(quota, key=quota.__getitem__)] += 1
+    tasks = [maker(rng, "chatty" if rng.random() < PRODUCT_CHATTY_SHARE else "terse")
+             for maker, k in quota.items() for _ in range(k)]  # fmt: skip
+    rng.shuffle(tasks)
+    return tasks
 
 
 def synthetic_tasks(per_task_type: int, seed: int) -> list[Task]:
     """``per_task_type`` template tasks of every task type, chatty like the product's requests."""
     rng = random.Random(f"synthetic:{seed}")
-    return [maker(rng, True) for maker, _ in TASK_MIX for _ in range(per_task_type)]
+    return [maker(rng, "chatty") for maker, _ in TASK_MIX for _ in range(per_task_type)]
 
 
-def pretraining_tasks(n: int, seed: int) -> list[Task]:
+def tokenizer_tasks(n: int, seed: int) -> list[Task]:
+    """Requests of every kind, half of them chatty: the text the tiny model's tokenizer learns
+    its words from (answers are not learnt from it)."""
+    rng = random.Random(f"tokenizer:{seed}")
+    return [sample_task(rng, chatty_share=0.5) for _ in range(n)]
+
+
+def pretraining_tasks(n: int, seed: int, chatty_share: float = 0.5) -> list[Task]:
     """Right-answer examples for the tiny model's brief pre-training: terse prompts only."""
     rng = random.Random(f"pretrain:{seed}")
-    return [sample_task(rng, chatty_share=0.0) for _ in range(n)]
+    makers, weights = zip(*TASK_MIX, strict=True)
+    return [rng.choices(makers, weights=weights)[0](rng, "chatty" if rng.random() < chatty_share else "terse", "general")
+            for _ in range(n)]  # fmt: skip
 
 
 @dataclass(frozen=True)
