@@ -280,12 +280,13 @@ def format_offline_table(rows: Sequence[dict[str, Any]]) -> str:
             f"{r['cycle_id']:<32} {r['champion_accuracy']:>6.3f} [{r['champion_low']:.3f}, {r['champion_high']:.3f}] "
             f"{r['challenger_accuracy']:>6.3f} [{r['challenger_low']:.3f}, {r['challenger_high']:.3f}] "
             f"{r['delta']:>+7.3f} [{r['delta_low']:+.3f}, {r['delta_high']:+.3f}]  "
-            + _gate_summary(r)
+            + gate_summary(r)
         )  # fmt: skip
     return "\n".join(lines)
 
 
-def _gate_summary(row: dict[str, Any]) -> str:
+def gate_summary(row: dict[str, Any]) -> str:
+    """An `offline_comparisons` row's verdict in a few words: passed, or what failed it."""
     if row["passed"]:
         return "passed"
     regressed = [f"{s['task_type']} {s['delta']:+.2f}" for s in json.loads(row["slices_json"]) if s["regressed"]]

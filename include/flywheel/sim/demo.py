@@ -49,7 +49,7 @@ from flywheel.config import (
 from flywheel.data.bootstrap import write_labels_file
 from flywheel.evaluation import experiment
 from flywheel.evaluation.monitor import format_experiments_table, needs_monitoring
-from flywheel.evaluation.offline import format_offline_table
+from flywheel.evaluation.offline import format_offline_table, gate_summary
 from flywheel.model import registry
 from flywheel.model.inference import answer_fn, load_model
 from flywheel.ops.curve import CURVE_FILE, write_learning_curve
@@ -418,15 +418,15 @@ def print_curve(wh: Warehouse, config: FlywheelConfig) -> None:
     (and, for a weekly one, the A/B test it started) was decided, and the phase it ended in."""
     rows = cycles_report(wh)
     print("\nLearning curve (golden-set accuracy of the champion; every point measured):\n")
-    print(f"{'cycle':<30} {'champion at start':>17} {'challenger':>10} {'decision':>22} {'phase':>11}")
+    print(f"{'cycle':<34} {'champion at start':>17} {'challenger':>10} {'decision':>22} {'phase':>11}")
     for r in rows:
         acc = lambda v: f"{v:.3f}" if v is not None else "-"  # noqa: E731
-        print(f"{r['cycle_id']:<30} {acc(r['champion_accuracy']):>17} {acc(r['challenger_accuracy']):>10} "
+        print(f"{r['cycle_id']:<34} {acc(r['champion_accuracy']):>17} {acc(r['challenger_accuracy']):>10} "
               f"{_decision_of(r):>22} {r['phase'] or '-':>11}")  # fmt: skip
     final = registry.current_champion(wh)
     scores = {r["challenger"]: r["challenger_accuracy"] for r in rows if r["challenger"]}
     if final in scores:
-        print(f"{'now':<30} {acc(scores[final]):>17}   champion {final}")
+        print(f"{'now':<34} {acc(scores[final]):>17}   champion {final}")
 
 
 def _decision_of(row: dict) -> str:
@@ -446,9 +446,9 @@ def print_challengers(wh: Warehouse, poisoned_cycle: str | None) -> None:
         if not r["challenger"]:
             continue
         gate = gates.get(r["cycle_id"])
-        gate_s = ("passed" if gate["passed"] else "FAILED") + f" ({gate['delta']:+.3f})" if gate else "-"
+        gate_s = f"{gate['delta']:+.3f}: {gate_summary(gate)}" if gate else "-"
         mark = "  <- trained on the poisoned week" if r["cycle_id"] == poisoned_cycle else ""
-        print(f"  {r['challenger']:<34} offline gate {gate_s:<17} {_decision_of(r)}{mark}")
+        print(f"  {r['challenger']:<34} {_decision_of(r):<22} offline gate {gate_s}{mark}")
 
 
 def print_bootstrap(wh: Warehouse) -> None:
