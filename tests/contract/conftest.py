@@ -2,7 +2,7 @@
 (local-bigquery), each driven by its real client and opened the way a task opens it, through
 `FlywheelWarehouseHook` and an Airflow connection (given as an ``AIRFLOW_CONN_*`` variable).
 
-The emulators are installed (BigQuery's into its own venv) and started once per session by
+The emulators are installed (BigQuery's into its own venv) and started once for this package by
 ``scripts/emulators.py``; each test gets a fresh dataset or schema.
 """
 
@@ -18,9 +18,11 @@ from scripts import emulators
 from tests.helpers.backends import BACKENDS, backend_config, open_warehouse
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def running(tmp_path_factory) -> Iterator[dict[str, emulators.Emulator]]:
-    """Emulators started on first use and stopped when the session ends."""
+    """Emulators started on first use and stopped when the contract tests are done: the
+    BigQuery emulator keeps about half a core busy while idle, which the rest of the suite
+    would pay for."""
     workdir = tmp_path_factory.mktemp("emulators")
 
     class Started(dict[str, emulators.Emulator]):
