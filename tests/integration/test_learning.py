@@ -2,9 +2,10 @@
 
 The demo's simulated product on a fixed seed, run in process (`flywheel.sim.loop`: the DAGs'
 stages without Airflow, the A/B leg off so that the offline gate decides), through the bootstrap
-and one weekly cycle. Measured with the code that added this test (seed 7): the base model
-answers 0.479 of the golden set, the bootstrap's model 0.646 (+0.167), and the weekly
-challenger, continued from the bootstrap's adapter on the next window, 0.679 (+0.033). The
+and one weekly cycle. Measured in two runs of the code that added this test (seed 7; training
+on CPU threads is not bit-for-bit repeatable): the base model answers 0.454-0.479 of the golden
+set, the bootstrap's model 0.629-0.646 (+0.167 to +0.175), and the weekly challenger, continued
+from the bootstrap's adapter on the next window, 0.679-0.700 (+0.033 to +0.071). The
 bounds below sit well inside those figures, so noise does not fail the test, while a training
 path that stops learning (no gain from the bootstrap) or a weekly cycle that throws away what
 the bootstrap learnt (a challenger trained from the bare base: about the base's score) does.
@@ -20,8 +21,8 @@ from flywheel.sim.loop import run_flywheel
 
 pytestmark = pytest.mark.slow
 
-MIN_BOOTSTRAP_GAIN = 0.08  # measured +0.167
-MAX_WEEKLY_LOSS = 0.05  # measured +0.033: the weekly challenger keeps what the bootstrap learnt
+MIN_BOOTSTRAP_GAIN = 0.08  # measured +0.167, +0.175
+MAX_WEEKLY_LOSS = 0.05  # measured +0.033, +0.071: the weekly challenger keeps what the bootstrap learnt
 
 
 def test_golden_accuracy_rises_at_the_bootstrap_and_a_weekly_cycle_keeps_it(tmp_path):
