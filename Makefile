@@ -4,6 +4,9 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# pytest-xdist workers for the test targets: one per core, at most 4 (each holds torch and Airflow
+# in memory); `make test TEST_WORKERS=0` runs in one process. See tests/conftest.py.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
 .PHONY: install emulators demo test test-random test-slow test-all test-postgres compose-config airflow lint bench clean
 
@@ -30,17 +33,17 @@ demo: install
 ## cycles through real Airflow, the review UI in a browser). The Postgres stack test has its own
 ## target (`make test-postgres`), which CI runs after this one (.ci/run).
 test: install emulators
-	$(BIN)/python -m pytest -m "not slow and not postgres" --durations=15
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not postgres" --durations=15
 
 ## `make test`'s selection in a shuffled order (pytest-randomly; the seed is printed in the
 ## header): no test may need another to have run first. `make test-random SEED=n` repeats an order.
 test-random: install emulators
-	$(BIN)/python -m pytest -p randomly $(if $(SEED),--randomly-seed=$(SEED)) -m "not slow and not postgres"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -p randomly $(if $(SEED),--randomly-seed=$(SEED)) -m "not slow and not postgres"
 
 ## The slow suites (the negative flywheel: a poisoned week through the cycle and the A/B, on the
 ## default tiny model); CI runs them after `make test` and `make test-postgres`.
 test-slow: install
-	$(BIN)/python -m pytest -m "slow and not postgres" --durations=5
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "slow and not postgres" --durations=5
 
 test-all: install emulators
 	$(BIN)/python -m pytest

@@ -9,8 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+from airflow.sdk import DAG
+
 from flywheel.cycle import STAGES
 from flywheel_airflow import operators
+from flywheel_airflow.cycle_dag import cycle_chain
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,3 +47,12 @@ def test_parsing_the_dags_imports_no_heavy_dependency():
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(path)}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout
+
+
+def test_the_dags_chain_the_stages_in_the_order_the_in_process_cycle_runs_them():
+    """`cycle_chain` (Airflow) and `flywheel.cycle.inprocess` (the benchmark and the learning
+    test) must run one order: `STAGES`, with the bootstrap's extract in place of the window's."""
+    with DAG("order_probe", schedule=None):
+        tasks = cycle_chain()
+    ran = [t.stage.__name__ for t in tasks if isinstance(t, operators.FlywheelStageOperator)]
+    assert ran == [name for name in STAGES if name != "extract_bootstrap"]

@@ -8,7 +8,8 @@ its own from the Airflow UI, and a backfill writes no duplicates.
 One module per stage (`extract`, `data_gates`, `validate`, `filtering`, `review`, `dataset`,
 `train`, `evaluate`, `promote`, `record`, `report`); `spec` holds the cycle itself and the one
 clock every stage stamps its rows with. `STAGES` lists the stages in the order the DAGs chain
-them (`flywheel_airflow.cycle_dag.cycle_chain`).
+them (`flywheel_airflow.cycle_dag.cycle_chain`); `flywheel.cycle.inprocess` runs the same
+order from `BEFORE_REVIEW` and `MODEL_STAGES`.
 """
 
 from __future__ import annotations
@@ -32,26 +33,35 @@ from flywheel.cycle import (
 from flywheel.cycle.spec import CycleSpec, InsufficientDataError, make_cycle
 from flywheel.warehouse import Warehouse
 
-__all__ = ["STAGES", "CycleSpec", "InsufficientDataError", "Stage", "make_cycle"]
+__all__ = ["BEFORE_REVIEW", "MODEL_STAGES", "STAGES", "CycleSpec", "InsufficientDataError", "Stage", "make_cycle"]
 
 Stage = Callable[[CycleSpec, Warehouse], dict[str, Any]]
+
+# Between extract and the review wait (a sensor in the DAG), in order.
+BEFORE_REVIEW: tuple[Stage, ...] = (
+    data_gates.gate_raw_window,
+    validate.validate_rows,
+    filtering.filter_candidates,
+    review.sample_for_review,
+)
+# From the training-set gate to promotion, in order: the stages a skipped training skips.
+MODEL_STAGES: tuple[Stage, ...] = (
+    data_gates.gate_training_set,
+    train.train_challenger,
+    train.train_twin,
+    evaluate.evaluate_golden_set,
+    promote.promote_if_better,
+)
 
 STAGES: dict[str, Stage] = {
     stage.__name__: stage
     for stage in (
         extract.extract_window,
         extract.extract_bootstrap,  # in place of extract_window at cold start
-        data_gates.gate_raw_window,
-        validate.validate_rows,
-        filtering.filter_candidates,
-        review.sample_for_review,
+        *BEFORE_REVIEW,
         review.calibrate_filters,
         dataset.build_dataset,
-        data_gates.gate_training_set,
-        train.train_challenger,
-        train.train_twin,
-        evaluate.evaluate_golden_set,
-        promote.promote_if_better,
+        *MODEL_STAGES,
         record.record_cycle,
         report.write_report,
     )

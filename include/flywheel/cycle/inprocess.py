@@ -22,32 +22,11 @@ from datetime import datetime
 from typing import Any
 
 from flywheel.config import FlywheelConfig
-from flywheel.cycle import (
-    data_gates,
-    dataset,
-    evaluate,
-    extract,
-    filtering,
-    promote,
-    record,
-    report,
-    review,
-    train,
-    validate,
-)
+from flywheel.cycle import BEFORE_REVIEW, MODEL_STAGES, dataset, extract, record, report, review
 from flywheel.cycle.spec import CycleSpec, InsufficientDataError, make_cycle
 from flywheel.data.extract import as_utc
 from flywheel.runconfig import DAG_OVERRIDES, build_run_config
 from flywheel.warehouse import Warehouse
-
-# The stages from the dataset on; a skip of one skips the ones after it up to `record_cycle`.
-_MODEL_STAGES = (
-    data_gates.gate_training_set,
-    train.train_challenger,
-    train.train_twin,
-    evaluate.evaluate_golden_set,
-    promote.promote_if_better,
-)
 
 
 def run_cycle(
@@ -71,8 +50,7 @@ def run_cycle(
     cycle = replace(cycle, phase=run.phase)
     first = extract.extract_bootstrap if dag_id == "flywheel_bootstrap" else extract.extract_window
     out: dict[str, Any] = {}
-    for stage in (first, data_gates.gate_raw_window, validate.validate_rows, filtering.filter_candidates,
-                  review.sample_for_review):  # fmt: skip
+    for stage in (first, *BEFORE_REVIEW):
         out[stage.__name__] = stage(cycle, wh)
     if review_fn is not None and cycle.config.review.enabled:
         review_fn(cycle)
@@ -84,7 +62,7 @@ def run_cycle(
     if "skipped" not in out and (params or {}).get("skip_training"):
         out["skipped"] = "skip_training param set: no challenger this run"
     if "skipped" not in out:
-        for stage in _MODEL_STAGES:
+        for stage in MODEL_STAGES:
             out[stage.__name__] = stage(cycle, wh)
     out["record_cycle"] = record.record_cycle(cycle, wh)
     if write_report:
