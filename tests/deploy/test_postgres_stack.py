@@ -84,7 +84,7 @@ def flywheel(tmp_path_factory) -> dict[str, Any]:
     """A small config, the tiny model, and the four weeks of simulated traffic the runs read."""
     from flywheel.config import load_config
     from flywheel.model import registry
-    from flywheel.sim.demo import serve_week
+    from flywheel.sim.product import serve_week
     from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
     from flywheel.warehouse import warehouse_from_config
 

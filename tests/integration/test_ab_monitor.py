@@ -49,7 +49,7 @@ def env(tmp_path_factory):
 
 
 def _serve(env, start: datetime, days: float = EVERY) -> None:
-    from flywheel.sim.demo import serve_week
+    from flywheel.sim.product import serve_week
 
     serve_week(env["config"], env["wh"], start, days=days, answer_for=ANSWERS.__getitem__)
 

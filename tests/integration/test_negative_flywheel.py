@@ -32,7 +32,7 @@ POISON_RATE = 0.2
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     from flywheel.model import registry
-    from flywheel.sim.demo import serve_week
+    from flywheel.sim.product import serve_week
     from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
 
     def edit(cfg):
@@ -67,7 +67,7 @@ def _poisoners(config) -> set[str]:
 def test_a_poisoned_cycle_never_leaves_a_worse_champion(env):
     from flywheel.evaluation import experiment
     from flywheel.model import registry
-    from flywheel.sim.demo import serve_week
+    from flywheel.sim.product import serve_week
 
     wh, base = env["wh"], env["base"]
     poisoners = _poisoners(env["config"])

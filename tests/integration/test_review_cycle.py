@@ -51,8 +51,8 @@ def airflow(tmp_path_factory):
 
     from flywheel.config import load_config
     from flywheel.model import registry
-    from flywheel.sim.demo import serve_week
     from flywheel.sim.localenv import airflow_env
+    from flywheel.sim.product import serve_week
     from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
     from flywheel.warehouse import warehouse_from_config
 

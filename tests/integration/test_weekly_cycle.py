@@ -59,7 +59,7 @@ def _malformed_rows() -> pa.Table:
 def env(tmp_path_factory):
     """Temporary homes, a small config, a built tiny model, and three weeks of traffic."""
     from flywheel.model import registry
-    from flywheel.sim.demo import serve_week
+    from flywheel.sim.product import serve_week
     from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
 
     def edit(cfg):

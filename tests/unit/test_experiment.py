@@ -14,7 +14,7 @@ from flywheel.evaluation.experiment import ArmMetrics, bucket, required_sample_s
 from flywheel.evaluation.monitor import monitor
 from flywheel.model import registry
 from flywheel.model.registry import ModelVersion
-from flywheel.sim.demo import serve_week
+from flywheel.sim.product import serve_week
 from flywheel.tables import rows_to_table
 
 T = datetime(2026, 3, 2, tzinfo=UTC)

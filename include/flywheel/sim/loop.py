@@ -21,7 +21,7 @@ from flywheel.evaluation.monitor import monitor, needs_monitoring
 from flywheel.model import registry
 from flywheel.ops.metrics import cycles_report
 from flywheel.runconfig import build_run_config
-from flywheel.sim.demo import (
+from flywheel.sim.product import (
     BETA_SHARE,
     BETA_WEEKS,
     FIRST_WEEK,
