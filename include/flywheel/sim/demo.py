@@ -82,8 +82,9 @@ def run_airflow_cycle(
     """``airflow dags test`` for one logical date; its full log is kept, its failure is loud."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{dag_id}-{logical_date:%Y%m%d}.log"
-    airflow = str(Path(sys.executable).with_name("airflow"))
-    cmd = [airflow, "dags", "test", dag_id, logical_date.isoformat()] + (["-c", json.dumps(conf)] if conf else [])
+    # `airflow dags test`, with Airflow's per-task in-process API cached (see the script).
+    dags_test = [sys.executable, str(PROJECT_ROOT / "scripts" / "airflow_dags_test.py")]
+    cmd = [*dags_test, dag_id, logical_date.isoformat()] + (["-c", json.dumps(conf)] if conf else [])
     with log_file.open("w") as out:
         proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:
