@@ -52,12 +52,19 @@ def _request(setup, out: Path, **training) -> dict:
     }  # fmt: skip
 
 
-def test_adapter_is_standard_and_reloads_exactly_in_a_fresh_process(setup):
+@pytest.fixture(scope="module")
+def adapter_a(setup) -> dict:
+    """One adapter, one epoch, trained once for the tests that inspect or export it."""
     out = setup["root"] / "adapter-a"
     req = _request(setup, out)
     cfg = setup["config"].training.model_copy(update={"epochs": 1, "checkpoint_steps": 5})
     result = train_lora(base_model=setup["base"], dataset_path=setup["dataset"], output_dir=out, config=cfg,
                         lineage=req["lineage"])  # fmt: skip
+    return {"out": out, "cfg": cfg, "result": result}
+
+
+def test_adapter_is_standard_and_reloads_exactly_in_a_fresh_process(setup, adapter_a):
+    out, cfg, result = adapter_a["out"], adapter_a["cfg"], adapter_a["result"]
     assert result.steps == _steps(setup, 1) and result.resumed_from_step == 0
     adapter_config = json.loads((out / "adapter_config.json").read_text())
     assert adapter_config["peft_type"] == "LORA" and adapter_config["r"] == cfg.lora_r
@@ -136,16 +143,14 @@ def test_a_failing_training_process_is_a_training_error(setup):
                                  output_dir=setup["root"] / "adapter-d", config=cfg)  # fmt: skip
 
 
-def test_merged_export_answers_like_the_adapter(setup, tmp_path):
+def test_merged_export_answers_like_the_adapter(setup, adapter_a, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from flywheel.model import registry
     from flywheel.model.training import greedy_token_ids
     from flywheel.warehouse.duckdb import DuckDBWarehouse
 
-    out = setup["root"] / "adapter-a"
-    if not out.is_dir():
-        pytest.skip("needs the adapter of the first test")
+    out = adapter_a["out"]
     wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
     wh.ensure_schema()
     registry.register_model(wh, registry.ModelVersion(version="v1", base_model=setup["base"], adapter_path=str(out)))
