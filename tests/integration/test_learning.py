@@ -9,6 +9,10 @@ from the bootstrap's adapter on the next window, 0.679-0.700 (+0.033 to +0.071).
 bounds below sit well inside those figures, so noise does not fail the test, while a training
 path that stops learning (no gain from the bootstrap) or a weekly cycle that throws away what
 the bootstrap learnt (a challenger trained from the bare base: about the base's score) does.
+
+Broken on purpose once, to see it fail: with the correction target replaced by the logged
+response (`flywheel.data.dataset.to_messages` training on the answer the user corrected), the
+bootstrap reached 0.463 from 0.454 (+0.008) and the test failed on MIN_BOOTSTRAP_GAIN.
 """
 
 from __future__ import annotations
