@@ -33,17 +33,17 @@ demo: install
 ## cycles through real Airflow, the review UI in a browser). The Postgres stack test has its own
 ## target (`make test-postgres`), which CI runs after this one (.ci/run).
 test: install emulators
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not postgres" --durations=15
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not postgres" --durations=15
 
 ## `make test`'s selection in a shuffled order (pytest-randomly; the seed is printed in the
 ## header): no test may need another to have run first. `make test-random SEED=n` repeats an order.
 test-random: install emulators
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -p randomly $(if $(SEED),--randomly-seed=$(SEED)) -m "not slow and not postgres"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -p randomly $(if $(SEED),--randomly-seed=$(SEED)) -m "not slow and not postgres"
 
 ## The slow suites (the negative flywheel: a poisoned week through the cycle and the A/B, on the
 ## default tiny model); CI runs them after `make test` and `make test-postgres`.
 test-slow: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "slow and not postgres" --durations=5
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "slow and not postgres" --durations=5
 
 test-all: install emulators
 	$(BIN)/python -m pytest

@@ -2,11 +2,11 @@
 
 These variables are set before anything imports Airflow, which reads them once at import.
 
-`make test` runs the suite on one pytest-xdist worker per core (`-n auto --dist loadgroup`).
-Each worker is a process with its own temporary homes; `pytest_collection_modifyitems` keeps a
-module's tests on one worker (its module-scoped fixtures, such as a bootstrapped flywheel, are
-built once) and the contract package's on one worker (its emulators start once), and the
-workers share the cores' threads rather than each taking them all.
+`make test` runs the suite on pytest-xdist workers, one per core (`--dist loadfile`): a module's
+tests stay on one worker, so its module-scoped fixtures (a bootstrapped flywheel) are built once.
+Each worker is a process with its own temporary homes and the package fixtures of its own (the
+contract tests' emulators start once per worker that runs them), and the workers share the
+cores' threads rather than each taking them all.
 """
 
 from __future__ import annotations
@@ -36,14 +36,6 @@ if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
     # torch reads it at import, and training subprocesses inherit it.
     _workers = int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _workers)))
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Groups for pytest-xdist's ``loadgroup``: the contract package, else one per module."""
-    for item in items:
-        path = item.path.relative_to(ROOT)
-        group = "tests/contract" if path.parts[:2] == ("tests", "contract") else path.as_posix()
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 @pytest.fixture(scope="session")
