@@ -53,6 +53,25 @@ def test_review_store_leases_verdicts_and_golden_set(wh, tmp_path):
     assert json.loads(out.read_text())["answer"] == "edited 2"
 
 
+def test_review_pages_lease_and_store_in_one_round_trip_each(wh):
+    """`next_items` leases a page (held from others like a single lease); `submit_reviews`
+    checks every review before storing any, and stores the page in one write."""
+    _items(wh)
+    now = T0 + timedelta(hours=1)
+    page = review.next_items(wh, "ann", reviewers_per_item=1, lease=LEASE, now=now, limit=2)
+    assert [i["item_id"] for i in page] == ["i2", "i1"]  # highest priority first
+    assert [i["item_id"] for i in review.next_items(wh, "bob", reviewers_per_item=1, lease=LEASE, now=now, limit=5)] == ["i0"]
+    good = {"reviewer": "ann", "accuracy": 4, "helpfulness": 4, "safety": 5, "verdict": "approve"}
+    with pytest.raises(review.ReviewError, match="no review item 'nope'"):
+        review.submit_reviews(wh, [{**good, "item": "i2"}, {**good, "item": "nope"}], now=now)
+    assert wh.count("reviews") == 0  # nothing of the refused page was stored
+    stored = review.submit_reviews(wh, [{**good, "item": i["item_id"]} for i in page], now=now)
+    assert {r["cycle_id"] for r in stored} == {"c1"} and wh.count("reviews") == 2
+    assert review.next_items(wh, "ann", reviewers_per_item=1, lease=LEASE, now=now, limit=5) == []  # bob holds i0
+    with pytest.raises(review.ReviewError, match="limit"):
+        review.next_items(wh, "ann", reviewers_per_item=1, lease=LEASE, now=now, limit=0)
+
+
 def test_flagged_windows_ab_table_and_dashboard(wh):
     from flywheel.cycle.dataset import flagged_windows
     from flywheel.evaluation import experiment

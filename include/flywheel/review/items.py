@@ -153,10 +153,15 @@ def progress(wh: Warehouse, cycle_id: str, reviewers_per_item: int) -> Progress:
     return Progress(len(rows), sum(r["n"] >= reviewers_per_item for r in rows))
 
 
-def next_item(wh: Warehouse, reviewer: str, *, reviewers_per_item: int, lease: timedelta, now: datetime) -> dict[str, Any] | None:
-    """The next item for ``reviewer``, and its assignment (a lease: nobody else gets it while it
-    runs). Oldest cycle first, highest priority first; an item this reviewer already holds
-    comes back to them."""
+def next_items(
+    wh: Warehouse, reviewer: str, *, reviewers_per_item: int, lease: timedelta, now: datetime, limit: int = 1
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` items for ``reviewer``, leased to them together (nobody else gets them
+    while the lease runs): oldest cycle first, highest priority first; items this reviewer
+    already holds come back to them first. A batch costs one query and one write, whatever its
+    size (a tool that works through a page of items, or the simulated reviewers)."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ReviewError(f"limit must be a positive integer, got {limit!r}")
     rows = wh.query(
         "SELECT i.* FROM review_items i "
         "WHERE NOT EXISTS (SELECT 1 FROM reviews r WHERE r.item_id = i.item_id AND r.reviewer = $who) "
@@ -165,14 +170,64 @@ def next_item(wh: Warehouse, reviewer: str, *, reviewers_per_item: int, lease: t
         "     AND a.assigned_at > $since AND NOT EXISTS "
         "       (SELECT 1 FROM reviews r WHERE r.item_id = a.item_id AND r.reviewer = a.reviewer)) < $k "
         "ORDER BY (SELECT COUNT(*) FROM review_assignments a WHERE a.item_id = i.item_id AND a.reviewer = $who) DESC, "
-        "i.logical_date, i.priority DESC NULLS LAST, i.item_id LIMIT 1",
+        f"i.logical_date, i.priority DESC NULLS LAST, i.item_id LIMIT {limit}",
         {"who": reviewer, "since": now - lease, "k": reviewers_per_item},
     ).to_pylist()
-    if not rows:
-        return None
-    wh.merge("review_assignments", rows_to_table("review_assignments",
-             [{"item_id": rows[0]["item_id"], "reviewer": reviewer, "assigned_at": now}]))  # fmt: skip
-    return rows[0]
+    if rows:
+        wh.merge("review_assignments", rows_to_table("review_assignments",
+                 [{"item_id": r["item_id"], "reviewer": reviewer, "assigned_at": now} for r in rows]))  # fmt: skip
+    return rows
+
+
+def next_item(wh: Warehouse, reviewer: str, *, reviewers_per_item: int, lease: timedelta, now: datetime) -> dict[str, Any] | None:
+    """The next item for ``reviewer`` (`next_items` with a batch of one), or None when none is left."""
+    rows = next_items(wh, reviewer, reviewers_per_item=reviewers_per_item, lease=lease, now=now)
+    return rows[0] if rows else None
+
+
+def _review_row(
+    cycles: dict[str, str],
+    *,
+    item: str,
+    reviewer: str,
+    accuracy: int,
+    helpfulness: int,
+    safety: int,
+    verdict: str,
+    edited_response: str | None = None,
+    seconds_spent: float | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """One review checked and made a row; ``cycles`` maps the known item ids to their cycle."""
+    if item not in cycles:
+        raise ReviewError(f"no review item {item!r}")
+    for name, value in (("accuracy", accuracy), ("helpfulness", helpfulness), ("safety", safety)):
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 5:
+            raise ReviewError(f"{name} must be an integer from 1 to 5, got {value!r}")
+    if verdict not in VERDICTS:
+        raise ReviewError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
+    if not reviewer:
+        raise ReviewError("a review needs its reviewer")
+    edited = (edited_response or "").strip() or None
+    return {"item_id": item, "reviewer": reviewer, "cycle_id": cycles[item], "accuracy": accuracy,
+            "helpfulness": helpfulness, "safety": safety, "verdict": verdict, "edited_response": edited,
+            "seconds_spent": seconds_spent, "reviewed_at": now or datetime.now(UTC)}  # fmt: skip
+
+
+def submit_reviews(wh: Warehouse, reviews: Sequence[dict[str, Any]], *, now: datetime | None = None) -> list[dict[str, Any]]:
+    """Store several reviews in one write, each given as `submit_review`'s keyword arguments.
+    Every review is checked before any is stored: one bad review stores none. A second review
+    by the same reviewer of an item replaces the first."""
+    if not reviews:
+        return []
+    ids = sorted({str(r.get("item")) for r in reviews})
+    cycles = {r["item_id"]: r["cycle_id"] for r in wh.query(
+        "SELECT item_id, cycle_id FROM review_items WHERE list_contains($ids, item_id)", {"ids": ids}
+    ).to_pylist()}  # fmt: skip
+    rows = [_review_row(cycles, **{"now": now, **r}) for r in reviews]
+    latest = {(r["item_id"], r["reviewer"]): r for r in rows}  # within a batch, too, the last one stands
+    wh.merge("reviews", rows_to_table("reviews", list(latest.values())))
+    return rows
 
 
 def submit_review(
@@ -189,22 +244,9 @@ def submit_review(
     now: datetime | None = None,
 ) -> dict[str, Any]:
     """Store one review (a second submission by the same reviewer replaces the first)."""
-    found = wh.select("review_items", {"item_id": item}).to_pylist()
-    if not found:
-        raise ReviewError(f"no review item {item!r}")
-    for name, value in (("accuracy", accuracy), ("helpfulness", helpfulness), ("safety", safety)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 5:
-            raise ReviewError(f"{name} must be an integer from 1 to 5, got {value!r}")
-    if verdict not in VERDICTS:
-        raise ReviewError(f"verdict must be one of {VERDICTS}, got {verdict!r}")
-    if not reviewer:
-        raise ReviewError("a review needs its reviewer")
-    edited = (edited_response or "").strip() or None
-    row = {"item_id": item, "reviewer": reviewer, "cycle_id": found[0]["cycle_id"], "accuracy": accuracy,
-           "helpfulness": helpfulness, "safety": safety, "verdict": verdict, "edited_response": edited,
-           "seconds_spent": seconds_spent, "reviewed_at": now or datetime.now(UTC)}  # fmt: skip
-    wh.merge("reviews", rows_to_table("reviews", [row]))
-    return row
+    review = {"item": item, "reviewer": reviewer, "accuracy": accuracy, "helpfulness": helpfulness, "safety": safety,
+              "verdict": verdict, "edited_response": edited_response, "seconds_spent": seconds_spent}  # fmt: skip
+    return submit_reviews(wh, [review], now=now)[0]
 
 
 @dataclass(frozen=True)
