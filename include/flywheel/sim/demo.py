@@ -107,7 +107,7 @@ def serve_week_with_monitor(
 
 
 class SimulatedReviewers:
-    """Two simulated reviewers (the simulator's oracle, 5% slips) working in the background, as
+    """Two simulated reviewers (the simulator's oracle, 2% slips) working in the background, as
     people would: whenever a cycle's review sample is waiting, they review it, while the cycle's
     `wait_for_review` task waits deferred."""
 
@@ -170,7 +170,7 @@ def demo_config(home: Path) -> Path:
 def print_reviews(wh: Warehouse) -> None:
     """Per cycle: the review sample, how much was reviewed, agreement, and the calibration."""
     cycles = wh.query("SELECT DISTINCT cycle_id FROM review_items ORDER BY cycle_id").column("cycle_id").to_pylist()
-    print("\nHuman review (simulated reviewers: the simulator's oracle with 5% slips, two per item):\n")
+    print("\nHuman review (simulated reviewers: the simulator's oracle with 2% slips, two per item):\n")
     for c in cycles:
         items = wh.query("SELECT slice, COUNT(*) AS n FROM review_items WHERE cycle_id = $c GROUP BY slice", {"c": c}).to_pylist()
         n = {r["slice"]: r["n"] for r in items}
