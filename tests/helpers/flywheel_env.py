@@ -4,7 +4,6 @@ test` runs in it."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -16,12 +15,11 @@ from typing import Any
 
 import yaml
 
+from flywheel.sim.localenv import dags_test_command
 from tests.helpers.simulated_product import for_simulated_product
 
 ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW = str(Path(sys.executable).with_name("airflow"))
-# `airflow dags test` with Airflow's per-task in-process API cached (see the script's docstring).
-DAGS_TEST = [sys.executable, str(ROOT / "scripts" / "airflow_dags_test.py")]
 
 
 def write_config(root: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
@@ -76,8 +74,7 @@ def flywheel_env(root: Path, edit: Callable[[dict[str, Any]], None], *, reserial
 def dags_test(env: dict[str, Any], dag_id: str, when: datetime, conf: dict[str, Any] | None = None, *,
               extra_env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:  # fmt: skip
     """`airflow dags test <dag_id> <when>` in the test's Airflow; with ``check``, it must succeed."""
-    cmd = [*DAGS_TEST, dag_id, when.isoformat()] + (["-c", json.dumps(conf)] if conf else [])
-    proc = subprocess.run(cmd, env={**env["env"], **(extra_env or {})}, capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(dags_test_command(dag_id, when.isoformat(), conf), env={**env["env"], **(extra_env or {})}, capture_output=True, text=True, timeout=900)
     if check:
         assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return proc

@@ -56,7 +56,7 @@ from flywheel.ops.metrics import (
 from flywheel.ops.report import format_new_data_table, format_velocity_table, velocity_rows
 from flywheel.review.items import agreement
 from flywheel.runconfig import build_run_config
-from flywheel.sim.localenv import airflow_env
+from flywheel.sim.localenv import airflow_env, dags_test_command
 from flywheel.sim.product import (
     BETA_SHARE,
     BETA_WEEKS,
@@ -82,9 +82,7 @@ def run_airflow_cycle(
     """``airflow dags test`` for one logical date; its full log is kept, its failure is loud."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{dag_id}-{logical_date:%Y%m%d}.log"
-    # `airflow dags test`, with Airflow's per-task in-process API cached (see the script).
-    dags_test = [sys.executable, str(PROJECT_ROOT / "scripts" / "airflow_dags_test.py")]
-    cmd = [*dags_test, dag_id, logical_date.isoformat()] + (["-c", json.dumps(conf)] if conf else [])
+    cmd = dags_test_command(dag_id, logical_date.isoformat(), conf)
     with log_file.open("w") as out:
         proc = subprocess.run(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
     if proc.returncode != 0:

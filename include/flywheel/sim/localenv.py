@@ -7,6 +7,7 @@ no example DAGs, and no model hub access.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,6 +40,14 @@ def airflow_env(airflow_home: Path, flywheel_home: Path, *, config_path: Path | 
     if config_path is not None:
         env["FLYWHEEL_CONFIG"] = str(config_path)
     return env
+
+
+def dags_test_command(dag_id: str, logical_date: str, conf: dict | None = None) -> list[str]:
+    """``airflow dags test DAG DATE [-c CONF]`` as the demo, the tests and the benchmarks run it:
+    through `scripts/airflow_dags_test.py`, which caches Airflow 3.1's per-task in-process API
+    (apache/airflow#65235) and then hands over to Airflow's own CLI."""
+    cmd = [sys.executable, str(PROJECT_ROOT / "scripts" / "airflow_dags_test.py"), dag_id, logical_date]
+    return cmd + (["-c", json.dumps(conf)] if conf else [])
 
 
 def main(argv: list[str] | None = None) -> int:
