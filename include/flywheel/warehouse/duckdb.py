@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,11 +35,28 @@ from flywheel.warehouse.window import (
 )
 
 
+# One lock per database file, for the threads of one process. DuckDB shares one database
+# instance among a process's connections to a file and tears it down when the last one closes.
+# The demo, whose simulated reviewers work in a thread, once failed in the main thread's merge
+# with "Table Function with name python_arrow_scan does not exist" while the reviewers' thread
+# was connecting and closing; it did not recur in isolation (8 threads x 150 merges), so this is
+# a precaution, not a proven fix: the file admits one writing process anyway, so the process's
+# threads take turns too, and no connection opens while another closes.
+_FILE_LOCKS: dict[str, threading.RLock] = {}
+_FILE_LOCKS_GUARD = threading.Lock()
+
+
+def _file_lock(path: Path) -> threading.RLock:
+    with _FILE_LOCKS_GUARD:
+        return _FILE_LOCKS.setdefault(str(path.resolve()), threading.RLock())
+
+
 class DuckDBWarehouse(Warehouse):
     """The embedded default: one DuckDB file under the flywheel's data folder.
 
     A DuckDB file admits one writing process at a time, so each operation opens a short-lived
-    connection and retries while another process (a parallel task, the demo) holds the lock.
+    connection and retries while another process (a parallel task, the demo) holds the lock;
+    within a process, threads take turns (`_file_lock`).
     """
 
     dialect = "duckdb"
@@ -53,22 +71,23 @@ class DuckDBWarehouse(Warehouse):
     @contextmanager
     def _connect(self) -> Iterator[Any]:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.lock_timeout_s
-        delay = 0.05
-        while True:
+        with _file_lock(self.path):
+            deadline = time.monotonic() + self.lock_timeout_s
+            delay = 0.05
+            while True:
+                try:
+                    con = duckdb.connect(str(self.path))
+                    break
+                except duckdb.IOException as exc:
+                    if "lock" not in str(exc).lower() or time.monotonic() > deadline:
+                        raise WarehouseError(f"cannot open DuckDB warehouse {self.path}: {exc}") from exc
+                    time.sleep(delay)
+                    delay = min(delay * 2, 1.0)
             try:
-                con = duckdb.connect(str(self.path))
-                break
-            except duckdb.IOException as exc:
-                if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                    raise WarehouseError(f"cannot open DuckDB warehouse {self.path}: {exc}") from exc
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
-        try:
-            con.execute("SET TimeZone = 'UTC'")
-            yield con
-        finally:
-            con.close()
+                con.execute("SET TimeZone = 'UTC'")
+                yield con
+            finally:
+                con.close()
 
     def ensure_schema(self) -> None:
         """Create missing tables; add columns a newer version of a table has (a migration)."""
