@@ -319,6 +319,10 @@ class TrainingConfig(_Section):
     gold_weight: float = Field(2.0, gt=0)
     # Order the training split easy to hard (shorter exchanges first) instead of shuffling.
     curriculum: bool = False
+    # The kept examples of up to this many earlier cycles that the champion has not learnt yet
+    # (trained after it, not promoted, and not worse than their champion offline) train again
+    # with this cycle's (`flywheel.cycle.dataset`). 0: each cycle trains on its own window only.
+    carry_over_cycles: int = Field(0, ge=0)
 
 
 class EvaluationConfig(_Section):

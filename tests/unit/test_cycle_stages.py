@@ -3,6 +3,7 @@ extract -> validate -> filter -> build_dataset -> record."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -498,6 +499,55 @@ def test_rows_trained_on_in_an_earlier_cycle_are_duplicates_later(tmp_path, make
     # the earlier cycle, rerun, keeps what it kept: its own training set is not its history
     filter_candidates(first, wh)
     assert all(d["kept"] for d in wh.select("decisions", {"cycle_id": first.cycle_id, "rule": "dedup"}).to_pylist())
+
+
+def test_a_cycle_carries_over_the_examples_its_champion_has_not_learnt(tmp_path, make_log_row):
+    """`training.carry_over_cycles`: week 3's dataset holds week 1's examples again (its
+    challenger gained, but was not promoted), not week 2's (its challenger lost offline, as a
+    poisoned week's does); once a model trained in week 3 is champion, week 4 carries nothing
+    older than it."""
+    from flywheel.cycle.dataset import pending_datasets
+
+    config = _config(tmp_path, **{"training.carry_over_cycles": 3})
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
+    wh.ensure_schema()
+    registry.ensure_bootstrap_champion(wh, "tiny")
+    words = ("garden", "harbor", "island", "jungle", "kettle", "ladder", "marble", "needle")
+    asks = ("Please rewrite the word {w} in capital letters for the heading of my school poster, I want it to stand out.",
+            "My shift key is broken since this morning and I need the word {w} written in all capital letters today.",
+            "Could you spell {w} in upper case for a sign at the village fair this weekend? Thanks a lot in advance!",
+            "For a crossword grid I am drawing by hand tonight, what is the word {w} in block capitals, letter for letter, please?")  # fmt: skip
+    cycles = [make_cycle(DAG, data_interval_end=END + timedelta(days=7 * k), logical_date=END + timedelta(days=7 * k),
+                         config=config) for k in range(4)]  # fmt: skip
+    rows = [make_log_row(f"w{k}-{w}", W_START + timedelta(days=7 * k + 1), response=w.upper(), prompt=asks[k].format(w=w))
+            for k in range(4) for w in words]  # fmt: skip
+    wh.merge("production_logs", rows_to_table("production_logs", rows))
+    built = {}
+    for k, cycle in enumerate(cycles):
+        if k == 3:  # a model trained in week 3 (cycles[2]) becomes champion before week 4
+            registry.register_model(wh, registry.ModelVersion(version="v3", base_model="tiny", adapter_path=None,
+                                                              cycle_id=cycles[2].cycle_id))  # fmt: skip
+            registry.record_decision(wh, cycle_id=cycles[2].cycle_id, logical_date=cycles[2].logical_date,
+                                     champion_before="base:tiny", challenger="v3", promoted=True, reason="test")  # fmt: skip
+        extract_window(cycle, wh)
+        validate_rows(cycle, wh)
+        filter_candidates(cycle, wh)
+        built[k] = build_dataset(cycle, wh)
+        wh.merge("cycles", rows_to_table("cycles", [{"cycle_id": cycle.cycle_id, "logical_date": cycle.logical_date}]))
+        wh.merge("offline_comparisons", rows_to_table("offline_comparisons", [
+            {"cycle_id": cycle.cycle_id, "delta": -0.2 if k == 1 else 0.02, "passed": k != 1}]))  # fmt: skip
+
+    def ids(k):
+        data = load_chat_dataset(cycles[k].dataset_dir)
+        return {r["request_id"].split("-")[0] for split in data.values() for r in split}
+
+    assert ids(0) == {"w0"} and built[0]["carried_from"] == []
+    assert ids(1) == {"w0", "w1"} and built[1]["carried_from"] == [cycles[0].cycle_id]
+    assert ids(2) == {"w0", "w2"} and built[2]["carried_from"] == [cycles[0].cycle_id]  # week 2 made it worse
+    assert built[2]["n_train"] + built[2]["n_val"] == 2 * len(words) and built[2]["n_kept"] == len(words)
+    assert ids(3) == {"w3"} and pending_datasets(wh, cycles[3]) == []  # the champion learnt weeks 1-3
+    off = cycles[0].config.with_overrides({"training.carry_over_cycles": 0})
+    assert pending_datasets(wh, dataclasses.replace(cycles[2], config=off)) == []
 
 
 def test_dataset_without_a_validation_split(tmp_path, make_log_row):

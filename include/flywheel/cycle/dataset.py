@@ -5,7 +5,7 @@ deduplicate against."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,11 +14,12 @@ from flywheel.cycle import spec
 from flywheel.cycle.filtering import decision_row, kept_candidates
 from flywheel.cycle.spec import CycleSpec, InsufficientDataError
 from flywheel.data.bootstrap import MANUAL_MODEL_VERSION
-from flywheel.data.dataset import DatasetInfo, build_chat_dataset
+from flywheel.data.dataset import DatasetInfo, build_chat_dataset, load_chat_dataset
 from flywheel.data.extract import Window, as_utc
 from flywheel.errors import FlywheelError
 from flywheel.filters import interaction_text
 from flywheel.filters.dedup import MinHasher
+from flywheel.model import registry
 from flywheel.records import TrainingCandidate
 from flywheel.review.items import verdicts
 from flywheel.tables import rows_to_table
@@ -41,9 +42,10 @@ def build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         )
     training = cycle.config.training
     gold = _gold(cycle, wh, kept)
+    carried, carried_from = _carried_rows(cycle, wh)
     info = build_chat_dataset(
         kept, cycle.dataset_dir, gold=gold, val_fraction=training.val_fraction,
-        gold_weight=training.gold_weight, curriculum=training.curriculum,
+        gold_weight=training.gold_weight, curriculum=training.curriculum, carried=carried,
     )  # fmt: skip
     _record_training_fingerprints(cycle, wh, kept)
     _record_gold_examples(cycle, wh, [c for c in kept if c.model_version == MANUAL_MODEL_VERSION], "manual_labels")
@@ -56,8 +58,47 @@ def build_dataset(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     wh.replace_partition("datasets", {"cycle_id": cycle.cycle_id}, rows_to_table("datasets", [row]))
     return {k: (str(v) if isinstance(v, datetime | Path) else v) for k, v in row.items()} | {
         "n_gold": len(gold), "review_rejected": sum(v is False for v in reviewed.values()),
-        "review_approved": sum(v is True for v in reviewed.values()),
+        "review_approved": sum(v is True for v in reviewed.values()), "n_kept": len(kept),
+        "carried_from": carried_from,
     }  # fmt: skip
+
+
+def pending_datasets(wh: Warehouse, cycle: CycleSpec) -> list[dict[str, Any]]:
+    """Earlier cycles' datasets that the champion in force has not learnt, newest first, at most
+    `training.carry_over_cycles`: built after the champion's own training cycle, and whose
+    challenger was not worse than its champion on the golden set (a week that made the model
+    worse, a poisoned one say, is not trained on again). A challenger that gained too little to
+    be promoted alone leaves its week's examples here for the next one."""
+    n = cycle.config.training.carry_over_cycles
+    if n == 0:
+        return []
+    champion = registry.get_model(wh, registry.champion_as_of(wh, cycle.logical_date))
+    trained = wh.select("cycles", {"cycle_id": champion.cycle_id}).to_pylist()
+    since = as_utc(trained[0]["logical_date"]) if trained else datetime(1970, 1, 1, tzinfo=UTC)
+    return wh.query(
+        "SELECT d.cycle_id, d.path, c.logical_date FROM datasets d "
+        "JOIN cycles c ON c.cycle_id = d.cycle_id JOIN offline_comparisons o ON o.cycle_id = d.cycle_id "
+        "WHERE d.dataset_id = d.cycle_id AND c.logical_date > $since AND c.logical_date < $t AND o.delta >= 0 "
+        f"ORDER BY c.logical_date DESC LIMIT {int(n)}",
+        {"since": since, "t": cycle.logical_date},
+    ).to_pylist()
+
+
+def _carried_rows(cycle: CycleSpec, wh: Warehouse) -> tuple[tuple[list[dict[str, Any]], list[dict[str, Any]]], list[str]]:
+    """The (train, validation) rows of the pending datasets (`pending_datasets`), as they were
+    built (reviewed, redacted and weighted then), and the cycles they come from."""
+    train: list[dict[str, Any]] = []
+    val: list[dict[str, Any]] = []
+    store = ArtefactStore(cycle.config)
+    pending = pending_datasets(wh, cycle)
+    for d in pending:
+        data = load_chat_dataset(Path(store.local(d["path"]) or d["path"]))
+        train.extend(data["train"])
+        val.extend(data["validation"])
+    if pending:
+        log.info("%s: %d train and %d validation rows carried over from %s", cycle.cycle_id, len(train), len(val),
+                 ", ".join(d["cycle_id"] for d in pending))  # fmt: skip
+    return (train, val), [d["cycle_id"] for d in pending]
 
 
 def dataset_row(

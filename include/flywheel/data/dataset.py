@@ -76,12 +76,15 @@ def build_chat_dataset(
     gold: Mapping[str, str | None] | None = None,
     gold_weight: float = 1.0,
     curriculum: bool = False,
+    carried: tuple[Sequence[dict[str, Any]], Sequence[dict[str, Any]]] = ((), ()),
 ) -> DatasetInfo:
     """Write a DatasetDict (train / validation) of ``messages`` rows to ``path``; idempotent.
 
     ``gold`` maps reviewed request ids to the reviewer's edited answer (None: the answer stands);
     gold rows train with ``weight = gold_weight``, every other row with weight 1. With
     ``curriculum``, the train split is ordered easy to hard (and `train_lora` keeps that order).
+    ``carried``: (train, validation) rows of earlier datasets, as they were built, that join the
+    same split again (a request id of ``candidates`` wins over a carried copy).
     """
     gold = gold or {}
     ordered = sorted(candidates, key=lambda c: c.request_id)
@@ -102,6 +105,12 @@ def build_chat_dataset(
             }
         )
     train, val = stratified_split(rows, val_fraction)
+    have = {r["request_id"] for r in rows}
+    for split, extra in zip((train, val), carried, strict=True):
+        for r in extra:
+            if r["request_id"] not in have:
+                have.add(r["request_id"])
+                split.append(dict(r))
     if curriculum:
         train.sort(key=lambda r: (difficulty(r), r["request_id"]))
     return _save(path, train, val, curriculum=curriculum)
