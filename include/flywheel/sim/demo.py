@@ -179,6 +179,9 @@ def print_reviews(wh: Warehouse) -> None:
         pairwise = f"{a['pairwise']:.1%}" if a["pairwise"] is not None else "-"
         print(f"  {c}: sample {sum(n.values())} ({n.get('priority', 0)} prioritised, {n.get('random', 0)} random); "
               f"{v.get('approve', 0)} approvals, {v.get('reject', 0)} rejections; reviewer agreement {pairwise}{kappa}")  # fmt: skip
+    if cycles and (a := agreement(wh, cycles))["items"]:
+        kappa = f", kappa {a['kappa']:.2f}" if a["kappa"] is not None else ""
+        print(f"  all cycles: {a['items']} items reviewed twice; reviewer agreement {a['pairwise']:.1%}{kappa}")
     for r in wh.query("SELECT * FROM config_versions ORDER BY logical_date").to_pylist():
         per_rule = json.loads(r["per_rule_json"])
         moved = ", ".join(f"{rule} {p['threshold_before']:g} -> {p['threshold_after']:g}" for rule, p in per_rule.items())

@@ -62,13 +62,16 @@ def run_simulated_reviewers(
     written = 0
     lease = timedelta(minutes=30)
     for reviewer in reviewers:
-        rng = random.Random(f"reviewer:{reviewer}:{seed}")
         # A page of items at a time, as a reviewer's tool fetches them: one lease and one write
         # per page (item by item, two reviewers of a 100-item sample took over a minute of
         # warehouse round trips per cycle on the demo's DuckDB file).
         while items := next_items(wh, reviewer, reviewers_per_item=reviewers_per_item, lease=lease,
                                   now=now or datetime.now(UTC), limit=page):  # fmt: skip
+            # A reviewer's slips fall on items of their own, drawn per item (one stream per call
+            # put them on the same positions of every cycle's queue).
             reviews = [{"item": item["item_id"], "reviewer": reviewer,
-                        **simulated_review(item, truth.get(item["request_id"]), rng, noise=noise)} for item in items]  # fmt: skip
+                        **simulated_review(item, truth.get(item["request_id"]),
+                                           random.Random(f"reviewer:{reviewer}:{seed}:{item['item_id']}"), noise=noise)}
+                       for item in items]  # fmt: skip
             written += len(submit_reviews(wh, reviews, now=now))
     return written

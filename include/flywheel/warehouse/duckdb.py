@@ -34,7 +34,6 @@ from flywheel.warehouse.window import (
     window_params,
 )
 
-
 # One lock per database file, for the threads of one process. DuckDB shares one database
 # instance among a process's connections to a file and tears it down when the last one closes.
 # The demo, whose simulated reviewers work in a thread, once failed in the main thread's merge
