@@ -18,9 +18,10 @@ pytestmark = pytest.mark.contract
 LEASE = timedelta(minutes=30)
 
 
-def _items(wh) -> None:
+def _items(wh, cycle: str = "c1", prefix: str = "i", logical_date=T0, request: str = "req") -> None:
     wh.merge("review_items", rows_to_table("review_items", [{
-        "item_id": f"i{k}", "cycle_id": "c1", "logical_date": T0, "request_id": f"req{k}", "slice": "random",
+        "item_id": f"{prefix}{k}", "cycle_id": cycle, "logical_date": logical_date, "request_id": f"{request}{k}",
+        "slice": "random",
         "priority": float(k), "reasons_json": "[]", "task_type": "refund" if k < 2 else "shipping",
         "user_action": "accepted", "prompt": f"question {k}?", "context": None, "response": f"answer {k}",
         "correction": None, "filter_kept": k == 0, "created_at": T0} for k in range(3)]))  # fmt: skip
@@ -52,22 +53,20 @@ def test_review_store_leases_verdicts_and_golden_set(wh, tmp_path):
     assert golden_from_reviews(wh, out, per_task_type=5) == {"shipping": 1}
     assert json.loads(out.read_text())["answer"] == "edited 2"
 
-
-def test_review_pages_lease_and_store_in_one_round_trip_each(wh):
-    """`next_items` leases a page (held from others like a single lease); `submit_reviews`
-    checks every review before storing any, and stores the page in one write."""
-    _items(wh)
-    now = T0 + timedelta(hours=1)
+    # Pages (one lease and one write each; in this test, not its own, to spare the emulators a
+    # fixture): `next_items` leases a page that others do not get; `submit_reviews` checks every
+    # review before storing any.
+    _items(wh, "c2", "p", T0 + timedelta(days=1), request="page-req")
     page = review.next_items(wh, "ann", reviewers_per_item=1, lease=LEASE, now=now, limit=2)
-    assert [i["item_id"] for i in page] == ["i2", "i1"]  # highest priority first
-    assert [i["item_id"] for i in review.next_items(wh, "bob", reviewers_per_item=1, lease=LEASE, now=now, limit=5)] == ["i0"]
+    assert [i["item_id"] for i in page] == ["p2", "p1"]  # highest priority first
+    assert [i["item_id"] for i in review.next_items(wh, "bob", reviewers_per_item=1, lease=LEASE, now=now, limit=5)] == ["p0"]
     good = {"reviewer": "ann", "accuracy": 4, "helpfulness": 4, "safety": 5, "verdict": "approve"}
     with pytest.raises(review.ReviewError, match="no review item 'nope'"):
-        review.submit_reviews(wh, [{**good, "item": "i2"}, {**good, "item": "nope"}], now=now)
-    assert wh.count("reviews") == 0  # nothing of the refused page was stored
+        review.submit_reviews(wh, [{**good, "item": "p2"}, {**good, "item": "nope"}], now=now)
+    assert wh.count("reviews", {"cycle_id": "c2"}) == 0  # nothing of the refused page was stored
     stored = review.submit_reviews(wh, [{**good, "item": i["item_id"]} for i in page], now=now)
-    assert {r["cycle_id"] for r in stored} == {"c1"} and wh.count("reviews") == 2
-    assert review.next_items(wh, "ann", reviewers_per_item=1, lease=LEASE, now=now, limit=5) == []  # bob holds i0
+    assert {r["cycle_id"] for r in stored} == {"c2"} and wh.count("reviews", {"cycle_id": "c2"}) == 2
+    assert review.next_items(wh, "ann", reviewers_per_item=1, lease=LEASE, now=now, limit=5) == []  # bob holds p0
     with pytest.raises(review.ReviewError, match="limit"):
         review.next_items(wh, "ann", reviewers_per_item=1, lease=LEASE, now=now, limit=0)
 
