@@ -41,7 +41,8 @@ test-random: install emulators
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -p randomly $(if $(SEED),--randomly-seed=$(SEED)) -m "not slow and not postgres"
 
 ## The slow suites (the negative flywheel: a poisoned week through the cycle and the A/B, on the
-## default tiny model); CI runs them after `make test` and `make test-postgres`.
+## default tiny model; the learning test; a backfill run twice; the new-data twin through Airflow);
+## CI runs them after `make test` and `make test-postgres`.
 test-slow: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "slow and not postgres" --durations=5
 

@@ -16,7 +16,11 @@ import pytest
 
 from tests.helpers.flywheel_env import dags_test, flywheel_env
 
-pytestmark = pytest.mark.integration
+# In the slow suite (`make test-slow`, run by CI after `make test`): rerunning a logical date is
+# proven idempotent by test_weekly_cycle (through Airflow) and test_cycle_stages (every stage),
+# and the scheduler-driven backfill by the deployment test on Postgres; this test adds three
+# weeks in order and costs about six minutes.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DAG_ID = "flywheel_weekly"
 MONDAYS = [datetime(2026, 3, 2, tzinfo=UTC) + timedelta(weeks=k) for k in range(3)]

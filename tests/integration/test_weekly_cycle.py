@@ -276,6 +276,7 @@ NEW_DATA_DATE = LOGICAL_DATE + timedelta(weeks=2)  # with window_days 14: the se
 NEW_DATA_CYCLE = "flywheel_weekly-20260316T0000"
 
 
+@pytest.mark.slow  # about two minutes of LoRA; the twin's logic is unit-tested in test_new_data
 def test_compare_new_data_trains_a_twin_without_the_newest_week(env, first_run):
     """Trigger a two-week window with `compare_new_data`: the twin is trained (a real LoRA run)
     on the dataset less the newest week, scored on the golden set beside the challenger, and the
