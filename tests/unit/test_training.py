@@ -220,3 +220,26 @@ def test_curriculum_keeps_the_dataset_order(setup, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(setup["base"])
     args = TrainingArguments(output_dir=str(tmp_path / "o"), use_cpu=True, report_to="none")
     assert isinstance(_trainer_class()(model=model, args=args, train_dataset=train, keep_order=True)._get_train_sampler(), SequentialSampler)
+
+
+def test_a_child_adapter_starts_from_its_parents_weights(setup, adapter_a, tmp_path):
+    """Adapters chain: a challenger trained with ``parent_adapter`` starts from the parent's LoRA
+    weights, not from a fresh adapter (peft zero-initialises lora_B, so a fresh start would put
+    every lora_B near zero after a short, gentle run). Broken on purpose once (the parent
+    ignored in `train_lora`), the slow learning test still passed, because one week of data
+    lifts the tiny base as far as the bootstrap did; this test failed (lora_B 0.99 of the parent's norm away from it)."""
+    from safetensors.torch import load_file
+
+    out = tmp_path / "child"
+    cfg = setup["config"].training.model_copy(update={"epochs": 1, "checkpoint_steps": 5, "learning_rate": 1e-5})
+    train_lora(base_model=setup["base"], dataset_path=setup["dataset"], output_dir=out, config=cfg,
+               parent_adapter=str(adapter_a["out"]))  # fmt: skip
+    parent = load_file(str(adapter_a["out"] / "adapter_model.safetensors"))
+    child = load_file(str(out / "adapter_model.safetensors"))
+    assert parent.keys() == child.keys()
+    lora_b = [k for k in parent if "lora_B" in k]
+    assert lora_b and all(parent[k].norm() > 0 for k in lora_b)  # the parent learnt something
+    distance = max(float((child[k] - parent[k]).norm() / parent[k].norm()) for k in lora_b)
+    assert distance < 0.2, f"the child's lora_B moved {distance:.2f} of the parent's norm away from it"
+    meta = json.loads((out / "flywheel_training.json").read_text())
+    assert meta["parent_adapter"] == str(adapter_a["out"])
