@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
                 curves[arm].append(curve)
                 print(f"  {arm:<15} seed {seed}: " + " ".join(f"{a:.3f}" for a in curve)
                       + f"  ({time.monotonic() - t:.0f}s)", flush=True)  # fmt: skip
+                # Each finished run is kept at once: a stopped benchmark still leaves its curves.
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / "flywheel_curve.partial.yaml").write_text(yaml.safe_dump({"arms": curves, "cycles": args.cycles}))
                 shutil.rmtree(home, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
