@@ -472,6 +472,29 @@ def test_quarantined_rows_keep_no_pii(tmp_path, make_log_row):
     assert "555-0198" not in q["raw_json"] and "<PHONE_NUMBER>" in json.loads(q["raw_json"])["prompt"]
 
 
+def test_a_megabyte_text_field_is_quarantined_without_crashing_the_stage(tmp_path, make_log_row):
+    """1 MiB fields in an ordinary week: each row is quarantined with its reasons (the text is
+    over `validation.max_text_chars`), its text redacted past spaCy's 1,000,000-character limit;
+    the stage does not stop."""
+    config = _config(tmp_path)
+    cycle = make_cycle(DAG, data_interval_end=END, logical_date=END, config=config)
+    huge = ("Call me on (212) 555-0198. " + "lorem ipsum " * 90_000)[: 1 << 20]
+    rows = [
+        make_log_row("huge-no-user", W_START + timedelta(days=1), user_id=None, prompt=huge),
+        make_log_row("huge-response", W_START + timedelta(days=1), response=huge),
+    ]
+    wh = DuckDBWarehouse(tmp_path / "w.duckdb", lock_timeout_s=5)
+    wh.ensure_schema()
+    wh.merge("production_logs", rows_to_table("production_logs", rows))
+    extract_window(cycle, wh)
+    assert validate_rows(cycle, wh)["quarantined"] == 2
+    quarantined = wh.select("quarantine").to_pylist()
+    reasons = {(q["request_id"], f"{q['field']}.{q['rule']}") for q in quarantined}
+    assert {("huge-no-user", "user_id.required"), ("huge-no-user", "prompt.max_length"),
+            ("huge-response", "response.max_length")} <= reasons  # fmt: skip
+    assert not any("555-0198" in q["raw_json"] for q in quarantined)
+
+
 def test_rows_trained_on_in_an_earlier_cycle_are_duplicates_later(tmp_path, make_log_row):
     """Dedup against history: the next week's copy of an interaction already trained on is
     rejected, naming the cycle; a rerun of the earlier cycle does not see its own set."""

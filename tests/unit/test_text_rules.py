@@ -90,6 +90,28 @@ def test_disguised_email_is_still_found(disguise):
     assert "dana.smith" not in red.text
 
 
+def test_a_text_longer_than_spacy_accepts_is_scanned_whole():
+    """spaCy refuses texts over 1,000,000 characters; a 1.2 MB field is scanned in overlapping
+    windows, and values planted at and across the windows' edges are each found once."""
+    from flywheel.filters.pii import CHUNK, MARGIN
+
+    values = list(PII_VALUES.items())
+    # Before a window's start, across the end of its own stretch, across its end, and far inside.
+    edges = [CHUNK - MARGIN - 30, CHUNK - 2 * MARGIN - 5, CHUNK - MARGIN - 4, CHUNK - 10, 2 * CHUNK - 3 * MARGIN - 10, 600_000, 1_199_000]
+    text = list("lorem ipsum " * 100_001)
+    planted = []
+    for k, at in enumerate(edges):
+        entity, value = values[k % len(values)]
+        text[at : at + len(value) + 2] = f" {value} "
+        planted.append((entity, value))
+    text = "".join(text)
+    assert len(text) > 1_200_000
+    red = default_scanner().redact(text)
+    assert sorted(red.entities) == sorted(e for e, _ in planted)
+    assert not any(v in red.text for _, v in planted)
+    assert red.text.count("<") == len(planted)
+
+
 def test_text_without_pii_is_returned_unchanged():
     text = "Please reverse the word\u200b cat, thank you!"
     red = default_scanner().redact(text)

@@ -29,6 +29,15 @@ from flywheel.text import strip_invisible
 # addresses: a long alphanumeric run.)
 _LONG_ALNUM = re.compile(r"[A-Za-z0-9]{25,}")
 
+# spaCy refuses a text over its ``max_length`` (1,000,000 characters), so one huge field would
+# fail every retry of the task that scans it. Long texts are scanned in windows of CHUNK
+# characters that overlap by 2 x MARGIN; a hit is kept from the window whose own stretch (the
+# window less MARGIN at each inner edge) holds its start, so each value is found whole, once,
+# in a window that also holds MARGIN characters of context before it. Values longer than MARGIN
+# (no supported kind: an e-mail address is at most 254 characters) could be cut at a window's end.
+CHUNK = 100_000
+MARGIN = 256
+
 
 def may_hold_pii(text: str) -> bool:
     if "@" in text or ":" in text:
@@ -122,10 +131,17 @@ class PiiScanner:
         clean = strip_invisible(text)
         if not clean or not may_hold_pii(clean):
             return []
-        results = self._analyzer().analyze(
-            clean, language="en", entities=list(self.entities), score_threshold=self.min_score
-        )
-        return [PiiHit(r.entity_type, r.start, r.end, float(r.score)) for r in results]
+        hits: list[PiiHit] = []
+        for start, own_start, own_end in _windows(len(clean)):
+            results = self._analyzer().analyze(
+                clean[start : start + CHUNK], language="en", entities=list(self.entities), score_threshold=self.min_score
+            )
+            hits += [
+                PiiHit(r.entity_type, start + r.start, start + r.end, float(r.score))
+                for r in results
+                if own_start <= start + r.start < own_end
+            ]
+        return hits
 
     def redact(self, text: str) -> Redaction:
         """``text`` with every PII value replaced by ``<ENTITY_TYPE>``; unchanged when none."""
@@ -146,6 +162,20 @@ class PiiScanner:
             pos = hit.end
         parts.append(clean[pos:])
         return Redaction("".join(parts), tuple(h.entity for h in chosen))
+
+
+def _windows(n: int) -> list[tuple[int, int, int]]:
+    """(window start, own stretch start, own stretch end) covering ``n`` characters; one window
+    when the text fits in one."""
+    if n <= CHUNK:
+        return [(0, 0, n)]
+    out, start = [], 0
+    while True:
+        own_start = 0 if start == 0 else start + MARGIN
+        if start + CHUNK >= n:
+            return [*out, (start, own_start, n)]
+        out.append((start, own_start, start + CHUNK - MARGIN))
+        start += CHUNK - 2 * MARGIN
 
 
 @cache
