@@ -65,6 +65,30 @@ def test_manual_labels_are_read_as_log_rows_and_bad_lines_are_reported(tmp_path,
     assert [r["request_id"] for r in again] == [r["request_id"] for r in rows]
 
 
+def test_labels_that_are_not_unicode_are_problems_and_line_separators_inside_text_are_kept(tmp_path):
+    """A lone surrogate spelt in JSON, bytes that are not UTF-8 (JSONL and CSV): each line is a
+    problem with its reason, the other lines are rows; U+2028 inside a JSON string does not cut
+    its line in two."""
+    ok = {"prompt": "Reverse the word\u2028cat\u0085please", "response": "tac", "task_type": "reverse"}
+    jsonl = tmp_path / "labels" / "a.jsonl"
+    jsonl.parent.mkdir()
+    jsonl.write_bytes(
+        json.dumps(ok, ensure_ascii=False).encode() + b"\n"
+        + b'{"prompt": "Add 1 and 2\\ud800", "response": "3", "task_type": "arithmetic"}\n'
+        + b'{"prompt": "Add 1 and \xff\xfe 2", "response": "3", "task_type": "arithmetic"}\n'
+    )  # fmt: skip
+    rows, problems = bootstrap.read_manual_labels(jsonl, labelled_at=BOOT)
+    assert [r["prompt"] for r in rows] == [ok["prompt"]]
+    assert [(p.line, p.reason.split(":")[0]) for p in problems] == [(2, "prompt"), (3, "prompt")]
+    assert all("not valid UTF-8" in p.reason for p in problems)
+    json.dumps([p.__dict__ for p in problems]).encode()  # the reasons themselves can be stored
+
+    csv_file = tmp_path / "b.csv"
+    csv_file.write_bytes(b"prompt,response,task_type\nAdd 1 and 2,3,arithmetic\nAdd 2 and \xc3 2,4,arithmetic\n")
+    rows, problems = bootstrap.read_manual_labels(csv_file, labelled_at=BOOT)
+    assert [r["response"] for r in rows] == ["3"] and [p.line for p in problems] == [3]
+
+
 def test_csv_labels_need_their_columns(tmp_path):
     good = tmp_path / "good.csv"
     good.write_text("prompt,response,task_type,context\nWhat is two plus two,4,arithmetic,\n")

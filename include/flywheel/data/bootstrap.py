@@ -51,19 +51,34 @@ def label_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.suffix.lower() in (".csv", ".jsonl", ".json"))
 
 
+def _not_unicode(rec: dict[str, Any]) -> str:
+    """Why a record's text is not valid Unicode, or ''. Bytes that are not UTF-8 are read as
+    lone surrogates (``surrogateescape``), and JSON may spell one (``"\\ud800"``); neither can
+    be stored or encoded, so the line is a problem, not a row that fails later on every retry."""
+    for key, value in rec.items():
+        for name, text in ((f"column name {key!r}", key), (str(key), value)):
+            if isinstance(text, str) and any("\ud800" <= ch <= "\udfff" for ch in text):
+                return f"{name}: not valid UTF-8 text (a byte sequence or escape that is no character)"
+    return ""
+
+
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
     """(line number, record or None, problem) for every record of one file."""
     if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
             reader = csv.DictReader(f)
             missing = [c for c in LABEL_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 yield 1, None, f"header lacks the columns {missing} (has {reader.fieldnames})"
                 return
             for n, rec in enumerate(reader, start=2):
-                yield n, {k: (v if v != "" else None) for k, v in rec.items() if k is not None}, ""
+                row = {k: (v if v != "" else None) for k, v in rec.items() if k is not None}
+                bad = _not_unicode(row)
+                yield (n, None, bad) if bad else (n, row, "")
         return
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    # Lines end at "\n" only: JSON text may hold U+2028 or U+0085 raw, which str.splitlines cuts at.
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -74,7 +89,8 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
         if not isinstance(rec, dict):
             yield n, None, f"a JSON {type(rec).__name__}, not an object"
             continue
-        yield n, rec, ""
+        bad = _not_unicode(rec)
+        yield (n, None, bad) if bad else (n, rec, "")
 
 
 def read_manual_labels(path: Path, *, labelled_at: datetime) -> tuple[list[dict[str, Any]], list[LabelProblem]]:

@@ -169,7 +169,8 @@ def _windows(n: int) -> list[tuple[int, int, int]]:
     when the text fits in one."""
     if n <= CHUNK:
         return [(0, 0, n)]
-    out, start = [], 0
+    out: list[tuple[int, int, int]] = []
+    start = 0
     while True:
         own_start = 0 if start == 0 else start + MARGIN
         if start + CHUNK >= n:
