@@ -34,9 +34,21 @@ def word_tokens(text: str) -> list[str]:
 
 
 def count_words(text: str) -> int:
-    return len(text.split())
+    """Words a reader sees: whitespace-separated pieces of the visible text (`strip_invisible`)
+    that hold a letter or digit. Emoji or punctuation alone are no word, and words joined by
+    zero-width characters are one."""
+    return sum(1 for piece in strip_invisible(text).split() if _WORD.search(piece))
+
+
+# Tokens besides words: punctuation, maths and currency signs. Emoji and other symbols (So),
+# modifiers (Sk) and combining marks are left out, so a string of emoji is not a long answer.
+_TOKEN_MARKS = ("P", "Sm", "Sc")
 
 
 def count_tokens(text: str) -> int:
-    """Tokenizer-independent token count (words and punctuation marks)."""
-    return len(_TOKEN.findall(text))
+    """Tokenizer-independent token count of the visible text: words and punctuation marks."""
+    return sum(
+        1
+        for tok in _TOKEN.findall(strip_invisible(text))
+        if tok[0].isalnum() or tok[0] == "_" or unicodedata.category(tok[0]).startswith(_TOKEN_MARKS)
+    )

@@ -70,6 +70,22 @@ def test_counters():
     assert count_words("a  b\tc\n d") == 4
     assert count_tokens("Hello, world!") == 4
     assert count_tokens("GARDEN") == 1 and count_words("") == 0
+    assert count_words("don't state-of-the-art x2") == 3
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        " ".join(["\U0001F600"] * 60),  # emoji only: no word, no token
+        "\u200b".join(["word"] * 60),  # words joined by zero-width spaces: one word to a reader
+        "\u2060".join(["w"] * 60) + " " + " ".join(["\u2705"] * 30),
+        " ".join(["!"] * 20) + " " + " ".join(["\U0001F44D\U0001F3FD"] * 40),  # 20 marks, skin-toned emoji
+    ],
+    ids=["emoji", "zero_width_joined", "word_joiner_and_marks", "punctuation_and_emoji"],
+)
+def test_length_rule_is_not_fooled_by_emoji_or_invisible_joins(cand, answer):
+    d = LengthRule(20, 50).decide(cand(prompt="hi", response=answer))
+    assert not d.kept, d.reason
 
 
 def test_length_rule_counts_the_response_by_default(cand):
