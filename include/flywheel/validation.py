@@ -157,6 +157,11 @@ def validate_row(
         issues.append(
             ValidationIssue("correction", "required_when_corrected", "user_action is 'corrected' but correction is empty")
         )
+    elif action != "corrected" and fact["correction"].present and fact["correction"].is_text and not fact["correction"].blank:
+        # Which answer would train: the response the user kept, or a correction they never made?
+        issues.append(
+            ValidationIssue("correction", "only_when_corrected", f"correction is set but user_action is {action!r}, not 'corrected'")
+        )
 
     score = row.get("quality_score")
     if score is None:

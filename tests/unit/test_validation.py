@@ -97,8 +97,19 @@ def test_corrected_without_correction(row, correction):
     assert _issues(row) == {("correction", "required_when_corrected")}
 
 
-def test_correction_without_corrected_action_is_fine(row):
-    row.update(user_action="accepted", correction="something")
+@pytest.mark.parametrize("action", ["accepted", "copied", "regenerated"])
+def test_correction_without_corrected_action_is_quarantined(row, action):
+    """The row contradicts itself (a logging defect): the user kept or rejected the answer, yet a
+    correction is logged. Neither the response nor the correction can be trusted as its target."""
+    row.update(user_action=action, correction="something")
+    issues = validate_row(row)
+    assert {(i.field, i.rule) for i in issues} == {("correction", "only_when_corrected")}
+    assert "something" not in issues[0].reason and repr(action) in issues[0].reason
+
+
+@pytest.mark.parametrize("correction", [None, "", "   "])
+def test_an_empty_correction_on_another_action_is_fine(row, correction):
+    row.update(user_action="accepted", correction=correction)
     assert validate_row(row) == []
 
 
