@@ -146,7 +146,9 @@ def demo_config(home: Path) -> Path:
     loss or a guardrail breach, otherwise stop and keep the champion."""
 
     data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
-    data["review"].update({"poll_seconds": 2, "reviewers_per_item": 2})
+    # A run triggered by hand in `make airflow` on the demo's data has no simulated reviewers:
+    # after 10 minutes it goes on with what people reviewed (`on_deadline: proceed`, logged).
+    data["review"].update({"poll_seconds": 2, "reviewers_per_item": 2, "deadline_hours": 1 / 6, "on_deadline": "proceed"})
     # The tiny model is pre-trained from scratch in a minute, not for months: a cycle's few
     # hundred examples teach it only in five passes at a LoRA learning rate a 7B model would not
     # take (the shipped defaults, one pass at 1e-3, are a real model's).

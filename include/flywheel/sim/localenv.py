@@ -50,12 +50,41 @@ def dags_test_command(dag_id: str, logical_date: str, conf: dict | None = None) 
     return cmd + (["-c", json.dumps(conf)] if conf else [])
 
 
+def local_airflow_env() -> tuple[dict[str, str], str]:
+    """`airflow_env` for ``make airflow``, and a line saying which flywheel config it uses.
+
+    - The venv's ``bin`` leads PATH: ``airflow standalone`` starts its components by running
+      ``airflow`` from PATH, which make does not give it.
+    - LocalExecutor starts ``core.parallelism`` worker processes (32 by default): two per core here.
+    - Where ``make demo`` left its data (``demo-flywheel.yaml`` beside the warehouse), runs use
+      the demo's config (minutes-long review deadlines, the demo's training pace), so a run
+      triggered by hand finishes on the demo's data; ``FLYWHEEL_CONFIG`` chooses another.
+    """
+    home = flywheel_home()
+    demo = home / "demo-flywheel.yaml"
+    chosen = os.environ.get("FLYWHEEL_CONFIG")
+    config_path = Path(chosen) if chosen else (demo if demo.is_file() else None)
+    env = airflow_env(PROJECT_ROOT / ".airflow", home, config_path=config_path)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("AIRFLOW__CORE__PARALLELISM", str(2 * (os.cpu_count() or 1)))
+    if config_path is None:
+        why = "flywheel config: include/config/flywheel.yaml (production defaults; `make demo` first for the demo's)"
+    else:
+        why = f"flywheel config: {config_path}" + (" (the demo's, left by `make demo`)" if config_path == demo else "")
+    return env, why
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m flywheel.sim.localenv ARGS...``: run ``airflow ARGS...`` in the project's local env."""
     args = sys.argv[1:] if argv is None else argv
-    env = airflow_env(PROJECT_ROOT / ".airflow", flywheel_home())
+    env, why = local_airflow_env()
     airflow = str(Path(sys.executable).with_name("airflow"))
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
+    if args[:1] == ["standalone"]:
+        passwords = Path(env["AIRFLOW_HOME"]) / "simple_auth_manager_passwords.json.generated"
+        print(f"Airflow UI: http://localhost:8080  (user admin; its password is printed below and kept in {passwords})\n"
+              f"{why}; parallelism {env['AIRFLOW__CORE__PARALLELISM']}. The DAGs start paused: unpause one to run it.",
+              flush=True)  # fmt: skip
     return subprocess.run([airflow, *args], env=env, check=False).returncode
 
 
