@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from flywheel.config import FlywheelConfig
@@ -92,10 +94,35 @@ class RunParam:
 
     def check(self, value: Any) -> None:
         """A set value must have the param's type: a string where a number belongs is the
-        caller's mistake, not something to coerce silently."""
+        caller's mistake, not something to coerce silently. Some params check more."""
         expected = _PYTHON_TYPES[self.type]
         if isinstance(value, bool) != (self.type == "boolean") or not isinstance(value, expected):
             raise ConfigError(f"run param {self.name!r} takes a {self.type}, got {value!r}")
+        if self.name == "base_model":
+            check_model_reference(value)
+
+
+# A hub model id: a name, or an owner and a name (letters, digits, '.', '_', '-').
+_MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+# In the trigger form's schema: no whitespace or control characters, no '..' path segment.
+MODEL_REFERENCE_PATTERN = r"^(?!.*(^|[/\\])\.\.([/\\]|$))[^\s\x00-\x1f]+$"
+
+
+def check_model_reference(value: str) -> None:
+    """A ``base_model`` set for one run: a hub model id (``owner/name``), the built-in
+    ``tiny-llama``, a bucket URI, or an existing folder that holds a transformers model. Checked
+    on the worker that will load it, when the run's config is built."""
+    parts = re.split(r"[/\\]", value.split("://", 1)[-1])
+    if not value or any(ch.isspace() or ord(ch) < 32 for ch in value) or ".." in parts:
+        raise ConfigError(f"run param 'base_model' {value!r}: a model id or an absolute folder path, "
+                          "without spaces, control characters or '..' segments")  # fmt: skip
+    folder = Path(value).expanduser()
+    if "://" in value or (_MODEL_ID.match(value) and not folder.exists()):
+        return
+    if not folder.is_dir():
+        raise ConfigError(f"run param 'base_model' {value!r} is neither a model id (owner/name) nor an existing model folder")
+    if not (folder / "config.json").is_file():
+        raise ConfigError(f"run param 'base_model' {value!r}: the folder holds no config.json (not a transformers model)")
 
 
 def _shown(value: Any) -> str:
@@ -119,7 +146,8 @@ RUN_PARAMS: tuple[RunParam, ...] = (
              "filters.min_quality_score", {"minimum": 0, "maximum": 1}),
     RunParam("epochs", "number", "LoRA epochs.", "training.epochs", {"exclusiveMinimum": 0}),
     RunParam("learning_rate", "number", "LoRA learning rate.", "training.learning_rate", {"exclusiveMinimum": 0}),
-    RunParam("base_model", "string", "Base model: a Hugging Face name or path.", "training.base_model"),
+    RunParam("base_model", "string", "Base model: a model id (owner/name) or the absolute path of a model folder.",
+             "training.base_model", {"pattern": MODEL_REFERENCE_PATTERN}),
     RunParam("lora_r", "integer", "LoRA rank.", "training.lora_r", {"minimum": 1}),
     RunParam("lora_alpha", "integer", "LoRA alpha.", "training.lora_alpha", {"minimum": 1}),
     RunParam("lora_dropout", "number", "LoRA dropout.", "training.lora_dropout", {"minimum": 0, "exclusiveMaximum": 1}),

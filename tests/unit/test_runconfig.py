@@ -126,6 +126,28 @@ def test_a_param_travels_as_its_type(base, name, value):
         build_run_config(base, params={name: value})
 
 
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [("../../etc/passwd", "'..' segments"), ("x/../y", "'..' segments"), ("Qwen/Qwen2 0.5B", "without spaces"),
+     ("/etc/passwd", "neither a model id"), ("/tmp", "no config.json"), ("org/name/extra", "neither a model id")],
+)  # fmt: skip
+def test_base_model_is_a_model_id_or_a_model_folder(base, value, why):
+    import re
+
+    from flywheel.runconfig import MODEL_REFERENCE_PATTERN
+
+    with pytest.raises(ConfigError, match=re.escape(why)):
+        build_run_config(base, params={"base_model": value})
+    # The trigger form's schema turns away the same traversal and spaces before a run is queued.
+    assert (re.match(MODEL_REFERENCE_PATTERN, value) is None) == (why in ("'..' segments", "without spaces"))
+
+
+def test_base_model_takes_hub_ids_uris_and_model_folders(base, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    for value in ("tiny-llama", "Qwen/Qwen2.5-0.5B-Instruct", "gs://models/llama", str(tmp_path)):
+        assert build_run_config(base, params={"base_model": value}).config.training.base_model == value
+
+
 def test_typed_params_reach_their_keys(base):
     cfg = build_run_config(base, params={"lag_days": 7, "min_quality_score": 1, "lora_r": 4, "force_review": False,
                                          "target_modules": ["q_proj"], "epochs": None}).config  # fmt: skip
