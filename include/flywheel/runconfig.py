@@ -98,7 +98,7 @@ class RunParam:
         expected = _PYTHON_TYPES[self.type]
         if isinstance(value, bool) != (self.type == "boolean") or not isinstance(value, expected):
             raise ConfigError(f"run param {self.name!r} takes a {self.type}, got {value!r}")
-        if self.name == "base_model":
+        if self.name == "base_model" and isinstance(value, str):
             check_model_reference(value)
 
 
