@@ -263,18 +263,30 @@ class WriteReportOperator(FlywheelStageOperator):
     ui_color = "#eef7ee"
 
 
+def stagnation_alert_due(result: dict[str, Any], params: dict[str, Any] | None) -> bool:
+    """Whether `record_cycle`'s result should alert operators of a stagnant flywheel."""
+    if not (result.get("stagnation") or {}).get("stagnant"):
+        return False
+    if (params or {}).get("skip_training"):
+        log.info("stagnation diagnosed but not alerted: this run was told to skip training")
+        return False
+    return True
+
+
 class RecordCycleOperator(FlywheelStageOperator):
     """The cycle's summary row and velocity metrics; runs even when training was skipped.
 
     When the flywheel is stagnant (no real gain for several cycles) it alerts operators with
-    the likely causes, through the same channels as a failed gate; the task itself succeeds."""
+    the likely causes, through the same channels as a failed gate; the task itself succeeds. A
+    run an operator told to train nothing (``skip_training``) records the diagnosis but raises
+    no alert: it is no evidence that the flywheel stalled."""
 
     stage = staticmethod(record_cycle)
 
     def execute(self, context: Context) -> dict[str, Any]:
         result = super().execute(context)
-        stagnation = result.get("stagnation") or {}
-        if stagnation.get("stagnant"):
+        if stagnation_alert_due(result, context.get("params")):
+            stagnation = result["stagnation"]
             alert, alert_id = _alert(context, "stagnation", f"[{context['ti'].dag_id}] flywheel {stagnation['summary']}")
             log.warning("FLYWHEEL ALERT %s", alert["message"])
             deliver_alert(self._config, alert, alert_id=alert_id, raised_at=datetime.now(UTC))

@@ -56,3 +56,11 @@ def test_the_dags_chain_the_stages_in_the_order_the_in_process_cycle_runs_them()
         tasks = cycle_chain()
     ran = [t.stage.__name__ for t in tasks if isinstance(t, operators.FlywheelStageOperator)]
     assert ran == [name for name in STAGES if name != "extract_bootstrap"]
+
+
+def test_a_stagnant_flywheel_alerts_unless_the_run_was_told_to_skip_training():
+    stagnant = {"stagnation": {"stagnant": True, "summary": "stagnant for 3 cycles"}}
+    assert operators.stagnation_alert_due(stagnant, {"skip_training": False, "dry_run": True})
+    assert operators.stagnation_alert_due(stagnant, None)
+    assert not operators.stagnation_alert_due(stagnant, {"skip_training": True})
+    assert not operators.stagnation_alert_due({"stagnation": {"stagnant": False}}, {})
