@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cache
 from typing import Any
 
-from flywheel.config import USER_ACTIONS
+from flywheel.config import USER_ACTIONS, ValidationConfig
 from flywheel.records import ELIDABLE_TEXT_FIELDS
 
 
@@ -37,13 +39,39 @@ class ValidationLimits:
     max_text_chars: int = 20000
     max_clock_skew: timedelta = timedelta(minutes=10)
     earliest_timestamp: datetime = datetime(2000, 1, 1, tzinfo=UTC)
+    # field -> the pattern its value must match whole (`ValidationConfig.id_pattern`, ...)
+    id_patterns: tuple[tuple[str, re.Pattern[str]], ...] = ()
 
     @classmethod
     def from_config(cls, cfg: Any) -> ValidationLimits:
         earliest = datetime.fromisoformat(cfg.earliest_timestamp)
         if earliest.tzinfo is None:
             earliest = earliest.replace(tzinfo=UTC)
-        return cls(cfg.max_text_chars, timedelta(minutes=cfg.max_clock_skew_minutes), earliest)
+        ids = re.compile(cfg.id_pattern)
+        patterns = (("request_id", ids), ("user_id", ids), ("model_version", re.compile(cfg.model_version_pattern)))
+        return cls(cfg.max_text_chars, timedelta(minutes=cfg.max_clock_skew_minutes), earliest, patterns)
+
+
+@cache
+def _default_limits() -> ValidationLimits:
+    return ValidationLimits.from_config(ValidationConfig())
+
+
+def _why_not_an_id(value: str, *, slash: bool) -> str:
+    """What breaks an identifier, naming at most one character (never the value: it may be PII)."""
+    if value != value.strip():
+        return "has whitespace around it"
+    if {".", ".."} & set(re.split(r"[/\\]", value)):
+        return "holds a '.' or '..' path segment"
+    for i, ch in enumerate(value):
+        category = unicodedata.category(ch)
+        if category in ("Cf", "Cc") or ch.isspace():
+            return f"holds an invisible or space character U+{ord(ch):04X} at {i}"
+        if not ch.isascii():
+            return f"holds the non-ASCII character U+{ord(ch):04X} at {i}"
+        if ch in "<>&\"'`\\" or (ch == "/" and not slash):
+            return f"holds {ch!r} at {i}"
+    return "does not match the configured pattern"
 
 
 TEXT_FIELDS = ("request_id", "user_id", "prompt", "response", "correction", "task_type", "context", "model_version")
@@ -102,7 +130,7 @@ def validate_row(
     are judged from the row itself. Reasons name the field and the rule, never quote the text:
     a log row may hold PII.
     """
-    limits = limits or ValidationLimits()
+    limits = limits or _default_limits()
     facts = facts or {}
     fact = {name: facts.get(name) or text_facts(row.get(name)) for name in TEXT_FIELDS}
     issues: list[ValidationIssue] = []
@@ -114,6 +142,10 @@ def validate_row(
             issues.append(ValidationIssue(name, "required", f"{name} is missing or empty"))
         elif not f.is_text:
             issues.append(ValidationIssue(name, "type", f"{name} must be text, got {type(row.get(name)).__name__}"))
+    for name, pattern in limits.id_patterns:
+        value = row.get(name)
+        if isinstance(value, str) and value.strip() and not pattern.fullmatch(value):
+            issues.append(ValidationIssue(name, "format", f"{name} is not an identifier: it {_why_not_an_id(value, slash=name == 'model_version')}"))
     for name in TEXT_FIELDS:
         f = fact[name]
         if not f.present or not f.is_text:

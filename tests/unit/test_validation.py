@@ -211,3 +211,48 @@ def test_huge_bad_action_is_not_echoed_whole(row):
     row["user_action"] = "A" * 10_000
     (issue,) = validate_row(row)
     assert issue.rule == "allowed_values" and len(issue.reason) < 200
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        ("request_id", " req-1", "whitespace around it"),
+        ("request_id", "req-1\u200b", "invisible or space character U+200B"),
+        ("request_id", "ｒｅｑ-1", "non-ASCII character U+FF52"),  # full-width: NFKC folds it onto req-1
+        ("request_id", "req-Ã©1", "non-ASCII character U+00C3"),  # mojibake
+        ("user_id", "<b>ann</b>", "holds '<' at 0"),
+        ("user_id", "a/../b", "path segment"),
+        ("user_id", "team/ann", "holds '/' at 4"),
+        ("user_id", "ann smith", "invisible or space character U+0020"),
+        ("model_version", "org/../model", "'..' path segment"),
+        ("model_version", "org/model/", "does not match"),
+        ("model_version", "v1\u00a0", "whitespace around it"),
+    ],
+)  # fmt: skip
+def test_identifiers_that_are_not_plain_are_quarantined(row, field, value, why):
+    row[field] = value
+    issues = validate_row(row)
+    assert {(i.field, i.rule) for i in issues} == {(field, "format")}, issues
+    assert why in issues[0].reason and value.strip() not in issues[0].reason
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("request_id", "chatcmpl-9x8Y7z"), ("request_id", "0b6f1c2e-52a1-4d3e-9a57-1f1c0e2d3b4a"),
+     ("user_id", "ann.smith+test@example.com"), ("user_id", "anon:42"), ("model_version", "meta-llama/Llama-3.1-8B"),
+     ("model_version", "base:tiny-llama")],
+)  # fmt: skip
+def test_plain_identifiers_pass(row, field, value):
+    row[field] = value
+    assert validate_row(row) == []
+
+
+def test_a_product_with_other_ids_sets_its_pattern(row):
+    from flywheel.config import ValidationConfig
+    from flywheel.validation import ValidationLimits
+
+    row["user_id"] = "team/ann"
+    limits = ValidationLimits.from_config(ValidationConfig(id_pattern=r"[a-z]+(/[a-z]+)?|req-\d+"))
+    assert validate_row(row, limits) == []
+    with pytest.raises(ValueError, match="not a regular expression"):
+        ValidationConfig(id_pattern="[a-")
