@@ -106,6 +106,7 @@ PII_ENTITIES = (
     "IP_ADDRESS",
     "US_SSN",
     "CRYPTO",
+    "SECRET",  # API keys, tokens, private keys, credentials in URLs (`flywheel.filters.secrets`)
 )
 
 

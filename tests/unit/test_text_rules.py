@@ -31,6 +31,7 @@ PII_VALUES = {
     "IP_ADDRESS": "192.168.1.20",
     "US_SSN": "536-22-8726",
     "CRYPTO": "1BoatSLRHtKNngkdXEeobR76b53LETtpyT",
+    "SECRET": "ghp_1234567890abcdefghijklmnopqrstuvwxyz",
 }
 
 INJECTIONS = [
@@ -110,6 +111,42 @@ def test_a_text_longer_than_spacy_accepts_is_scanned_whole():
     assert sorted(red.entities) == sorted(e for e, _ in planted)
     assert not any(v in red.text for _, v in planted)
     assert red.text.count("<") == len(planted)
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "AKIAIOSFODNN7EXAMPLE",  # AWS access key id (detect-secrets' format)
+        "ghp_1234567890abcdefghijklmnopqrstuvwxyzAB",  # GitHub token, longer than the format says
+        "xoxb-123456789012-1234567890123-abcdefghijklmnopqrstuvwx",  # Slack
+        "sk_live_4eC39HqLyjWDarjtT1zdp7dc",  # Stripe
+        "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0In0.dozjgNryP4J3jVmNHl0w5N_XgL0n3I9PlFUP0THsR8U",  # JWT
+        "sk-proj-Qw3rTy7UiOp1AsDfGh5JkLzXcVbN0m9K8j7H6g5F4d3S",  # OpenAI project key (added here)
+        "sk-ant-api03-Abcdefghijklmnopqrstuvwxyz0123456789-_ABCDEFG",  # Anthropic (added here)
+        "AIzaSyD-1234567890abcdefghijklmnopqrstu",  # Google API key (added here)
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmU\nAAAA\n-----END OPENSSH PRIVATE KEY-----",
+    ],
+)
+def test_secrets_are_redacted_whole(secret):
+    red = default_scanner().redact(f"Here is my key {secret} please keep it safe.")
+    assert red.entities == ("SECRET",), red
+    assert red.text == "Here is my key <SECRET> please keep it safe."
+
+
+def test_credentials_in_urls_and_after_key_words_are_redacted():
+    red = default_scanner().redact("Connect with postgres://admin:hunter2pass@db.internal/app or api_key=Zx9Kq2Lm8Np4Rs6Tv0Wy")
+    assert "hunter2pass" not in red.text and "Zx9Kq2Lm8Np4Rs6Tv0Wy" not in red.text
+    assert red.entities == ("SECRET", "SECRET")
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["Please capitalize internationalization and counterrevolutionaries for me.",
+     "My order 0b6f1c2e-52a1-4d3e-9a57-1f1c0e2d3b4a has not arrived.", "What is 1234 plus 5678?",
+     "The courier's tracking number is JD014600006281234567."],
+)  # fmt: skip
+def test_ordinary_text_holds_no_secret(text):
+    assert "SECRET" not in default_scanner().redact(text).entities
 
 
 def test_text_without_pii_is_returned_unchanged():
@@ -367,7 +404,7 @@ def test_pii_never_reaches_the_dataset_or_the_decisions(tmp_path, make_log_row, 
     rows = []
     filler = " I need it for a school project that is due tomorrow morning, so a quick answer really helps."
     for i, (entity, value) in enumerate(sorted(PII_VALUES.items())):
-        prompt = f"Hi, it is me ({value}). Please rewrite the word {['garden', 'harbor', 'island', 'jungle', 'kettle', 'ladder', 'marble'][i]} in capital letters for my poster heading." + filler
+        prompt = f"Hi, it is me ({value}). Please rewrite the word {['garden', 'harbor', 'island', 'jungle', 'kettle', 'ladder', 'marble', 'napkin'][i]} in capital letters for my poster heading." + filler
         rows.append(make_log_row(f"pii-prompt-{entity}", ts, prompt=prompt, response="OK"))
         rows.append(make_log_row(f"pii-answer-{entity}", ts, prompt=prompt.replace("Hi, it is me", f"Request {i}: hello"),
                                  response="GARDEN", user_action="corrected", correction=f"GARDEN - reach me on {value}"))

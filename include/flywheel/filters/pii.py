@@ -2,7 +2,8 @@
 
 Presidio runs on a blank spaCy pipeline (tokenisation only: no model download) with the pattern
 and checksum recognizers for e-mail, phone, credit card, IBAN, IP, US SSN and crypto wallet
-addresses. The e-mail recognizer validates domains with `tldextract`, which by default fetches
+addresses, and a recognizer for secrets (API keys, tokens, private keys: `flywheel.filters.secrets`,
+detect-secrets' formats). The e-mail recognizer validates domains with `tldextract`, which by default fetches
 the public suffix list from the network; here it uses the snapshot bundled with the package.
 
 Text is scanned after `flywheel.text.strip_invisible`, so full-width characters and zero-width
@@ -19,6 +20,8 @@ from functools import cache
 from typing import Any
 
 from flywheel.config import PII_ENTITIES
+from flywheel.filters.secrets import HINT as SECRET_HINT
+from flywheel.filters.secrets import SECRET, extend_secret
 from flywheel.text import strip_invisible
 
 # presidio, spaCy and tldextract are imported inside the functions that use them: they take
@@ -44,7 +47,7 @@ def may_hold_pii(text: str) -> bool:
         return True
     if sum(ch.isdigit() for ch in text) >= 4:
         return True
-    return bool(_LONG_ALNUM.search(text))
+    return bool(_LONG_ALNUM.search(text) or SECRET_HINT.search(text))
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,8 @@ def _recognizers(entities: Sequence[str]) -> list[Any]:
         UsSsnRecognizer,
     )
 
+    from flywheel.filters.secrets import secret_recognizer
+
     offline_tld = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
     class OfflineEmailRecognizer(EmailRecognizer):
@@ -91,6 +96,7 @@ def _recognizers(entities: Sequence[str]) -> list[Any]:
         "IP_ADDRESS": IpRecognizer,
         "US_SSN": UsSsnRecognizer,
         "CRYPTO": CryptoRecognizer,
+        "SECRET": secret_recognizer,
     }
     return [makers[e]() for e in entities]
 
@@ -136,11 +142,12 @@ class PiiScanner:
             results = self._analyzer().analyze(
                 clean[start : start + CHUNK], language="en", entities=list(self.entities), score_threshold=self.min_score
             )
-            hits += [
-                PiiHit(r.entity_type, start + r.start, start + r.end, float(r.score))
-                for r in results
-                if own_start <= start + r.start < own_end
-            ]
+            for r in results:
+                if own_start <= start + r.start < own_end:
+                    begin, end = start + r.start, start + r.end
+                    if r.entity_type == SECRET:
+                        begin, end = extend_secret(clean, begin, end)
+                    hits.append(PiiHit(r.entity_type, begin, end, float(r.score)))
         return hits
 
     def redact(self, text: str) -> Redaction:
