@@ -14,7 +14,7 @@ splits do not hide a value. A redacted text is that normalised text with each va
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any
@@ -88,7 +88,7 @@ def _recognizers(entities: Sequence[str]) -> list[Any]:
         def validate_result(self, pattern_text: str) -> bool:
             return offline_tld(pattern_text).fqdn != ""
 
-    makers = {
+    makers: dict[str, Callable[[], Any]] = {
         "EMAIL_ADDRESS": OfflineEmailRecognizer,
         "PHONE_NUMBER": PhoneRecognizer,
         "CREDIT_CARD": CreditCardRecognizer,

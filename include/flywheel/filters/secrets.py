@@ -62,8 +62,8 @@ def secret_patterns() -> list[tuple[str, str]]:
     """(name, regular expression) of every secret format, each with its own flags inline."""
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 
-    classes = {cls.__name__: cls for cls in get_mapping_from_secret_type_to_class().values()}
-    out = []
+    classes: dict[str, Any] = {c.__name__: c for c in get_mapping_from_secret_type_to_class().values()}
+    out: list[tuple[str, str]] = []
     for name in DETECT_SECRETS_PLUGINS:
         for k, rx in enumerate(classes[name]().denylist):
             flags = ("i" if rx.flags & re.IGNORECASE else "") + ("x" if rx.flags & re.VERBOSE else "")
