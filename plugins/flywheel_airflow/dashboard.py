@@ -5,7 +5,8 @@ plots over cycles (with phases), the champion and its lineage, every model's sta
 running A/B tests, new-data checks, recent gate failures, alerts and rollbacks, read from the warehouse through
 `flywheel.ops.report` (the functions the cycle reports use). Airflow does not authenticate plugin
 apps, so every route here depends on Airflow's own `requires_authenticated`: without a valid
-Airflow token (the UI's session cookie, or a bearer token from ``/auth/token``) it answers 401.
+Airflow token (the UI's session cookie, or a bearer token from ``/auth/token``) it answers 401,
+or, to a browser, redirects to Airflow's login page.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import base64
 import html
 import io
 from typing import Any
+from urllib.parse import quote
 
-from fastapi import Depends, FastAPI
-from fastapi.responses import HTMLResponse, Response
+from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 def _authenticated() -> Any:
@@ -143,6 +147,17 @@ def create_app() -> FastAPI:
 
     app = FastAPI(title="Flywheel dashboard and review", dependencies=[_authenticated()])
     app.include_router(create_router())
+
+    @app.exception_handler(StarletteHTTPException)
+    async def login_for_browsers(request: Request, exc: StarletteHTTPException) -> Response:
+        """A browser that is not logged in goes to Airflow's login page, and back here after it;
+        API clients (no ``text/html`` in Accept) keep the 401 and its JSON."""
+        if exc.status_code == 401 and "text/html" in request.headers.get("accept", ""):
+            from airflow.api_fastapi.app import get_auth_manager
+
+            login = get_auth_manager().get_url_login()
+            return RedirectResponse(f"{login}?next={quote(str(request.url), safe='')}", status_code=303)
+        return await http_exception_handler(request, exc)
 
     @app.get("/", response_class=HTMLResponse)
     def dashboard() -> str:

@@ -25,6 +25,10 @@ def test_dashboard_needs_an_airflow_login(server):
     base = server["base"]
     for route in ("/flywheel/", "/flywheel/api/summary"):
         assert httpx.get(base + route).status_code == 401, route
+    # A browser is sent to Airflow's login page, and back to the dashboard after it.
+    browser = httpx.get(base + "/flywheel/", headers={"Accept": "text/html,application/xhtml+xml"})
+    assert browser.status_code == 303 and "/login" in browser.headers["location"], browser.headers
+    assert "next=http" in browser.headers["location"] and "%2Fflywheel%2F" in browser.headers["location"]
     bad = httpx.post(f"{base}/auth/token", json={"username": "operator", "password": "wrong"})
     assert bad.status_code in (401, 403)
     token = httpx.post(f"{base}/auth/token", json={"username": "operator", "password": server["password"]}).json()["access_token"]
