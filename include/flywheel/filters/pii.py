@@ -21,7 +21,7 @@ from typing import Any
 
 from flywheel.config import PII_ENTITIES
 from flywheel.filters.secrets import HINT as SECRET_HINT
-from flywheel.filters.secrets import SECRET, extend_secret
+from flywheel.filters.secrets import SECRET, extend_secret, secret_recognizer
 from flywheel.text import strip_invisible
 
 # presidio, spaCy and tldextract are imported inside the functions that use them: they take
@@ -79,8 +79,6 @@ def _recognizers(entities: Sequence[str]) -> list[Any]:
         PhoneRecognizer,
         UsSsnRecognizer,
     )
-
-    from flywheel.filters.secrets import secret_recognizer
 
     offline_tld = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
 
