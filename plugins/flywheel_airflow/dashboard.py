@@ -77,6 +77,7 @@ def _cell(value: Any) -> str:
 def dashboard_data(wh: Any) -> dict[str, Any]:
     """Everything the page shows, as plain data (also served as JSON)."""
     from flywheel.model import registry
+    from flywheel.ops.metrics import challenger_decision
     from flywheel.ops.report import (
         champion_lineage,
         recent_alerts,
@@ -87,7 +88,12 @@ def dashboard_data(wh: Any) -> dict[str, Any]:
 
     rows = velocity_rows(wh)
     # Every table exists: the app opens the warehouse with `ensure_schema` (`_warehouse`).
-    experiments = wh.query("SELECT * FROM experiments WHERE status = 'running'").to_pylist()
+    all_experiments = wh.query("SELECT * FROM experiments ORDER BY started_at DESC").to_pylist()
+    experiments = [e for e in all_experiments if e["status"] == "running"]
+    # Why each challenger is or is not champion: its A/B test's outcome where it had one, else
+    # the offline gate's decision (the promotions table keeps the reason, e.g. a slice regression).
+    by_cycle = {e["cycle_id"]: e for e in reversed(all_experiments)}  # the newest test per cycle
+    offline = {p["cycle_id"]: p["reason"] for p in wh.select("promotions").to_pylist()}
     new_data = wh.query("SELECT cycle_id, newest_start, newest_end, n_newest, twin_accuracy, challenger_accuracy, "
                         "delta, verdict, flagged FROM new_data_comparisons ORDER BY logical_date").to_pylist()  # fmt: skip
     return {
@@ -95,9 +101,12 @@ def dashboard_data(wh: Any) -> dict[str, Any]:
             {"cycle_id": r.cycle_id, "dag_id": r.dag_id, "logical_date": r.logical_date, "phase": r.phase,
              "kept": r.kept, "pass_rate": r.pass_rate, "champion_accuracy": r.champion_accuracy,
              "challenger_accuracy": r.challenger_accuracy, "promoted": r.promoted,
-             "examples_per_day": r.get("examples_per_day"), "quality_delta": r.get("quality_delta")}
+             "examples_per_day": r.get("examples_per_day"), "quality_delta": r.get("quality_delta"),
+             "decision": challenger_decision(r.promoted, r.challenger, (by_cycle.get(r.cycle_id) or {}).get("status")),
+             "why": (by_cycle.get(r.cycle_id) or {}).get("reason") or offline.get(r.cycle_id)}
             for r in rows
         ],
+        "ab_tests": [e for e in all_experiments if e["status"] != "running"],
         "champion": registry.current_champion(wh) if wh.count("promotions") else None,
         "lineage": champion_lineage(wh) if wh.count("promotions") else [],
         "statuses": [{"version": v, "status": s} for v, s in sorted(registry.model_statuses(wh).items())],
@@ -131,10 +140,11 @@ def render_dashboard(wh: Any) -> str:
 <p>Champion: <b>{html.escape(data["champion"] or "none yet")}</b></p>
 <h2>Learning curve</h2>{curve}
 <h2>Velocity</h2>{plots}
-{_table(data["cycles"], ["cycle_id", "phase", "kept", "pass_rate", "examples_per_day", "champion_accuracy", "challenger_accuracy", "quality_delta", "promoted"], "No cycle recorded yet.")}
+{_table(data["cycles"], ["cycle_id", "phase", "kept", "pass_rate", "examples_per_day", "champion_accuracy", "challenger_accuracy", "quality_delta", "decision", "why"], "No cycle recorded yet.")}
 <h2>Champion lineage</h2>{_table(data["lineage"], ["version", "cycle_id", "window_start", "window_end", "dataset_hash"], "No champion yet.")}
 <h2>Models</h2>{_table(data["statuses"], ["version", "status"], "No model registered yet.")}
 <h2>Running A/B tests</h2>{_table(data["experiments"], ["experiment_id", "challenger", "champion", "traffic_share", "started_at"], "No A/B test running.")}
+<h2>Past A/B tests</h2>{_table(data["ab_tests"], ["experiment_id", "challenger", "champion", "status", "reason", "started_at", "updated_at"], "No A/B test has ended.")}
 <h2>New data vs old data</h2>{_table(data["new_data"], ["cycle_id", "newest_start", "newest_end", "n_newest", "twin_accuracy", "challenger_accuracy", "delta", "verdict", "flagged"], "No twin trained yet (monthly cycles, or the compare_new_data param).")}
 <h2>Recent gate failures</h2>{_table(data["gate_failures"], ["cycle_id", "gate", "n_failed", "docs_url", "evaluated_at"], "No gate has failed.")}
 <h2>Rollbacks</h2>{_table(data["rollbacks"], ["cycle_id", "champion_before", "champion_after", "reason", "decided_at"], "No rollback.")}

@@ -136,6 +136,9 @@ def test_dashboard_shows_velocity_champion_failures_and_alerts(recorded, wh, cli
     assert "Champion: <b>base:some-base</b>" in body
     assert "flywheel_weekly-broken" in body and "No A/B test running." in body
     assert "No twin trained yet" in body
+    assert "No A/B test has ended." in body
+    # Why each challenger is or is not champion: no challenger trained in these cycles.
+    assert {c["decision"] for c in client.get("/api/summary", cookies={"_token": token}).json()["cycles"]} == {"no challenger"}
     assert "&lt;script&gt;" in body and "<script>" not in body  # messages are escaped
     summary = client.get("/api/summary", headers={"Authorization": f"Bearer {token}"}).json()
     assert [c["cycle_id"] for c in summary["cycles"]] == [c.cycle_id for c in recorded]
@@ -153,6 +156,20 @@ def test_dashboard_shows_velocity_champion_failures_and_alerts(recorded, wh, cli
     (row,) = client.get("/api/summary", headers={"Authorization": f"Bearer {token}"}).json()["new_data"]
     assert row["cycle_id"] == "flywheel_monthly-x" and row["flagged"] is True and row["verdict"] == "hurt"
     assert "flywheel_monthly-x" in client.get("/", cookies={"_token": token}).text
+    # A challenger rejected offline shows the gate's reason; one whose A/B test ended, the test's.
+    first, second = recorded
+    registry.record_decision(wh, cycle_id=first.cycle_id, logical_date=first.logical_date, champion_before="base:some-base",
+                             challenger=first.cycle_id, promoted=False, reason="uppercase slice fell 0.150 (> 0.05)")  # fmt: skip
+    wh.merge("experiments", rows_to_table("experiments", [{"experiment_id": "ab-x", "cycle_id": second.cycle_id,
+             "champion": "base:some-base", "challenger": second.cycle_id, "traffic_share": 0.0, "status": "rolled_back",
+             "started_at": t, "updated_at": t, "reason": "challenger worse: p=0.01"}]))  # fmt: skip
+    summary = client.get("/api/summary", cookies={"_token": token}).json()
+    why = {c["cycle_id"]: (c["decision"], c["why"]) for c in summary["cycles"]}
+    assert why[first.cycle_id] == ("no challenger", "uppercase slice fell 0.150 (> 0.05)")
+    assert why[second.cycle_id] == ("A/B rolled back", "challenger worse: p=0.01")
+    assert [e["experiment_id"] for e in summary["ab_tests"]] == ["ab-x"]
+    page = client.get("/", cookies={"_token": token}).text
+    assert "uppercase slice fell 0.150" in page and "Past A/B tests" in page and "challenger worse: p=0.01" in page
 
 
 def _config_pointing_at(tmp_path, duckdb_path):

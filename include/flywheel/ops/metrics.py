@@ -87,9 +87,14 @@ def format_cycles_table(rows: list[dict[str, Any]]) -> str:
 
 
 def _decision(row: dict[str, Any]) -> str:
-    if row.get("ab_status"):
-        return f"A/B {row['ab_status'].replace('_', ' ')}"
-    return "promoted" if row["promoted"] else "kept champion" if row["challenger"] else "no challenger"
+    return challenger_decision(row["promoted"], row["challenger"], row.get("ab_status"))
+
+
+def challenger_decision(promoted: bool, challenger: str | None, ab_status: str | None) -> str:
+    """What became of a cycle's challenger, in a few words (the demo's table, the dashboard)."""
+    if ab_status:
+        return f"A/B {ab_status.replace('_', ' ')}"
+    return "promoted" if promoted else "kept champion" if challenger else "no challenger"
 
 
 def rule_pass_rates(wh: Warehouse, dag_id: str | None = None) -> dict[str, dict[str, tuple[float, int]]]:

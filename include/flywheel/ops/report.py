@@ -36,6 +36,7 @@ class VelocityRow:
     challenger_accuracy: float | None
     promoted: bool
     metrics: dict[str, float]
+    challenger: str | None = None  # the model version trained in the cycle (None: none trained)
 
     def get(self, name: str) -> float | None:
         return self.metrics.get(name)
@@ -52,7 +53,7 @@ def velocity_rows(wh: Warehouse, *, until: datetime | None = None) -> list[Veloc
     return [
         VelocityRow(c["cycle_id"], c["dag_id"], c["logical_date"], c.get("phase"), c["rows_in_window"], c["kept"],
                     c["pass_rate"], c["champion_accuracy"], c["challenger_accuracy"], bool(c["promoted"]),
-                    metrics.get(c["cycle_id"], {}))
+                    metrics.get(c["cycle_id"], {}), c.get("challenger"))
         for c in cycles
     ]  # fmt: skip
 
