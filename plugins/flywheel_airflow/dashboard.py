@@ -74,8 +74,9 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def dashboard_data(wh: Any) -> dict[str, Any]:
-    """Everything the page shows, as plain data (also served as JSON)."""
+def dashboard_data(wh: Any, reviewers_per_item: int = 1) -> dict[str, Any]:
+    """Everything the page shows, as plain data (also served as JSON). ``reviewers_per_item``:
+    the configured reviews an item needs (`review.reviewers_per_item`)."""
     from flywheel.model import registry
     from flywheel.ops.metrics import challenger_decision
     from flywheel.ops.report import (
@@ -107,6 +108,11 @@ def dashboard_data(wh: Any) -> dict[str, Any]:
             for r in rows
         ],
         "ab_tests": [e for e in all_experiments if e["status"] != "running"],
+        # Items short of their reviews, per cycle: a cycle waiting at its review sensor needs these.
+        "review_waiting": wh.query(
+            "SELECT cycle_id, COUNT(*) AS waiting FROM (SELECT i.cycle_id, i.item_id, COUNT(r.reviewer) AS n "
+            "FROM review_items i LEFT JOIN reviews r ON r.item_id = i.item_id GROUP BY i.cycle_id, i.item_id) t "
+            "WHERE n < $k GROUP BY cycle_id ORDER BY cycle_id", {"k": reviewers_per_item}).to_pylist(),
         "champion": registry.current_champion(wh) if wh.count("promotions") else None,
         "lineage": champion_lineage(wh) if wh.count("promotions") else [],
         "statuses": [{"version": v, "status": s} for v, s in sorted(registry.model_statuses(wh).items())],
@@ -126,10 +132,17 @@ th { background: #f0f3f7; text-align: left; } .empty { color: #6b7785; } img { m
 """
 
 
-def render_dashboard(wh: Any) -> str:
+def _waiting(waiting: list[dict[str, Any]]) -> str:
+    if not waiting:
+        return "<span class='empty'>no item waits for review.</span>"
+    per_cycle = ", ".join(f"{html.escape(w['cycle_id'])}: {w['waiting']}" for w in waiting)
+    return f"<b>{sum(w['waiting'] for w in waiting)}</b> items wait ({per_cycle}): <a href=\"review/\">review them</a>"
+
+
+def render_dashboard(wh: Any, reviewers_per_item: int = 1) -> str:
     from flywheel.ops.report import plot_rule_pass_rates, plot_velocity, velocity_rows
 
-    data = dashboard_data(wh)
+    data = dashboard_data(wh, reviewers_per_item)
     rows = velocity_rows(wh)
     plots = (_png(plot_velocity, rows) + _png(plot_rule_pass_rates, rows)) if rows else "<p class='empty'>No cycle recorded yet.</p>"
     # Its own route, relative to the page (/flywheel/): the browser sends the same Airflow token.
@@ -138,6 +151,7 @@ def render_dashboard(wh: Any) -> str:
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Flywheel</title><style>{STYLE}</style></head><body>
 <h1>Flywheel</h1>
 <p>Champion: <b>{html.escape(data["champion"] or "none yet")}</b></p>
+<p>Review: {_waiting(data["review_waiting"])}</p>
 <h2>Learning curve</h2>{curve}
 <h2>Velocity</h2>{plots}
 {_table(data["cycles"], ["cycle_id", "phase", "kept", "pass_rate", "examples_per_day", "champion_accuracy", "challenger_accuracy", "quality_delta", "decision", "why"], "No cycle recorded yet.")}
@@ -153,6 +167,7 @@ def render_dashboard(wh: Any) -> str:
 
 
 def create_app() -> FastAPI:
+    from flywheel.config import load_config
     from flywheel_airflow.review_ui import create_router
 
     app = FastAPI(title="Flywheel dashboard and review", dependencies=[_authenticated()])
@@ -171,11 +186,13 @@ def create_app() -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     def dashboard() -> str:
-        return render_dashboard(_warehouse())
+        config = load_config()
+        return render_dashboard(_warehouse(config), config.review.reviewers_per_item)
 
     @app.get("/api/summary")
     def summary() -> dict[str, Any]:
-        return dashboard_data(_warehouse())
+        config = load_config()
+        return dashboard_data(_warehouse(config), config.review.reviewers_per_item)
 
     @app.get("/curve.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
     def curve() -> Response:

@@ -136,7 +136,7 @@ def test_dashboard_shows_velocity_champion_failures_and_alerts(recorded, wh, cli
     assert "Champion: <b>base:some-base</b>" in body
     assert "flywheel_weekly-broken" in body and "No A/B test running." in body
     assert "No twin trained yet" in body
-    assert "No A/B test has ended." in body
+    assert "No A/B test has ended." in body and "no item waits for review" in body
     # Why each challenger is or is not champion: no challenger trained in these cycles.
     assert {c["decision"] for c in client.get("/api/summary", cookies={"_token": token}).json()["cycles"]} == {"no challenger"}
     assert "&lt;script&gt;" in body and "<script>" not in body  # messages are escaped
@@ -170,6 +170,17 @@ def test_dashboard_shows_velocity_champion_failures_and_alerts(recorded, wh, cli
     assert [e["experiment_id"] for e in summary["ab_tests"]] == ["ab-x"]
     page = client.get("/", cookies={"_token": token}).text
     assert "uppercase slice fell 0.150" in page and "Past A/B tests" in page and "challenger worse: p=0.01" in page
+    # Items waiting for review are counted per cycle, with a link to the review UI; a reviewed one is not.
+    item = {"cycle_id": second.cycle_id, "logical_date": t, "request_id": "r", "slice": "priority", "priority": 1.0,
+            "reasons_json": "[]", "task_type": "reverse", "user_action": "accepted", "prompt": "p", "response": "a",
+            "filter_kept": True, "filter_scores_json": "{}", "created_at": t}  # fmt: skip
+    wh.merge("review_items", rows_to_table("review_items", [item | {"item_id": f"i{k}"} for k in range(3)]))
+    wh.merge("reviews", rows_to_table("reviews", [{"item_id": "i0", "reviewer": "ann", "cycle_id": second.cycle_id,
+             "accuracy": 5, "helpfulness": 5, "safety": 5, "verdict": "approve", "seconds_spent": 3.0}]))  # fmt: skip
+    summary = client.get("/api/summary", cookies={"_token": token}).json()
+    assert summary["review_waiting"] == [{"cycle_id": second.cycle_id, "waiting": 2}]
+    page = client.get("/", cookies={"_token": token}).text
+    assert "<b>2</b> items wait" in page and 'href="review/"' in page
 
 
 def _config_pointing_at(tmp_path, duckdb_path):
