@@ -56,6 +56,13 @@ def test_manual_labels_are_read_as_log_rows_and_bad_lines_are_reported(tmp_path,
     assert len(rows) == 6
     assert all(r["user_action"] == "accepted" and r["model_version"] == bootstrap.MANUAL_MODEL_VERSION for r in rows)
     assert rows[0]["user_id"] == "ann" and rows[-1]["prompt"] is None  # kept for validation to quarantine
+    from flywheel.validation import validate_row
+
+    # A labeler named with a space is a name, not an id: the row gets a stable hashed id that passes.
+    named, _ = bootstrap.read_manual_labels(bootstrap.write_labels_file(tmp_path / "n.jsonl", [
+        {"prompt": "Add 2 and 2", "response": "4", "task_type": "arithmetic", "labeler": "Ann Smith"}]), labelled_at=BOOT)  # fmt: skip
+    assert named[0]["user_id"].startswith("labeler-") and "Ann" not in named[0]["user_id"]
+    assert not [i for i in validate_row(named[0]) if i.field == "user_id"]
     assert [(p.source, p.line) for p in problems] == [("a.jsonl", 7), ("a.jsonl", 8), ("a.jsonl", 9)]
     assert "not valid JSON" in problems[0].reason
     assert "response: a JSON object or list, not text" in problems[1].reason

@@ -17,6 +17,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from flywheel.config import ValidationConfig
 from flywheel.errors import FlywheelError
 from flywheel.tasks import TaskTemplates
 
@@ -93,6 +95,20 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any] | None, str]]:
         yield (n, None, bad) if bad else (n, rec, "")
 
 
+_PLAIN_ID = re.compile(ValidationConfig().id_pattern)  # the default id format
+
+
+def _labeler_id(labeler: Any) -> Any:
+    """The row's user id: the labeler as written where it is a plain id ("ann", "rater-7"), else
+    a stable hash of it ("Ann Smith" is a name, not an id, and would fail validation's id
+    format); "manual-labels" where the file names none."""
+    if labeler is None or labeler == "":
+        return "manual-labels"
+    if isinstance(labeler, str) and _PLAIN_ID.fullmatch(labeler):
+        return labeler
+    return f"labeler-{hashlib.sha256(str(labeler).encode()).hexdigest()[:12]}"
+
+
 def read_manual_labels(path: Path, *, labelled_at: datetime) -> tuple[list[dict[str, Any]], list[LabelProblem]]:
     """Manual labels as production-log rows, and the lines that could not be read at all.
 
@@ -127,7 +143,7 @@ def read_manual_labels(path: Path, *, labelled_at: datetime) -> tuple[list[dict[
                 {
                     "request_id": f"manual-{digest}",
                     "timestamp": labelled_at,
-                    "user_id": rec.get("labeler") or "manual-labels",
+                    "user_id": _labeler_id(rec.get("labeler")),
                     "prompt": rec.get("prompt"),
                     "response": rec.get("response"),
                     "user_action": "accepted",
