@@ -176,13 +176,13 @@ class ValidationConfig(_Section):
     max_clock_skew_minutes: float = Field(10.0, ge=0)
     earliest_timestamp: str = "2000-01-01T00:00:00+00:00"
     # Identifiers (a Python regular expression each, matched whole): request and user ids of
-    # printable ASCII letters, digits and . _ : @ + = - (UUIDs, "chatcmpl-...", "user-42",
+    # printable ASCII letters, digits and . _ : @ + = | - (UUIDs, "chatcmpl-...", "user-42",
     # an e-mail address); model versions may add '/' (hub ids: owner/name). Whitespace around
     # an id, zero-width or full-width look-alikes, HTML, path segments and mojibake break it,
     # so two spellings of one id cannot pass as two requests. A product whose ids differ sets
     # its own.
-    id_pattern: str = r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}"
-    model_version_pattern: str = r"[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199}(/[A-Za-z0-9][A-Za-z0-9._:@+=-]{0,199})*"
+    id_pattern: str = r"[A-Za-z0-9][A-Za-z0-9._:@+=|-]{0,199}"
+    model_version_pattern: str = r"[A-Za-z0-9][A-Za-z0-9._:@+=|-]{0,199}(/[A-Za-z0-9][A-Za-z0-9._:@+=|-]{0,199})*"
 
     @model_validator(mode="after")
     def _patterns_compile(self) -> ValidationConfig:

@@ -239,7 +239,7 @@ def test_identifiers_that_are_not_plain_are_quarantined(row, field, value, why):
 @pytest.mark.parametrize(
     ("field", "value"),
     [("request_id", "chatcmpl-9x8Y7z"), ("request_id", "0b6f1c2e-52a1-4d3e-9a57-1f1c0e2d3b4a"),
-     ("user_id", "ann.smith+test@example.com"), ("user_id", "anon:42"), ("model_version", "meta-llama/Llama-3.1-8B"),
+     ("user_id", "ann.smith+test@example.com"), ("user_id", "anon:42"), ("user_id", "auth0|5f7c8ec7c33c6c004bbafe82"), ("model_version", "meta-llama/Llama-3.1-8B"),
      ("model_version", "base:tiny-llama")],
 )  # fmt: skip
 def test_plain_identifiers_pass(row, field, value):
