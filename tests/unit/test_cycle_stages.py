@@ -493,6 +493,8 @@ def test_a_megabyte_text_field_is_quarantined_without_crashing_the_stage(tmp_pat
     assert {("huge-no-user", "user_id.required"), ("huge-no-user", "prompt.max_length"),
             ("huge-response", "response.max_length")} <= reasons  # fmt: skip
     assert not any("555-0198" in q["raw_json"] for q in quarantined)
+    kept = json.loads(next(q["raw_json"] for q in quarantined if q["request_id"] == "huge-response"))["response"]
+    assert len(kept) < config.validation.max_text_chars + 100 and kept.endswith("more characters not kept]")
 
 
 def test_rows_trained_on_in_an_earlier_cycle_are_duplicates_later(tmp_path, make_log_row):

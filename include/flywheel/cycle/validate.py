@@ -92,11 +92,16 @@ def quarantine_row(
 
 
 def redact_row_for_quarantine(row: dict[str, Any], config: FlywheelConfig) -> dict[str, Any]:
-    """The quarantined row as kept for operators: its text fields with PII redacted."""
+    """The quarantined row as kept for operators: its text fields cut to
+    ``validation.max_text_chars`` (the rest is named, not kept: the log row still holds it) and
+    with PII redacted. The cut also bounds the scan: a hostile megabyte field costs the scanner
+    tens of seconds, once per row."""
     scanner = default_scanner(config.filters.pii_entities, config.filters.pii_min_score)
+    limit = config.validation.max_text_chars
     out = dict(row)
     for name in ("prompt", "response", "correction", "context", "user_id"):
         value = out.get(name)
         if isinstance(value, str) and value:
-            out[name] = scanner.redact(value).text
+            cut = f" [... {len(value) - limit} more characters not kept]" if len(value) > limit else ""
+            out[name] = scanner.redact(value[:limit]).text + cut
     return out

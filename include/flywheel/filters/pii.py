@@ -20,8 +20,7 @@ from functools import cache
 from typing import Any
 
 from flywheel.config import PII_ENTITIES
-from flywheel.filters.secrets import HINT as SECRET_HINT
-from flywheel.filters.secrets import SECRET, extend_secret, secret_recognizer
+from flywheel.filters.secrets import SECRET, extend_secret, may_hold_secret, secret_recognizer
 from flywheel.text import strip_invisible
 
 # presidio, spaCy and tldextract are imported inside the functions that use them: they take
@@ -47,7 +46,7 @@ def may_hold_pii(text: str) -> bool:
         return True
     if sum(ch.isdigit() for ch in text) >= 4:
         return True
-    return bool(_LONG_ALNUM.search(text) or SECRET_HINT.search(text))
+    return bool(_LONG_ALNUM.search(text)) or may_hold_secret(text)
 
 
 @dataclass(frozen=True)

@@ -37,8 +37,21 @@ EXTRA_PATTERNS = {
                      r"\b[\"']?\s*[:=]\s*[\"']?[A-Za-z0-9_\-+/=.~]{12,}",
 }  # fmt: skip
 # A secret is a run of at least 16 key characters with a digit and a letter in it, or one of the
-# block or URL forms: text without one skips the regular expressions.
-HINT = re.compile(r"(?=[A-Za-z0-9_\-+/=.]*\d)(?=[A-Za-z0-9_\-+/=.]*[A-Za-z])[A-Za-z0-9_\-+/=.]{16,}|PRIVATE KEY|://[^\s/@]+:[^\s/@]+@")
+# block or URL forms: text without one skips the regular expressions. Runs are found first and
+# then looked into, so the check stays linear in the text's length (lookaheads at every position
+# of one long run would be quadratic: a hostile 1 MiB field).
+_RUN = re.compile(r"[A-Za-z0-9_\-+/=.]{16,}")
+_FORMS = re.compile(r"PRIVATE KEY|://[^\s/@]+:[^\s/@]+@")
+
+
+def may_hold_secret(text: str) -> bool:
+    if _FORMS.search(text):
+        return True
+    for run in _RUN.finditer(text):
+        value = run.group()
+        if any(ch.isdigit() for ch in value) and any(ch.isalpha() for ch in value):
+            return True
+    return False
 
 
 _KEY_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-+/=.")
