@@ -75,7 +75,8 @@ def secret_patterns() -> list[tuple[str, str]]:
     """(name, regular expression) of every secret format, each with its own flags inline."""
     from detect_secrets.core.plugins.util import get_mapping_from_secret_type_to_class
 
-    classes: dict[str, Any] = {c.__name__: c for c in get_mapping_from_secret_type_to_class().values()}
+    plugins: list[Any] = list(get_mapping_from_secret_type_to_class().values())
+    classes = {plugin.__name__: plugin for plugin in plugins}
     out: list[tuple[str, str]] = []
     for name in DETECT_SECRETS_PLUGINS:
         for k, rx in enumerate(classes[name]().denylist):
