@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # in memory); `make test TEST_WORKERS=0` runs in one process. See tests/conftest.py.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
-.PHONY: install emulators demo test test-random test-slow test-all test-postgres compose-config airflow lint bench clean
+.PHONY: install emulators demo ingest test test-random test-slow test-all test-postgres compose-config airflow lint bench clean
 
 # Idempotent: reinstalls only when requirements.txt or pyproject.toml changed.
 $(STAMP): requirements.txt pyproject.toml
@@ -28,6 +28,13 @@ emulators: install
 ## Build the tiny model, simulate the product and run weekly cycles through Airflow.
 demo: install
 	$(BIN)/python -m flywheel.sim.demo
+
+## A product's log files into the configured warehouse (docs: README, "Your own logs"):
+## `make ingest FILES="logs/week1.jsonl logs/week2.csv"`. The plugins' path opens a cloud
+## warehouse through its Airflow connection.
+ingest: install
+	@test -n "$(FILES)" || { echo 'usage: make ingest FILES="logs/week1.jsonl logs/week2.csv"'; exit 2; }
+	PYTHONPATH=plugins $(BIN)/python -m flywheel.ingest $(FILES)
 
 ## The test suite (unit, DAG integrity, the warehouse contract on DuckDB and both emulators,
 ## cycles through real Airflow, the review UI in a browser). The Postgres stack test has its own

@@ -98,6 +98,17 @@ class ExtractConfig(_Section):
     include_gold: bool = False
 
 
+class IngestConfig(_Section):
+    """`python -m flywheel.ingest`: log files into the warehouse through the raw layer."""
+
+    # Lines typed and written per batch: memory stays bounded whatever the file's size.
+    batch_lines: int = Field(2000, gt=0)
+    # A line longer than this is quarantined unparsed (its first 64 KiB kept in the raw layer),
+    # so one runaway line cannot exhaust memory. Records near `validation.max_text_chars` in
+    # every text field stay far below it.
+    max_line_bytes: int = Field(8 * 1024 * 1024, gt=0)
+
+
 PII_ENTITIES = (
     "EMAIL_ADDRESS",
     "PHONE_NUMBER",
@@ -434,6 +445,7 @@ class FlywheelConfig(_Section):
     warehouse: WarehouseConfig = Field(default_factory=WarehouseConfig)
     artefacts: ArtefactsConfig = Field(default_factory=ArtefactsConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)

@@ -3,7 +3,7 @@
 Every backend creates these tables from the schemas here (`flywheel.warehouse.sql`), and every
 stage writes its rows through `rows_to_table`, so a column is declared once.
 
-Why this module is long: it is a catalogue, 22 table declarations and nothing else, read in one
+Why this module is long: it is a catalogue, 23 table declarations and nothing else, read in one
 place; split, a reader would hunt for a column across files.
 """
 
@@ -36,6 +36,22 @@ PRODUCTION_LOGS = pa.schema(
         ("context", pa.string()),
         # Set by the loader; a row whose event timestamp is missing is windowed by this one,
         # so it reaches a cycle (and quarantine) instead of never being read.
+        ("ingested_at", TS),
+    ]
+)
+
+# The raw layer: every line `flywheel.ingest` read, verbatim, before any typing, with what
+# became of it (loaded, duplicate or quarantined and why). A re-ingest of a file skips the lines
+# this table already holds, so it adds nothing.
+RAW_LOG_LINES = pa.schema(
+    [
+        ("source", pa.string()),
+        ("line_number", pa.int64()),
+        ("line_sha256", pa.string()),
+        ("raw_line", pa.string()),
+        ("outcome", pa.string()),  # loaded | duplicate | quarantined
+        ("request_id", pa.string()),
+        ("reason", pa.string()),
         ("ingested_at", TS),
     ]
 )
@@ -419,6 +435,7 @@ TABLES: dict[str, TableSpec] = {
     spec.name: spec
     for spec in (
         TableSpec("production_logs", PRODUCTION_LOGS, ("request_id",)),
+        TableSpec("raw_log_lines", RAW_LOG_LINES, ("source", "line_number")),
         TableSpec("quarantine", QUARANTINE, ("cycle_id", "row_number", "field", "rule")),
         TableSpec("decisions", DECISIONS, ("cycle_id", "request_id", "rule")),
         TableSpec("datasets", DATASETS, ("dataset_id",)),

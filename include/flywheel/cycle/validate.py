@@ -11,11 +11,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from flywheel.config import FlywheelConfig
 from flywheel.cycle import spec
 from flywheel.cycle.extract import unreadable_lines
 from flywheel.cycle.spec import CycleSpec
-from flywheel.filters.pii import default_scanner
+from flywheel.filters.pii import redact_row_for_quarantine
 from flywheel.records import content_fingerprint, row_to_json
 from flywheel.tables import WINDOW_SNAPSHOT, rows_to_table
 from flywheel.validation import ValidationIssue, facts_from_row, validate_row
@@ -89,19 +88,3 @@ def quarantine_row(
     """A `quarantine` row: one failed rule of one input row (a row failing three rules has three)."""
     return {"cycle_id": cycle.cycle_id, "row_number": row_number, "request_id": request_id, "field": field,
             "rule": rule, "reason": reason, "raw_json": raw_json, "quarantined_at": quarantined_at}  # fmt: skip
-
-
-def redact_row_for_quarantine(row: dict[str, Any], config: FlywheelConfig) -> dict[str, Any]:
-    """The quarantined row as kept for operators: its text fields cut to
-    ``validation.max_text_chars`` (the rest is named, not kept: the log row still holds it) and
-    with PII redacted. The cut also bounds the scan: a hostile megabyte field costs the scanner
-    tens of seconds, once per row."""
-    scanner = default_scanner(config.filters.pii_entities, config.filters.pii_min_score)
-    limit = config.validation.max_text_chars
-    out = dict(row)
-    for name in ("prompt", "response", "correction", "context", "user_id"):
-        value = out.get(name)
-        if isinstance(value, str) and value:
-            cut = f" [... {len(value) - limit} more characters not kept]" if len(value) > limit else ""
-            out[name] = scanner.redact(value[:limit]).text + cut
-    return out

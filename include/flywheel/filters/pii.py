@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from flywheel.config import PII_ENTITIES
+from flywheel.config import PII_ENTITIES, FlywheelConfig
 from flywheel.filters.secrets import SECRET, extend_secret, may_hold_secret, secret_recognizer
 from flywheel.text import strip_invisible
 
@@ -191,3 +191,24 @@ def _scanner(entities: tuple[str, ...], min_score: float) -> PiiScanner:
 def default_scanner(entities: Sequence[str] = PII_ENTITIES, min_score: float = 0.4) -> PiiScanner:
     """One shared scanner per configuration in a process (presidio's set-up is the slow part)."""
     return _scanner(tuple(entities), float(min_score))
+
+
+# The fields a quarantined row shows redacted; ``raw_line`` is a line the ingestion could not
+# read as a record (`flywheel.data.ingest`).
+QUARANTINE_TEXT_FIELDS = ("prompt", "response", "correction", "context", "user_id", "raw_line")
+
+
+def redact_row_for_quarantine(row: dict[str, Any], config: FlywheelConfig) -> dict[str, Any]:
+    """The quarantined row as kept for operators: its text fields cut to
+    ``validation.max_text_chars`` (the rest is named, not kept: the log row still holds it) and
+    with PII redacted. The cut also bounds the scan: a hostile megabyte field costs the scanner
+    tens of seconds, once per row."""
+    scanner = default_scanner(config.filters.pii_entities, config.filters.pii_min_score)
+    limit = config.validation.max_text_chars
+    out = dict(row)
+    for name in QUARANTINE_TEXT_FIELDS:
+        value = out.get(name)
+        if isinstance(value, str) and value:
+            cut = f" [... {len(value) - limit} more characters not kept]" if len(value) > limit else ""
+            out[name] = scanner.redact(value[:limit]).text + cut
+    return out
