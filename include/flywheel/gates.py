@@ -220,14 +220,15 @@ def run_gate(gate: str, frame: pd.DataFrame, expectations: list[Any], *, docs_di
     return GateResult(gate, bool(result.success), outcomes, docs_url or (docs_dir / "index.html").as_uri())
 
 
-def enforce(result: GateResult, *, cycle_id: str) -> None:
-    """Fail closed: a failed gate raises with the failed expectations and the Data Docs link."""
+def enforce(result: GateResult, *, cycle_id: str, note: str = "") -> None:
+    """Fail closed: a failed gate raises with the failed expectations, the Data Docs link and
+    the caller's ``note`` (where the bad rows are)."""
     if result.success:
         log.info("%s: gate %s passed (%d expectations)", cycle_id, result.gate, len(result.outcomes))
         return
     raise GateError(
         f"{cycle_id}: gate {result.gate!r} failed {len(result.failed)} of {len(result.outcomes)} expectations:\n"
-        f"{result.describe_failures()}\nData Docs: {result.docs_url}"
+        f"{result.describe_failures()}\nData Docs: {result.docs_url}" + (f"\n{note}" if note else "")
     )
 
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 import base64
 import html
 import io
+from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote, urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
@@ -152,6 +153,7 @@ def render_dashboard(wh: Any, reviewers_per_item: int = 1) -> str:
 <h1>Flywheel</h1>
 <p>Champion: <b>{html.escape(data["champion"] or "none yet")}</b></p>
 <p>Review: {_waiting(data["review_waiting"])}</p>
+<p>Quarantine: <a href="quarantine">every cycle's malformed rows, each with its reason</a> | Data Docs: <a href="data-docs/index.html">the gates' validation results</a></p>
 <h2>Learning curve</h2>{curve}
 <h2>Velocity</h2>{plots}
 {_table(data["cycles"], ["cycle_id", "phase", "kept", "pass_rate", "examples_per_day", "champion_accuracy", "challenger_accuracy", "quality_delta", "decision", "why"], "No cycle recorded yet.")}
@@ -164,6 +166,61 @@ def render_dashboard(wh: Any, reviewers_per_item: int = 1) -> str:
 <h2>Rollbacks</h2>{_table(data["rollbacks"], ["cycle_id", "champion_before", "champion_after", "reason", "decided_at"], "No rollback.")}
 <h2>Recent alerts</h2>{_table(data["alerts"], ["raised_at", "dag_id", "task_id", "kind", "message"], "No alert.")}
 </body></html>"""  # fmt: skip
+
+
+QUARANTINE_ROWS_SHOWN = 500
+
+
+def quarantine_data(wh: Any, cycle_id: str | None) -> dict[str, Any]:
+    """Without ``cycle_id``: each cycle (and ingested file, ``ingest:<file>``) with quarantined
+    rows. With it: that cycle's counts by field.rule and its first rows, each with its reason and
+    the row as kept (text fields PII-redacted when they were quarantined)."""
+    if cycle_id is None:
+        return {"cycles": wh.query(
+            "SELECT cycle_id, COUNT(DISTINCT row_number) AS rows_quarantined, COUNT(*) AS reasons, "
+            "MAX(quarantined_at) AS quarantined_at FROM quarantine GROUP BY cycle_id "
+            "ORDER BY MAX(quarantined_at) DESC, cycle_id LIMIT 200").to_pylist()}  # fmt: skip
+    where = {"c": cycle_id}
+    by_rule = wh.query("SELECT field, rule, COUNT(*) AS n FROM quarantine WHERE cycle_id = $c "
+                       "GROUP BY field, rule ORDER BY n DESC, field, rule", where).to_pylist()  # fmt: skip
+    rows = wh.query("SELECT row_number, request_id, field, rule, reason, raw_json FROM quarantine WHERE cycle_id = $c "
+                    f"ORDER BY row_number, field, rule LIMIT {QUARANTINE_ROWS_SHOWN}", where).to_pylist()  # fmt: skip
+    return {"cycle_id": cycle_id, "rows_quarantined": wh.query(
+        "SELECT COUNT(DISTINCT row_number) AS n FROM quarantine WHERE cycle_id = $c", where).column("n")[0].as_py(),
+        "by_rule": by_rule, "rows": rows}  # fmt: skip
+
+
+def render_quarantine(wh: Any, cycle_id: str | None) -> str:
+    data = quarantine_data(wh, cycle_id)
+    head = f"<!doctype html><html><head><meta charset='utf-8'><title>Quarantine</title><style>{STYLE}</style></head><body>"
+    if cycle_id is None:
+        items = "".join(
+            f"<tr><td><a href=\"?cycle_id={quote(c['cycle_id'], safe='')}\">{html.escape(c['cycle_id'])}</a></td>"
+            f"<td>{c['rows_quarantined']}</td><td>{c['reasons']}</td><td>{html.escape(_cell(c['quarantined_at']))}</td></tr>"
+            for c in data["cycles"]
+        )
+        table = (f"<table><thead><tr><th>cycle (or ingested file)</th><th>rows</th><th>reasons</th><th>last</th></tr></thead>"
+                 f"<tbody>{items}</tbody></table>" if items else "<p class='empty'>Nothing is quarantined.</p>")  # fmt: skip
+        return f"{head}<h1>Quarantine</h1><p><a href='./'>dashboard</a></p>{table}</body></html>"
+    for r in data["rows"]:
+        raw = r.get("raw_json") or ""
+        r["raw_json"] = raw if len(raw) <= 400 else f"{raw[:400]}... ({len(raw)} characters)"
+    shown = f" (the first {QUARANTINE_ROWS_SHOWN} reasons below)" if len(data["rows"]) == QUARANTINE_ROWS_SHOWN else ""
+    return f"""{head}<h1>Quarantine: {html.escape(cycle_id)}</h1>
+<p><a href="quarantine">every cycle</a> | <a href="./">dashboard</a></p>
+<p><b>{data["rows_quarantined"]}</b> rows quarantined{shown}.</p>
+<h2>By field and rule</h2>{_table(data["by_rule"], ["field", "rule", "n"], "Nothing quarantined.")}
+<h2>Rows</h2>{_table(data["rows"], ["row_number", "request_id", "field", "rule", "reason", "raw_json"], "Nothing quarantined.")}
+</body></html>"""
+
+
+def data_docs_root(config: Any) -> Path:
+    """The Data Docs site's folder on this machine (fetched from the bucket when artefacts live in one)."""
+    from flywheel.artefacts import ArtefactStore
+
+    root = config.artefacts_root / "data_docs"
+    store = ArtefactStore(config)
+    return store.fetch(root) if store.remote and store.published(root) else root
 
 
 def create_app() -> FastAPI:
@@ -193,6 +250,40 @@ def create_app() -> FastAPI:
     def summary() -> dict[str, Any]:
         config = load_config()
         return dashboard_data(_warehouse(config), config.review.reviewers_per_item)
+
+    @app.get("/quarantine", response_class=HTMLResponse)
+    def quarantine(cycle_id: str | None = None) -> str:
+        return render_quarantine(_warehouse(), cycle_id)
+
+    @app.get("/api/quarantine")
+    def quarantine_json(cycle_id: str | None = None) -> dict[str, Any]:
+        return quarantine_data(_warehouse(), cycle_id)
+
+    @app.get("/gates/{cycle_id}/{gate}")
+    def gate_docs(cycle_id: str, gate: str, request: Request) -> Response:
+        """The Data Docs page of a cycle's gate result (the gate tasks' "Data Docs" link)."""
+        config = load_config()
+        rows = _warehouse(config).select("gate_results", {"cycle_id": cycle_id, "gate": gate}).to_pylist()
+        if not rows or not rows[0]["docs_url"]:
+            raise StarletteHTTPException(404, f"no {gate} gate result for {cycle_id}")
+        url = rows[0]["docs_url"]
+        if not url.startswith("file://"):
+            return RedirectResponse(url, status_code=307)
+        try:
+            page = Path(unquote(urlsplit(url).path)).relative_to(config.artefacts_root / "data_docs")
+        except ValueError:
+            raise StarletteHTTPException(404, "the gate's Data Docs page is outside the Data Docs site") from None
+        return RedirectResponse(str(request.url_for("data_docs", path=page.as_posix())), status_code=307)
+
+    @app.get("/data-docs/{path:path}", name="data_docs")
+    def data_docs(path: str) -> Response:
+        """The Great Expectations Data Docs site the gates write (behind Airflow's login, like
+        every page here)."""
+        root = data_docs_root(load_config()).resolve()
+        target = (root / (path or "index.html")).resolve()
+        if not target.is_relative_to(root) or not target.is_file():
+            raise StarletteHTTPException(404, "no such Data Docs page")
+        return FileResponse(target)
 
     @app.get("/curve.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})
     def curve() -> Response:

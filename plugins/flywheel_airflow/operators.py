@@ -34,6 +34,7 @@ from flywheel.cycle.validate import validate_rows
 from flywheel.runconfig import build_run_config
 from flywheel.warehouse import Warehouse
 from flywheel_airflow.hooks import FlywheelWarehouseHook
+from flywheel_airflow.links import DataDocsLink, QuarantineLink, links_for, remember_links
 from flywheel_airflow.notifiers import deliver_alert
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,8 @@ class FlywheelStageOperator(FlywheelOperator):
     # The stage function this operator runs (one of `flywheel.cycle.STAGES`); each subclass
     # sets it as ``staticmethod(fn)``.
     stage: ClassVar[Callable[..., dict[str, Any]]]
+    # The gate a gate operator runs: its "Data Docs" link opens that gate's result.
+    gate: ClassVar[str | None] = None
 
     def execute(self, context: Context) -> dict[str, Any]:
         from flywheel.errors import (
@@ -126,6 +129,7 @@ class FlywheelStageOperator(FlywheelOperator):
         except (ConfigError, WindowError, ValueError) as exc:
             raise self.fail_now(exc) from exc
         self._warehouse, self._config = warehouse, cycle.config
+        remember_links(self, links_for(self, cycle.config, cycle.cycle_id, self.gate))
         log.info("cycle %s, window [%s, %s), phase policy %s%s", cycle.cycle_id, cycle.window.start, cycle.window.end,
                  cycle.phase, " (dry run)" if cycle.dry_run else "")  # fmt: skip
         try:
@@ -161,6 +165,8 @@ class GateRawWindowOperator(FlywheelStageOperator):
 
     stage = staticmethod(gate_raw_window)
     ui_color = "#f3e8fd"
+    gate = "raw_window"
+    operator_extra_links = (DataDocsLink(), QuarantineLink())
 
 
 class GateTrainingSetOperator(FlywheelStageOperator):
@@ -168,12 +174,15 @@ class GateTrainingSetOperator(FlywheelStageOperator):
 
     stage = staticmethod(gate_training_set)
     ui_color = "#f3e8fd"
+    gate = "training_set"
+    operator_extra_links = (DataDocsLink(),)
 
 
 class ValidateRowsOperator(FlywheelStageOperator):
     """Quarantine malformed rows with their reasons; pass the valid ones on."""
 
     stage = staticmethod(validate_rows)
+    operator_extra_links = (QuarantineLink(),)
     ui_color = "#fde8e8"
 
 

@@ -20,6 +20,9 @@ from airflow.exceptions import AirflowFailException
 from airflow.sdk import BaseSensorOperator, Context
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from flywheel.ops.links import review_url
+from flywheel_airflow.links import ReviewLink, links_for, remember_links
+
 log = logging.getLogger(__name__)
 
 
@@ -71,6 +74,7 @@ class WaitForReviewSensor(BaseSensorOperator):
 
     template_fields: Sequence[str] = ("config_path",)
     ui_color = "#fdf3e1"
+    operator_extra_links = (ReviewLink(),)
 
     def __init__(self, *, config_path: str | None = None, config_overrides: dict[str, Any] | None = None,
                  warehouse_conn_id: str = "flywheel_warehouse", **kwargs: Any) -> None:  # fmt: skip
@@ -90,6 +94,9 @@ class WaitForReviewSensor(BaseSensorOperator):
         if state["share"] >= cfg.required_share:
             log.info("%s: review batch complete: %s", cycle.cycle_id, state)
             return state
+        # The "Review" button on the task's page while the run waits (see flywheel_airflow.links).
+        remember_links(self, links_for(self, cycle.config, cycle.cycle_id), context)
+        log.info("%s: review the items at %s", cycle.cycle_id, review_url(cycle.config))
         created = wh.query("SELECT MIN(created_at) AS t FROM review_items WHERE cycle_id = $c", {"c": cycle.cycle_id}).to_pylist()
         start = created[0]["t"] or datetime.now(UTC)
         deadline = start + timedelta(hours=cfg.deadline_hours)

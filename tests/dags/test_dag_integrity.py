@@ -171,3 +171,28 @@ def test_an_untouched_form_leaves_the_window_to_the_config(dagbag, dag_id, lag, 
     assert described == {"lag_days": PARAMS_BY_NAME["lag_days"].describe(config),
                          "window_days": PARAMS_BY_NAME["window_days"].describe(config)}  # fmt: skip
     assert described["lag_days"].endswith(f"(config: extract.lag_days = {lag})")
+
+
+def test_gate_validation_and_review_tasks_carry_their_links(dagbag, tmp_path):
+    """The buttons on a task's page: a gate's Data Docs and its cycle's quarantine, the Review
+    page at the review sensor; they survive DAG serialisation (the UI reads them from there)."""
+    from airflow.serialization.serialized_objects import SerializedDAG
+
+    from flywheel.config import FlywheelConfig
+    from flywheel_airflow.links import links_for
+
+    dag = dagbag.dags["flywheel_weekly"]
+    expected = {"gate_raw_window": {"Data Docs", "Quarantine"}, "gate_training_set": {"Data Docs"},
+                "validate_and_quarantine": {"Quarantine"}, "wait_for_review": {"Review"}}  # fmt: skip
+    for task_id, names in expected.items():
+        assert {link.name for link in dag.get_task(task_id).operator_extra_links} == names, task_id
+    serialized = SerializedDAG.to_dict(dag)["dag"]["tasks"]
+    by_id = {t["__var"]["task_id"]: t["__var"] for t in serialized}
+    assert set(by_id["gate_raw_window"]["_operator_extra_links"]) == {"Data Docs", "Quarantine"}
+    config = FlywheelConfig(home=tmp_path).with_overrides({"alerts.airflow_base_url": "https://airflow.example.com/"})
+    gate = dag.get_task("gate_raw_window")
+    urls = links_for(gate, config, "flywheel_weekly-20260302T0000", "raw_window")
+    assert urls == {"Data Docs": "https://airflow.example.com/flywheel/gates/flywheel_weekly-20260302T0000/raw_window",
+                    "Quarantine": "https://airflow.example.com/flywheel/quarantine?cycle_id=flywheel_weekly-20260302T0000"}  # fmt: skip
+    gate.flywheel_links = urls
+    assert [link.get_link(gate, ti_key=None) for link in gate.operator_extra_links] == list(urls.values())

@@ -144,6 +144,9 @@ def test_the_cycle_defers_while_people_review_then_goes_on(airflow):
     assert pool["running_slots"] == 0 and pool["deferred_slots"] == 1, pool
     items = wh.count("review_items", {"cycle_id": CYCLE_ID})
     assert items >= 10 and wh.count("reviews") == 0
+    # The task's "Review" button opens the Review page while the run waits.
+    links = client.get(f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/wait_for_review/links").json()["extra_links"]
+    assert links["Review"].endswith("/flywheel/review/"), links
     time.sleep(6)  # it stays deferred while nobody reviews (three polls of the trigger)
     assert _tis(client, run_id)["wait_for_review"]["state"] == "deferred"
 

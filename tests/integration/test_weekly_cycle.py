@@ -410,6 +410,12 @@ def test_a_failed_gate_fails_the_run_and_nothing_downstream_runs(env, first_run)
     assert "expect_column_values_to_be_in_set(user_action)" in body
     assert alerts[0]["link"] in body
     assert "http://airflow.test:8080/dags/flywheel_weekly/runs/" in body
+    # ... and to the broken rows: quarantined with their reasons before the gate failed the run.
+    assert f"http://airflow.test:8080/flywheel/quarantine?cycle_id={BROKEN_CYCLE}" in body
+    assert f"http://airflow.test:8080/flywheel/gates/{BROKEN_CYCLE}/raw_window" in body
+    bad = wh.query("SELECT DISTINCT request_id FROM quarantine WHERE cycle_id = $c AND rule = 'allowed_values'",
+                   {"c": BROKEN_CYCLE}).column("request_id").to_pylist()  # fmt: skip
+    assert {r["request_id"] for r in broken} <= set(bad)
     # Nothing was trained, evaluated or promoted for the broken week; the champion stands.
     assert wh.count("models", {"cycle_id": BROKEN_CYCLE}) == 0
     assert wh.count("promotions", {"cycle_id": BROKEN_CYCLE}) == 0

@@ -76,8 +76,13 @@ def test_raw_gate_fails_closed_naming_the_expectation(setup):
     assert "gate 'raw_window' failed" in message
     assert "expect_column_values_to_be_in_set(user_action)" in message
     assert "40 unexpected (20.0%)" in message and "allowed 5.0%" in message
-    docs = message.split("Data Docs: ")[1].strip()
+    docs = message.split("Data Docs: ")[1].splitlines()[0].strip()
     assert docs.startswith("file://") and docs.endswith(".html")
+    # the bad rows are quarantined, each with its reason, before the task fails; the failure links to them
+    bad = wh.select("quarantine", {"cycle_id": cycle.cycle_id}).to_pylist()
+    assert len(bad) == 40 and {(q["field"], q["rule"]) for q in bad} == {("user_action", "allowed_values")}
+    assert "Quarantine: 40 rows of the window (user_action.allowed_values: 40)" in message
+    assert f"/flywheel/quarantine?cycle_id={cycle.cycle_id}" in message
     assert (config.artefacts_root / "data_docs").is_dir()
     (row,) = wh.select("gate_results", {"cycle_id": cycle.cycle_id}).to_pylist()
     assert row["success"] is False and row["n_failed"] == 1

@@ -202,3 +202,50 @@ def test_plugin_registers_the_dashboard_app_and_its_link():
     assert app["url_prefix"] == "/flywheel"
     assert [v["href"] for v in FlywheelPlugin.external_views] == ["flywheel/", "flywheel/review/"]
     assert {r.path for r in app["app"].routes} >= {"/", "/api/summary", "/curve.png", "/review/", "/review/items/{item_id}"}
+
+
+def test_quarantine_pages_and_the_gates_data_docs(wh, client_and_token, monkeypatch, tmp_path):
+    """The pages the gate and validation tasks' extra links open: a cycle's quarantined rows
+    with their reasons (escaped), every cycle's counts, and the gate's Data Docs page, served
+    from the Data Docs site behind Airflow's login, and nothing outside it."""
+    from datetime import UTC, datetime
+
+    from flywheel.config import load_config
+    from flywheel.tables import rows_to_table
+
+    client, token = client_and_token
+    monkeypatch.setenv("FLYWHEEL_CONFIG", str(_config_pointing_at(tmp_path, wh.path)))
+    for route in ("/quarantine", "/api/quarantine", "/gates/c/raw_window", "/data-docs/index.html"):
+        assert client.get(route).status_code == 401, route
+    t = datetime(2026, 3, 2, tzinfo=UTC)
+    rows = [{"cycle_id": "flywheel_weekly-x", "row_number": n, "request_id": f"r{n}", "field": "user_action",
+             "rule": "allowed_values", "reason": f"row {n}: user_action '<script>' is not allowed", "raw_json": "{}",
+             "quarantined_at": t} for n in range(3)]  # fmt: skip
+    rows.append(rows[0] | {"field": "quality_score", "rule": "range", "reason": "row 0: quality_score 1.7 is outside [0, 1]"})
+    rows.append(rows[0] | {"cycle_id": "ingest:/logs/a.jsonl", "row_number": 7, "field": "line", "rule": "not_a_record"})
+    wh.merge("quarantine", rows_to_table("quarantine", rows))
+    auth = {"cookies": {"_token": token}}
+    listing = client.get("/api/quarantine", **auth).json()["cycles"]
+    assert {(c["cycle_id"], c["rows_quarantined"], c["reasons"]) for c in listing} == {
+        ("flywheel_weekly-x", 3, 4), ("ingest:/logs/a.jsonl", 1, 1)}  # fmt: skip
+    assert 'href="?cycle_id=ingest%3A%2Flogs%2Fa.jsonl"' in client.get("/quarantine", **auth).text
+    one = client.get("/api/quarantine", params={"cycle_id": "flywheel_weekly-x"}, **auth).json()
+    assert one["rows_quarantined"] == 3 and one["by_rule"][0] == {"field": "user_action", "rule": "allowed_values", "n": 3}
+    page = client.get("/quarantine", params={"cycle_id": "flywheel_weekly-x"}, **auth).text
+    assert "<b>3</b> rows quarantined" in page and "quality_score 1.7 is outside" in page
+    assert "&#x27;&lt;script&gt;&#x27;" in page and "<script>" not in page
+
+    docs = load_config().artefacts_root / "data_docs"
+    page_file = docs / "validations" / "raw_window" / "run.html"
+    page_file.parent.mkdir(parents=True, exist_ok=True)
+    page_file.write_text("<html>the gate's validation result</html>")
+    (tmp_path / "secret.txt").write_text("not for the browser")
+    wh.merge("gate_results", rows_to_table("gate_results", [{"cycle_id": "flywheel_weekly-x", "gate": "raw_window",
+             "success": False, "n_expectations": 3, "n_failed": 1, "failed_json": "[]", "docs_url": page_file.as_uri(),
+             "evaluated_at": t}]))  # fmt: skip
+    moved = client.get("/gates/flywheel_weekly-x/raw_window", follow_redirects=False, **auth)
+    assert moved.status_code == 307 and moved.headers["location"].endswith("/data-docs/validations/raw_window/run.html")
+    assert client.get("/gates/flywheel_weekly-x/raw_window", **auth).text == "<html>the gate's validation result</html>"
+    assert client.get("/gates/flywheel_weekly-x/training_set", **auth).status_code == 404
+    assert client.get("/data-docs/%2E%2E/%2E%2E/secret.txt", **auth).status_code == 404
+    assert client.get("/data-docs/nope.html", **auth).status_code == 404
