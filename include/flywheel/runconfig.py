@@ -58,6 +58,9 @@ _PYTHON_TYPES: dict[str, type | tuple[type, ...]] = {
 }
 
 
+_NUMBER_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+
+
 @dataclass(frozen=True)
 class RunParam:
     """One param an operator may set when triggering a run.
@@ -81,6 +84,18 @@ class RunParam:
     @property
     def json_type(self) -> str | list[str]:
         return ["null", self.type] if self.nullable else self.type
+
+    @property
+    def json_schema(self) -> dict[str, Any]:
+        """The param's JSON schema beyond its type. A nullable number's bounds sit under
+        ``allOf``: Airflow's trigger form passes a top-level ``minimum`` to its number input,
+        which marks the empty field invalid although empty is allowed (it means: the config
+        decides); under ``allOf`` the bounds still hold for a set value (JSON Schema checks
+        ``minimum`` on numbers only), on the form's submit and in the REST API."""
+        bounds = {k: v for k, v in self.schema.items() if k in _NUMBER_BOUNDS}
+        if not (self.nullable and bounds):
+            return dict(self.schema)
+        return {**{k: v for k, v in self.schema.items() if k not in bounds}, "allOf": [bounds]}
 
     def describe(self, config: FlywheelConfig | None) -> str:
         """The param's description, with the value the run gets when it is left empty (the

@@ -62,7 +62,7 @@ def cycle_params(config_overrides: dict[str, Any] | None = None, *, bootstrap: b
         log.warning("params without configured values: %s", exc)
         config = None
     return {
-        p.name: Param(p.default, type=p.json_type, description=p.describe(config), **p.schema)
+        p.name: Param(p.default, type=p.json_type, description=p.describe(config), **p.json_schema)
         for p in RUN_PARAMS
         if bootstrap or not p.bootstrap_only
     }

@@ -196,3 +196,23 @@ def test_gate_validation_and_review_tasks_carry_their_links(dagbag, tmp_path):
                     "Quarantine": "https://airflow.example.com/flywheel/quarantine?cycle_id=flywheel_weekly-20260302T0000"}  # fmt: skip
     gate.flywheel_links = urls
     assert [link.get_link(gate, ti_key=None) for link in gate.operator_extra_links] == list(urls.values())
+
+
+def test_an_empty_optional_number_is_valid_in_the_form_and_a_set_one_keeps_its_bounds(dagbag):
+    """The trigger form passes a top-level ``minimum``/``maximum`` to its number input, which
+    marks an empty field invalid; an empty optional number means "the config decides", so its
+    bounds live under ``allOf``, where Airflow's JSON-schema check still applies them."""
+    from airflow.exceptions import ParamValidationError
+
+    params = dagbag.dags["flywheel_weekly"].params
+    bounded = {"window_days": (1, 0), "lora_r": (1, 0), "batch_size": (1, 0), "max_length": (9, 8),
+               "min_quality_score": (1, 1.5), "lag_days": (0, -1)}  # fmt: skip
+    for name, (good, bad) in bounded.items():
+        param = params.get_param(name)
+        assert not {"minimum", "maximum"} & set(param.schema), (name, param.schema)
+        assert param.resolve(value=None) is None
+        assert param.resolve(value=good) == good
+        with pytest.raises(ParamValidationError):
+            param.resolve(value=bad)
+    # a param that cannot be empty keeps its bounds where the form reads them
+    assert params.get_param("dry_run").schema["type"] == "boolean"

@@ -195,7 +195,7 @@ def test_the_dag_params_are_generated_from_the_table(tmp_path, monkeypatch):
             continue
         param = weekly[p.name]
         assert isinstance(param, Param) and param.value == p.default, p.name
-        assert param.schema == {"type": p.json_type, **p.schema}, p.name
+        assert param.schema == {"type": p.json_type, **p.json_schema}, p.name
         assert param.description == p.describe(load_config()), p.name
     assert weekly["lag_days"].value is None and weekly["lag_days"].description.endswith("extract.lag_days = 14)")
     bootstrap = cycle_params({"extract.lag_days": 0, "extract.window_days": 14}, bootstrap=True)
