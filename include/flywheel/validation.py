@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
@@ -17,6 +18,7 @@ from typing import Any
 
 from flywheel.config import USER_ACTIONS, ValidationConfig
 from flywheel.records import ELIDABLE_TEXT_FIELDS
+from flywheel.text import strip_invisible
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,54 @@ TEXT_FIELDS = ("request_id", "user_id", "prompt", "response", "correction", "tas
 # C0/C1 control characters (tab, newline and carriage return are text) and the bidirectional
 # overrides and isolates that make text display differently from what it says.
 CONTROL_CHARACTERS = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+# The free-text fields whose words are read (ids are held to their pattern instead).
+FREE_TEXT_FIELDS = ("prompt", "response", "correction", "context")
+# Text that speaks to whoever judges the row (a human reviewer, an LLM judge, the filters) rather
+# than to the user: a pre-approval note, a spoofed verdict, an instruction to ignore the rules.
+# A row that carries one is an attempt to steer its own review, and is never trained on.
+ADDRESSES_THE_REVIEWER = re.compile(
+    r"\b(note|message|instructions?|reminder)s?\s+(to|for)\s+(the\s+|any\s+)?"
+    r"(human\s+|ai\s+|llm\s+)?(reviewer|annotator|grader|judge|evaluator|rater|label+er|moderator|checker)s?\b"
+    r"|\b(reviewers?|annotators?|graders?|judges?|evaluators?|raters?|label+ers?|moderators?)\s*[:,]\s*(please\s+)?"
+    r"(approve|accept|mark|rate|score|give|ignore|skip|pass)\b"
+    r"|\b(is|was|been|marked|already|as)\s+pre-?(approved|verified|validated|reviewed)\b"
+    r"|\bpre-?(approved|verified|validated|reviewed)\s+(by|for\s+(training|review)|answer|response|example|item)\b"
+    r"|\b(already|has\s+been|was)\s+(approved|verified|validated)\s+by\s+(the\s+|a\s+)?"
+    r"(reviewers?|annotators?|graders?|judges?|moderators?|team|admins?|qa)\b"
+    r"|\b(verdict|review\s+decision|reviewer\s+decision|grade|rating)\s*[:=]\s*[\"'\[(]?\s*(approved?|accept(ed)?|pass(ed)?|5\s*/\s*5|10\s*/\s*10)\b"
+    r"|\b(ignore|disregard|forget)\s+(all\s+|any\s+)?(the\s+|your\s+)?(previous|prior|above|earlier|review(ing)?|grading)\s+"
+    r"(instructions|rules|guidelines|criteria|rubric)\b"
+    r"|\b(approve|accept)\s+this\s+(answer|response|example|item|row|sample|completion)\b",
+    re.IGNORECASE,
+)
+
+
+@cache
+def _mojibake_test() -> Callable[[str], bool]:
+    # ftfy (0.13 s to import, for this check only) knows the byte patterns text takes when UTF-8
+    # was decoded as Latin-1 or Windows-1252 ('Ã©' for 'é', 'â€™' for '’'), and not clean text
+    # in any script.
+    from ftfy.badness import is_bad
+
+    return is_bad
+
+
+def _text_issues(row: dict[str, Any], limits: ValidationLimits) -> list[ValidationIssue]:
+    """What the words of a free-text field give away (judged where the row has its text)."""
+    issues = []
+    for name in FREE_TEXT_FIELDS:
+        value = row.get(name)
+        if not isinstance(value, str) or not value or len(value) > limits.max_text_chars:
+            continue
+        if _mojibake_test()(value):
+            issues.append(ValidationIssue(name, "mojibake", f"{name} holds mis-decoded text (UTF-8 read as Latin-1 or "
+                                          "Windows-1252, 'Ã©' for 'é'): the source must be re-exported as UTF-8"))  # fmt: skip
+        if ADDRESSES_THE_REVIEWER.search(strip_invisible(value)):
+            issues.append(ValidationIssue(name, "addresses_reviewer", f"{name} speaks to the reviewer or judge (a "
+                                          "pre-approval note, a verdict, an instruction to ignore the rules): it would steer its own review"))  # fmt: skip
+    return issues
 
 
 @dataclass(frozen=True)
@@ -158,6 +208,7 @@ def validate_row(
                     name, "control_characters", f"{name} holds control character U+{f.control_char or 0:04X} at {f.control_at}"
                 )
             )
+    issues.extend(_text_issues(row, limits))
 
     ts = row.get("timestamp")
     if ts is None:
