@@ -22,6 +22,7 @@ HEAVY = {
     "google", "snowflake", "gcsfs", "s3fs", "datasketch", "sklearn", "tldextract",
     "detect_secrets",  # 0.46 s to import its plugins (python -X importtime), for the PII rule only
     "ftfy",  # 0.13 s to import, for validation's mojibake check only
+    "pyap",  # address patterns, for the PII scanner only (imported with presidio)
     "flywheel_airflow",  # imports Airflow (seconds): `flywheel.ingest` opens a cloud warehouse's connection through it
 }  # fmt: skip
 LONG_MODULE_LINES = 400

@@ -69,6 +69,7 @@ class Redaction:
 
 def _recognizers(entities: Sequence[str]) -> list[Any]:
     import tldextract
+    from presidio_analyzer import EntityRecognizer, Pattern, PatternRecognizer, RecognizerResult
     from presidio_analyzer.predefined_recognizers import (
         CreditCardRecognizer,
         CryptoRecognizer,
@@ -85,17 +86,57 @@ def _recognizers(entities: Sequence[str]) -> list[Any]:
         def validate_result(self, pattern_text: str) -> bool:
             return offline_tld(pattern_text).fqdn != ""
 
-    makers: dict[str, Callable[[], Any]] = {
-        "EMAIL_ADDRESS": OfflineEmailRecognizer,
-        "PHONE_NUMBER": PhoneRecognizer,
-        "CREDIT_CARD": CreditCardRecognizer,
-        "IBAN_CODE": IbanRecognizer,
-        "IP_ADDRESS": IpRecognizer,
-        "US_SSN": UsSsnRecognizer,
-        "CRYPTO": CryptoRecognizer,
-        "SECRET": secret_recognizer,
-    }
-    return [makers[e]() for e in entities]
+    class PostalAddressRecognizer(EntityRecognizer):
+        """Full postal addresses (number, street, city, state or county, postcode) by pyap's
+        patterns for the US, Canada and Great Britain."""
+
+        def load(self) -> None:
+            return None
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            import pyap
+
+            found = []
+            # pyap's GB patterns cost 7x the others: they run only on text with a GB postcode.
+            for country in ("US", "CA", "GB") if GB_POSTCODE.search(text) else ("US", "CA"):
+                for address in pyap.parse(text, country=country):
+                    found.append(RecognizerResult(STREET_ADDRESS, address.match_start, address.match_end, 0.85))
+            return found
+
+    def pattern(entity: str, name: str, regex: str, score: float = 0.85) -> Any:
+        return PatternRecognizer(supported_entity=entity, name=f"{name}Recognizer", patterns=[Pattern(name, regex, score)])
+
+    makers: dict[str, Callable[[], list[Any]]] = {
+        "EMAIL_ADDRESS": lambda: [OfflineEmailRecognizer()],
+        "PHONE_NUMBER": lambda: [PhoneRecognizer()],
+        # presidio's card patterns, plus Mastercard's 2-series (2221-2720), which they miss; Luhn checks both.
+        "CREDIT_CARD": lambda: [CreditCardRecognizer(), CreditCardRecognizer(
+            patterns=[Pattern("mastercard-2-series", MASTERCARD_2_SERIES, 0.3)], name="Mastercard2SeriesRecognizer")],
+        "IBAN_CODE": lambda: [IbanRecognizer()],
+        "IP_ADDRESS": lambda: [IpRecognizer()],
+        # presidio's SSN patterns need separators unless context words lift the score, which a
+        # blank pipeline cannot do; nine bare digits count where the text names them an SSN.
+        "US_SSN": lambda: [UsSsnRecognizer(), pattern("US_SSN", "ssn-named", SSN_NAMED)],
+        "CRYPTO": lambda: [CryptoRecognizer()],
+        "SECRET": lambda: [secret_recognizer()],
+        "US_PASSPORT": lambda: [pattern("US_PASSPORT", "passport-named", PASSPORT_NAMED)],
+        "DATE_OF_BIRTH": lambda: [pattern("DATE_OF_BIRTH", "birth-date-named", BIRTH_DATE_NAMED)],
+        "STREET_ADDRESS": lambda: [PostalAddressRecognizer(supported_entities=[STREET_ADDRESS], name="PostalAddressRecognizer")],
+    }  # fmt: skip
+    return [r for e in entities for r in makers[e]()]
+
+
+STREET_ADDRESS = "STREET_ADDRESS"
+GB_POSTCODE = re.compile(r"\b[A-Za-z]{1,2}\d[A-Za-z\d]?\s*\d[A-Za-z]{2}\b")
+MASTERCARD_2_SERIES = r"\b2(?:22[1-9]|2[3-9]\d|[3-6]\d\d|7[01]\d|720)(?:[ -]?\d{4}){3}\b"
+# Values that are PII because the text says what they are: the naming words are matched with them.
+_NAMED = r"\s*(?:is|was|:|#|-|=)?\s*"
+SSN_NAMED = r"(?i)\b(?:ssn|social(?:\s+security)?(?:\s+(?:number|no\.?|num|#))?)" + _NAMED + r"\d{3}[ -]?\d{2}[ -]?\d{4}\b"
+PASSPORT_NAMED = r"(?i)\bpassport(?:\s+(?:number|no\.?|num|#))?" + _NAMED + r"[A-Z]{0,2}\d{6,9}\b"
+_MONTH = r"(?:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)[a-z]*\.?"
+_DATE = (r"(?:\d{4}-\d{1,2}-\d{1,2}|\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}|\d{1,2}(?:st|nd|rd|th)?\s+(?:of\s+)?" + _MONTH +
+         r",?\s+\d{4}|" + _MONTH + r"\s+\d{1,2}(?:st|nd|rd|th)?,?\s+\d{4})")  # fmt: skip
+BIRTH_DATE_NAMED = r"(?i)\b(?:date\s+of\s+birth|d\.?o\.?b\.?|born(?:\s+on)?|birth\s*date|birthday)" + _NAMED + _DATE
 
 
 class PiiScanner:
