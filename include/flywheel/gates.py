@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from flywheel.config import USER_ACTIONS, FlywheelConfig
 from flywheel.errors import GateError
+from flywheel.filters.pii_second import pii_kinds
 from flywheel.records import PRODUCTION_LOG_FIELDS
 from flywheel.text import count_tokens
 
@@ -123,9 +124,12 @@ def raw_window_expectations(config: FlywheelConfig, *, volume_median: float | No
 
 
 def training_set_profile(
-    rows: Sequence[dict[str, Any]], *, pii_scanner: Any, golden_index: Any, hasher: Any
+    rows: Sequence[dict[str, Any]], *, pii_scanner: Any, golden_index: Any, hasher: Any,
+    second_detector: Callable[[str], list[str]] = pii_kinds,
 ) -> pd.DataFrame:
-    """Per example: PII values still present, golden-set overlap, answer length, type share."""
+    """Per example: PII values still present (by the redacting scanner, and by a second,
+    independent detector over every message, so one blind spot cannot pass twice), golden-set
+    overlap, answer length, type share."""
     users = [r["messages"][0]["content"] for r in rows]
     answers = [r["messages"][-1]["content"] for r in rows]
     overlap = golden_index.check(hasher.fingerprint(users), [r["request_id"] for r in rows], add_unique=False)
@@ -136,6 +140,7 @@ def training_set_profile(
             "request_id": [r["request_id"] for r in rows],
             "task_type": task_types,
             "pii_hits": [len(pii_scanner.scan(u)) + len(pii_scanner.scan(a)) for u, a in zip(users, answers, strict=True)],
+            "pii_second_hits": [len(second_detector("\n".join(m["content"] for m in r["messages"]))) for r in rows],
             "golden_overlap": [m is not None for m in overlap],
             "target_tokens": [count_tokens(a) for a in answers],
             "task_type_share": share.astype(float).tolist(),
@@ -151,6 +156,7 @@ def training_set_expectations(config: FlywheelConfig) -> list[Any]:
         gxe.ExpectTableRowCountToBeBetween(min_value=config.training.min_examples),
         gxe.ExpectColumnValuesToBeUnique(column="request_id"),
         gxe.ExpectColumnValuesToBeBetween(column="pii_hits", min_value=0, max_value=0),
+        gxe.ExpectColumnValuesToBeBetween(column="pii_second_hits", min_value=0, max_value=0),
         gxe.ExpectColumnValuesToBeInSet(column="golden_overlap", value_set=[False]),
         gxe.ExpectColumnValuesToBeBetween(column="target_tokens", min_value=g.min_target_tokens, max_value=g.max_target_tokens),
         gxe.ExpectColumnMaxToBeBetween(column="task_type_share", max_value=g.max_task_type_share),

@@ -139,7 +139,7 @@ def _built(setup, **overrides):
 def test_training_gate_passes_on_a_filtered_set(setup):
     cycle, wh = _built(setup)
     out = gate_training_set(cycle, wh)
-    assert out["success"] and out["expectations"] == 6
+    assert out["success"] and out["expectations"] == 7
 
 
 def test_training_gate_catches_pii_and_golden_overlap_that_bypassed_the_filters(setup, make_log_row):
@@ -164,8 +164,37 @@ def test_training_gate_catches_pii_and_golden_overlap_that_bypassed_the_filters(
         gate_training_set(cycle, wh)
     message = str(err.value)
     assert "expect_column_values_to_be_between(pii_hits)" in message
+    assert "expect_column_values_to_be_between(pii_second_hits)" in message
     assert "expect_column_values_to_be_in_set(golden_overlap)" in message
     assert SECRET not in message and SECRET not in _docs_text(cycle.config)
+
+
+def test_the_second_detector_catches_what_the_redacting_scanner_misses():
+    """A blind spot of the scanner that redacts (here: it finds nothing) is not the second
+    detector's: card numbers, IBANs, SSNs, e-mail addresses and credentials fail the gate."""
+    from flywheel.gates import training_set_profile
+
+    class Blind:
+        def scan(self, text):
+            return []
+
+    class NoGolden:
+        def check(self, fingerprints, ids, add_unique=False):
+            return [None] * len(ids)
+
+    class Hasher:
+        def fingerprint(self, texts):
+            return texts
+
+    leaks = ["Charge it to 5190-1384-1128-3572.", "Wire it to DE89 3704 0044 0532 0130 00.", "SSN 123-45-6789 on file.",
+             "mail dana.w@example.org", "DATABASE_URL=postgresql://app:s3cretpass@db.example.com/prod",
+             "-----BEGIN RSA PRIVATE KEY-----\nMIIEow\n-----END RSA PRIVATE KEY-----"]  # fmt: skip
+    clean = ["GARDEN", "12 + 30 = 42", "pi is 3.14159265358979", "Order 1234567890 shipped."]
+    rows = [{"request_id": f"r{i}", "task_type": "t", "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": t}]}
+            for i, t in enumerate(leaks + clean)]  # fmt: skip
+    frame = training_set_profile(rows, pii_scanner=Blind(), golden_index=NoGolden(), hasher=Hasher())
+    assert frame["pii_hits"].tolist() == [0] * len(rows)
+    assert [n > 0 for n in frame["pii_second_hits"]] == [True] * len(leaks) + [False] * len(clean)
 
 
 def test_training_gate_checks_class_balance(setup):
