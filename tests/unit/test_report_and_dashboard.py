@@ -245,7 +245,8 @@ def test_quarantine_pages_and_the_gates_data_docs(wh, client_and_token, monkeypa
              "evaluated_at": t}]))  # fmt: skip
     moved = client.get("/gates/flywheel_weekly-x/raw_window", follow_redirects=False, **auth)
     assert moved.status_code == 307 and moved.headers["location"].endswith("/data-docs/validations/raw_window/run.html")
-    assert client.get("/gates/flywheel_weekly-x/raw_window", **auth).text == "<html>the gate's validation result</html>"
+    # the redirect, followed with the same login (a per-request cookie does not follow redirects)
+    assert client.get(moved.headers["location"], **auth).text == "<html>the gate's validation result</html>"
     assert client.get("/gates/flywheel_weekly-x/training_set", **auth).status_code == 404
     assert client.get("/data-docs/%2E%2E/%2E%2E/secret.txt", **auth).status_code == 404
     assert client.get("/data-docs/nope.html", **auth).status_code == 404
