@@ -276,3 +276,34 @@ def test_conform_errors_are_the_same(wh):
     good = rows_to_table("production_logs", [log_row("a", T0)])
     with pytest.raises(WarehouseError, match=r"unexpected \['junk'\]"):
         wh.merge("production_logs", good.append_column("junk", pa.array([1])))
+
+
+def test_ingestion_accounts_for_every_line_and_a_reingest_adds_nothing(wh, tmp_path):
+    """`python -m flywheel.ingest` on each warehouse: the raw layer, the duplicate and conflict
+    lookups (a list parameter) and the quarantine behave the same everywhere."""
+    import json
+    from datetime import UTC, datetime
+
+    from flywheel.config import FlywheelConfig
+    from flywheel.data.ingest import ingest_file
+    from flywheel.filters.pii import redact_row_for_quarantine
+    from tests.helpers.hostile_logs import good
+
+    config = FlywheelConfig(home=tmp_path).with_overrides({"ingest.batch_lines": 3})
+    at = datetime(2026, 2, 2, 10, tzinfo=UTC)
+    first = good("i-1", at)
+    lines = [json.dumps(first), json.dumps(good("i-2", at)), "not json", json.dumps(good("i-3", at, timestamp=1767607200)),
+             json.dumps(first), json.dumps({**first, "response": "Another answer."}), json.dumps(good("i-4", at))]  # fmt: skip
+    path = tmp_path / "logs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    redact = lambda row: redact_row_for_quarantine(row, config)  # noqa: E731
+    counts = ingest_file(wh, config, path, redact, progress=False)
+    assert (counts.read, counts.loaded, counts.duplicates, counts.quarantined) == (7, 3, 1, 3)
+    assert counts.reasons == {"line.not_a_record": 1, "timestamp.epoch_number": 1, "request_id.conflicting_duplicate": 1}
+    stored = {r["request_id"]: r for r in wh.select("production_logs").to_pylist()}
+    assert set(stored) == {"i-1", "i-2", "i-4"} and stored["i-1"]["response"] == first["response"]
+    assert stored["i-1"]["timestamp"] == at and stored["i-1"]["quality_score"] == 0.9
+    assert wh.count("raw_log_lines") == 7 and wh.count("quarantine") == 3
+    again = ingest_file(wh, config, path, redact, progress=False)
+    assert (again.loaded, again.already_ingested, again.quarantined) == (0, 7, 0)
+    assert (wh.count("production_logs"), wh.count("raw_log_lines"), wh.count("quarantine")) == (3, 7, 3)
