@@ -86,14 +86,7 @@ def test_a_reviewer_logs_in_scores_with_the_keyboard_and_the_review_is_stored(se
     wh, base = server["wh"], server["base"]
     browser = Browser(free_port(), str(tmp_path / "chromium"))
     try:
-        browser.get(f"{base}/auth/login/?next={base}/flywheel/review/")
-        browser.type("input[name=username]", "ann")
-        browser.type("input[name=password]", server["password"])
-        browser.click("button[type=submit]")
-        deadline = time.monotonic() + 30
-        while "/auth/login" in browser.url and time.monotonic() < deadline:
-            time.sleep(0.3)
-        browser.get(f"{base}/flywheel/review/")
+        browser.log_in(base, "ann", server["password"], then=f"{base}/flywheel/review/")
         assert "Reviewer ann" in browser.text("body")
         first_prompt = browser.text("#prompt")
         assert "@example.com" not in browser.text("body"), "reviewers never see PII"

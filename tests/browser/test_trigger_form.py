@@ -6,7 +6,6 @@ when the run is created."""
 
 from __future__ import annotations
 
-import base64
 import subprocess
 import sys
 import time
@@ -47,15 +46,7 @@ def test_empty_optional_numbers_are_not_marked_invalid(server, tmp_path):
     base = server["base"]
     browser = Browser(free_port(), str(tmp_path / "chromium"))
     try:
-        browser.get(f"{base}/auth/login/?next={base}/dags/flywheel_weekly")
-        browser.type("input[name=username]", "ops")
-        browser.type("input[name=password]", server["password"])
-        browser.click("button[type=submit]")
-        deadline = time.monotonic() + 30
-        while "/auth/login" in browser.url and time.monotonic() < deadline:
-            time.sleep(0.3)
-        browser.get(f"{base}/dags/flywheel_weekly")
-        browser.find("button[aria-label]")
+        browser.log_in(base, "ops", server["password"], then=f"{base}/dags/flywheel_weekly")
         deadline = time.monotonic() + 30
         while not browser.script("return Array.from(document.querySelectorAll('button')).some(b => b.innerText.trim() === 'Trigger')"):
             assert time.monotonic() < deadline, "no Trigger button on the DAG page"
@@ -65,7 +56,7 @@ def test_empty_optional_numbers_are_not_marked_invalid(server, tmp_path):
         while len(fields := browser.script(NUMBER_FIELDS_JS)) < 10:
             assert time.monotonic() < deadline, f"the form's number fields did not show: {fields}"
             time.sleep(0.5)
-        (tmp_path / "trigger-form.png").write_bytes(base64.b64decode(browser._s("GET", "/screenshot")))
+        (tmp_path / "trigger-form.png").write_bytes(browser.screenshot())
     finally:
         browser.quit()
     shown = dict(fields)

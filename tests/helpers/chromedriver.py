@@ -88,6 +88,22 @@ class Browser:
     def script(self, js: str) -> Any:
         return self._s("POST", "/execute/sync", {"script": js, "args": []})
 
+    def screenshot(self) -> bytes:
+        import base64
+
+        return base64.b64decode(self._s("GET", "/screenshot"))
+
+    def log_in(self, base: str, user: str, password: str, then: str) -> None:
+        """Log in through Airflow's own login page, then open ``then`` (a URL)."""
+        self.get(f"{base}/auth/login/?next={then}")
+        self.type("input[name=username]", user)
+        self.type("input[name=password]", password)
+        self.click("button[type=submit]")
+        deadline = time.monotonic() + 30
+        while "/auth/login" in self.url and time.monotonic() < deadline:
+            time.sleep(0.3)
+        self.get(then)
+
     def quit(self) -> None:
         try:
             self._s("DELETE", "")

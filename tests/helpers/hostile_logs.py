@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from tests.helpers.log_rows import log_row
+
 INGEST, VALIDATE, DUPLICATE = "quarantined at ingest", "quarantined by validation", "counted as a duplicate"
 
 
@@ -29,20 +31,12 @@ class Case:
 
 
 def good(n: int | str, at: datetime, **overrides: Any) -> dict[str, Any]:
-    row: dict[str, Any] = {
-        "request_id": f"bad-{n}" if isinstance(n, int) else n,
-        "timestamp": at.isoformat().replace("+00:00", "Z"),
-        "user_id": "user-0001",
-        "prompt": "Please rewrite the word garden in capital letters for the heading of my school poster.",
-        "response": "Here it is in capitals for your poster: GARDEN. It will stand out.",
-        "user_action": "accepted",
-        "correction": None,
-        "task_type": "uppercase",
-        "quality_score": 0.9,
-        "included_in_training": False,
-        "model_version": "base:tiny-llama",
-        "context": None,
-    }
+    """A well-formed log record as a file holds it: `log_row`'s fields, the time as ISO 8601
+    text, no ``ingested_at`` (the loader sets it), an answer of a sentence."""
+    row = log_row(f"bad-{n}" if isinstance(n, int) else n, at,
+                  response="Here it is in capitals for your poster: GARDEN. It will stand out.")  # fmt: skip
+    del row["ingested_at"]
+    row["timestamp"] = at.isoformat().replace("+00:00", "Z")
     row.update(overrides)
     return row
 
