@@ -198,6 +198,13 @@ def type_record(obj: Any, earliest: datetime, *, strings: bool = False) -> tuple
     return (None if problems else row), problems
 
 
+def _one_problem(problems: list[tuple[str, str, str]]) -> tuple[str, str, str] | None:
+    """A line's problems as one quarantine row: the first one's field and rule, every reason."""
+    if not problems:
+        return None
+    return problems[0][0], problems[0][1], "; ".join(p[2] for p in problems)
+
+
 def _named(request_id: Any) -> dict[str, Any] | None:
     """What a quarantined line keeps of its record: the request_id it names, if it is text."""
     if isinstance(request_id, str) and request_id and _encoding_problem(request_id) is None:
@@ -267,9 +274,7 @@ def read_jsonl(path: Path, config: FlywheelConfig, earliest: datetime) -> Iterat
                     line.problem = ("line", "not_a_record", f"is not JSON: {str(exc)[:200]}")
                 else:
                     record, problems = type_record(obj, earliest)
-                    line.record, line.problem = record, problems[0] if problems else None
-                    if len(problems) > 1:
-                        line.problem = (problems[0][0], problems[0][1], "; ".join(p[2] for p in problems))
+                    line.record, line.problem = record, _one_problem(problems)
                     if record is None and isinstance(obj, dict):
                         line.record = _named(obj.get("request_id"))
             yield line
@@ -313,7 +318,7 @@ def read_csv(path: Path, config: FlywheelConfig, earliest: datetime) -> Iterator
                 record, problems = type_record(dict(zip(header, cells, strict=True)), earliest, strings=True)
                 line.record = record
                 if problems:
-                    line.problem = (problems[0][0], problems[0][1], "; ".join(p[2] for p in problems))
+                    line.problem = _one_problem(problems)
                     line.record = _named(dict(zip(header, cells, strict=True)).get("request_id"))
             yield line
 
@@ -332,7 +337,7 @@ def read_parquet(path: Path, config: FlywheelConfig, earliest: datetime) -> Iter
             record, problems = type_record(obj, earliest)
             line.record = record
             if problems:
-                line.problem = (problems[0][0], problems[0][1], "; ".join(p[2] for p in problems))
+                line.problem = _one_problem(problems)
                 line.record = _named(obj.get("request_id"))
             yield line
 
