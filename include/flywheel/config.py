@@ -16,7 +16,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from flywheel.errors import ConfigError
 
@@ -340,9 +340,17 @@ class TrainingConfig(_Section):
     lora_r: int = Field(16, gt=0)
     lora_alpha: int = Field(32, gt=0)
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"]
-    )
+    # The layers LoRA adapts, found in the loaded model (`flywheel.model.architecture`):
+    # "attention" (every linear layer of its attention blocks), "all-linear" (every linear layer
+    # but the output head), or a list of layer names, checked against the model.
+    target_modules: list[str] | Literal["attention", "all-linear"] = "attention"
+    # Weights and compute on a GPU: "auto" is bfloat16 where the GPU supports it, float16 where
+    # not, and float32 on a CPU (always float32 there, whatever this says).
+    precision: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Recompute activations in the backward pass: less memory for longer sequences, ~30% slower.
+    gradient_checkpointing: bool = False
+    # QLoRA: the base weights in 4 bits (NF4, bitsandbytes; CUDA only), the adapter in `precision`.
+    load_in_4bit: bool = False
     val_fraction: float = Field(0.1, ge=0.0, lt=0.5)
     min_examples: int = Field(16, ge=1)
     # A checkpoint every N optimizer steps, in a folder fixed by the cycle: a retried (or
@@ -356,6 +364,16 @@ class TrainingConfig(_Section):
     # (trained after it, not promoted, and not worse than their champion offline) train again
     # with this cycle's (`flywheel.cycle.dataset`). 0: each cycle trains on its own window only.
     carry_over_cycles: int = Field(0, ge=0)
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _one_keyword(cls, value: Any) -> Any:
+        """A run param is a list: ``["all-linear"]`` means the keyword, as in the YAML."""
+        if isinstance(value, list | tuple) and len(value) == 1 and value[0] in ("attention", "all-linear"):
+            return value[0]
+        if isinstance(value, list | tuple) and not value:
+            raise ValueError("an empty list adapts nothing; use attention, all-linear or layer names")
+        return value
 
 
 class EvaluationConfig(_Section):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flywheel.data.dataset import user_message
+from flywheel.model.architecture import prepare_tokenizer, stop_token_ids
 
 # torch, transformers and peft are imported inside the functions that use them: they take seconds to
 # import, and DAG parsing and the light stages import this module without needing them.
@@ -38,12 +39,14 @@ def load_model(
     hf_logging.disable_progress_bar()
     if store is not None:
         base_model, adapter_path = str(store.local(base_model)), store.local(adapter_path)
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(base_model), base_model)
     model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
     if adapter_path:
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter_path)
+    if torch.cuda.is_available():
+        model.to("cuda")
     model.eval()
     return LoadedModel(model, tokenizer, version)
 
@@ -60,8 +63,6 @@ def generate_answers(
 
     tok = loaded.tokenizer
     tok.padding_side = "left"
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
     texts = [
         tok.apply_chat_template([{"role": "user", "content": user_message(p, c)}], tokenize=False, add_generation_prompt=True)
         for p, c in pairs
@@ -73,12 +74,13 @@ def generate_answers(
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = enc.to(loaded.model.device)
             out = loaded.model.generate(
                 **enc,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=tok.pad_token_id,
-                eos_token_id=tok.eos_token_id,
+                eos_token_id=stop_token_ids(loaded.model, tok),
             )
             new_tokens = out[:, enc["input_ids"].shape[1] :]
             for i, text in zip(idx, tok.batch_decode(new_tokens, skip_special_tokens=True), strict=True):

@@ -26,6 +26,13 @@ from typing import Any
 from flywheel.config import TrainingConfig
 from flywheel.data.dataset import load_chat_dataset
 from flywheel.errors import FlywheelError, TrainingError
+from flywheel.model.architecture import (
+    compute_dtype,
+    load_base_for_training,
+    lora_target_modules,
+    prepare_tokenizer,
+    stop_token_ids,
+)
 
 # torch, transformers and peft are imported inside the functions that use them: they take seconds to
 # import, and DAG parsing and the light stages import this module without needing them.
@@ -187,9 +194,9 @@ def greedy_token_ids(model: Any, tokenizer: Any, prompts: list[str], max_new_tok
         for prompt in prompts:
             enc = tokenizer.apply_chat_template(
                 [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
+            ).to(model.device)
             ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids(model, tokenizer))
             out.append(ids[0, enc["input_ids"].shape[1]:].tolist())
     return out
 
@@ -213,7 +220,7 @@ def train_lora(
     """
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+    from transformers import AutoTokenizer, TrainingArguments, set_seed
 
 
     set_seed(config.seed)
@@ -223,10 +230,9 @@ def train_lora(
     if len(train) == 0:
         raise TrainingError(f"dataset {dataset_path} has no training rows")
 
-    tokenizer = AutoTokenizer.from_pretrained(base_model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model: Any = AutoModelForCausalLM.from_pretrained(base_model, dtype=torch.float32)
+    tokenizer = prepare_tokenizer(AutoTokenizer.from_pretrained(base_model), base_model)
+    dtype = compute_dtype(config.precision)
+    model = load_base_for_training(base_model, config, dtype)
     if parent_adapter:
         model = PeftModel.from_pretrained(model, parent_adapter, is_trainable=True)
     else:
@@ -236,7 +242,7 @@ def train_lora(
                 r=config.lora_r,
                 lora_alpha=config.lora_alpha,
                 lora_dropout=config.lora_dropout,
-                target_modules=list(config.target_modules),
+                target_modules=lora_target_modules(model, config.target_modules),
                 task_type="CAUSAL_LM",
             ),
         )
@@ -267,6 +273,10 @@ def train_lora(
         seed=config.seed,
         data_seed=config.seed,
         use_cpu=not torch.cuda.is_available(),
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if config.gradient_checkpointing else None,
         disable_tqdm=True,
         dataloader_num_workers=0,
         remove_unused_columns=False,  # keep the per-example weight for the loss

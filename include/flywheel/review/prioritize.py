@@ -48,9 +48,7 @@ def answer_token_stats(loaded: Any, items: Sequence[TrainingCandidate], *, refer
     import torch
 
 
-    tok = loaded.tokenizer
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    tok = loaded.tokenizer  # with a pad token: `flywheel.model.inference.load_model` gives it one
     entropy: list[float] = []
     change: list[float] | None = [] if reference is not None else None
     with torch.inference_mode():
@@ -69,6 +67,7 @@ def answer_token_stats(loaded: Any, items: Sequence[TrainingCandidate], *, refer
             for i, f in enumerate(fulls):
                 ids[i, : len(f)] = torch.tensor(f)
                 mask[i, : len(f)] = 1
+            ids, mask = ids.to(loaded.model.device), mask.to(loaded.model.device)
             logp = torch.log_softmax(loaded.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
             ref_logp = (torch.log_softmax(reference.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
                         if reference is not None else None)  # fmt: skip
