@@ -60,7 +60,11 @@ def tokenize_chat(example: dict[str, Any], tokenizer: Any, max_length: int) -> d
     full = tokenizer.apply_chat_template(messages, tokenize=False)
     prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
     ids = tokenizer(full, add_special_tokens=False)["input_ids"]
-    n_prompt = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    # The answer starts where the two tokenisations part: a tokenizer may merge the prompt's last
+    # characters with the answer's first (SentencePiece's "[/INST]" + "Paris"), so the prompt's
+    # own token count could cut into the answer or leave prompt tokens in the loss.
+    n_prompt = next((i for i, (a, b) in enumerate(zip(ids, prompt_ids, strict=False)) if a != b), min(len(ids), len(prompt_ids)))
     if n_prompt >= len(ids):
         raise TrainingError(f"request {example.get('request_id')}: the answer has no tokens after the prompt")
     labels = [-100] * n_prompt + ids[n_prompt:]
