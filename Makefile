@@ -30,11 +30,11 @@ demo: install
 	$(BIN)/python -m flywheel.sim.demo
 
 ## A product's log files into the configured warehouse (docs: README, "Your own logs"):
-## `make ingest FILES="logs/week1.jsonl logs/week2.csv"`. The plugins' path opens a cloud
+## `make ingest FILES="logs/week1.jsonl logs/week2.csv" [SHAPE=openai_chat]`. The plugins' path opens a cloud
 ## warehouse through its Airflow connection.
 ingest: install
 	@test -n "$(FILES)" || { echo 'usage: make ingest FILES="logs/week1.jsonl logs/week2.csv"'; exit 2; }
-	PYTHONPATH=plugins $(BIN)/python -m flywheel.ingest $(FILES)
+	PYTHONPATH=plugins $(BIN)/python -m flywheel.ingest $(if $(SHAPE),--shape $(SHAPE)) $(FILES)
 
 ## The test suite (unit, DAG integrity, the warehouse contract on DuckDB and both emulators,
 ## cycles through real Airflow, the review UI in a browser). The Postgres stack test has its own

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+import jmespath
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -107,6 +108,42 @@ class IngestConfig(_Section):
     # so one runaway line cannot exhaust memory. Records near `validation.max_text_chars` in
     # every text field stay far below it.
     max_line_bytes: int = Field(8 * 1024 * 1024, gt=0)
+    # What a line of a log file is (`flywheel.data.shapes`): the flywheel's own record, or a shape
+    # teams already have: openai_chat, langfuse, otel_genai. `python -m flywheel.ingest --shape`.
+    shape: Literal["flywheel", "openai_chat", "langfuse", "otel_genai"] = "flywheel"
+    # flywheel field -> JMESPath expression into the line's record, over the shape's defaults.
+    fields: dict[str, str] = Field(default_factory=dict)
+    # The product's feedback values -> the four actions (thumbs_up: accepted, edit: corrected, ...).
+    actions: dict[str, str] = Field(default_factory=dict)
+    # A record without a task type: the first rule whose regex matches its prompt names it.
+    task_type_rules: list[TaskTypeRule] = Field(default_factory=list)
+    # The unit of an epoch timestamp ("s", "ms", "ns"); None: the shape's ("iso" for flywheel).
+    timestamp_unit: Literal["iso", "s", "ms", "ns"] | None = None
+
+    @model_validator(mode="after")
+    def _valid_mapping(self) -> IngestConfig:
+        for name, expr in self.fields.items():  # the names are checked by `flywheel.data.shapes`
+            try:
+                jmespath.compile(expr)
+            except jmespath.exceptions.ParseError as e:
+                raise ValueError(f"ingest.fields.{name}: {expr!r} is not a JMESPath expression: {e}") from None
+        wrong = {k: v for k, v in self.actions.items() if v not in USER_ACTIONS}
+        if wrong:
+            raise ValueError(f"ingest.actions: {wrong} map onto no action; the actions are {', '.join(USER_ACTIONS)}")
+        return self
+
+
+class TaskTypeRule(_Section):
+    pattern: str
+    task_type: str
+
+    @model_validator(mode="after")
+    def _compiles(self) -> TaskTypeRule:
+        try:
+            re.compile(self.pattern)
+        except re.error as e:
+            raise ValueError(f"ingest.task_type_rules: {self.pattern!r} is not a regular expression: {e}") from None
+        return self
 
 
 PII_ENTITIES = (

@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="+", type=Path, metavar="FILE", help="JSONL, CSV or Parquet log files (.gz too)")
     parser.add_argument("--config", help="flywheel config YAML (default: $FLYWHEEL_CONFIG, else the project's)")
     parser.add_argument("--format", choices=["jsonl", "csv", "parquet"], help="when the file name does not say")
+    parser.add_argument("--shape", choices=["flywheel", "openai_chat", "langfuse", "otel_genai"],
+                        help="what a line is (default: ingest.shape in the config); the mapping is ingest.fields / "
+                             "ingest.actions / ingest.task_type_rules (docs: README, 'Your own logs')")
     parser.add_argument("--source", help="the name of the file in the raw layer (one file only; default: its absolute path)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -53,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args.config)
+        if args.shape:
+            config = config.with_overrides({"ingest.shape": args.shape})
         wh = open_warehouse(config)
         wh.ensure_schema()
     except ConfigError as exc:

@@ -105,7 +105,9 @@ def test_a_reingest_adds_nothing(tmp_path, config, wh):
     assert (first.loaded, first.quarantined) == (10, 1)
     before = {t: wh.count(t) for t in ("production_logs", "quarantine", "raw_log_lines")}
     again = ingest_file(wh, config, path, REDACT, progress=False)
-    assert (again.read, again.loaded, again.duplicates, again.already_ingested, again.quarantined) == (11, 0, 11, 11, 0)
+    # The quarantined line is typed again (a fixed mapping could load it now), and quarantined again.
+    assert (again.read, again.loaded, again.duplicates, again.already_ingested, again.quarantined) == (11, 0, 10, 10, 1)
+    assert again.retried == 1 and again.reasons == {"line.not_a_record": 1}
     assert {t: wh.count(t) for t in before} == before
 
 

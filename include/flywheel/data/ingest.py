@@ -40,6 +40,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from flywheel.config import FlywheelConfig
+from flywheel.data.shapes import RecordMapper
 from flywheel.errors import FlywheelError
 from flywheel.records import PRODUCTION_LOG_FIELDS, content_fingerprint, row_to_json
 from flywheel.tables import rows_to_table
@@ -71,17 +72,19 @@ class IngestCounts:
     duplicates: int = 0
     already_ingested: int = 0  # of the duplicates: lines an earlier ingest of the same file read
     quarantined: int = 0
+    retried: int = 0  # lines an earlier ingest quarantined, typed again (a fixed mapping may load them)
     reasons: Counter[str] = field(default_factory=Counter)
 
     def add(self, other: IngestCounts) -> None:
-        for name in ("read", "loaded", "duplicates", "already_ingested", "quarantined"):
+        for name in ("read", "loaded", "duplicates", "already_ingested", "quarantined", "retried"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.reasons.update(other.reasons)
 
     def summary(self) -> str:
         again = f" ({self.already_ingested} already ingested)" if self.already_ingested else ""
+        retried = f"; {self.retried} lines quarantined before were typed again" if self.retried else ""
         return (f"{self.read} lines read: {self.loaded} loaded, {self.duplicates} duplicates{again}, "
-                f"{self.quarantined} quarantined")  # fmt: skip
+                f"{self.quarantined} quarantined{retried}")  # fmt: skip
 
 
 @dataclass
@@ -198,6 +201,18 @@ def type_record(obj: Any, earliest: datetime, *, strings: bool = False) -> tuple
     return (None if problems else row), problems
 
 
+def type_line(obj: Any, earliest: datetime, mapper: RecordMapper, *, strings: bool = False) -> tuple[dict[str, Any] | None, tuple[str, str, str] | None]:
+    """A parsed line through ``ingest.shape``'s mapping and strict typing: (the row, None), or
+    (what its quarantine row keeps of it, the problem)."""
+    mapped, problems = mapper(obj)
+    record, typing = (None, []) if mapped is None and problems else type_record(mapped, earliest, strings=strings)
+    problems = [*problems, *typing]
+    if not problems:
+        return record, None
+    named = mapped if isinstance(mapped, dict) else obj if isinstance(obj, dict) else {}
+    return _named(named.get("request_id")), _one_problem(problems)
+
+
 def _one_problem(problems: list[tuple[str, str, str]]) -> tuple[str, str, str] | None:
     """A line's problems as one quarantine row: the first one's field and rule, every reason."""
     if not problems:
@@ -254,6 +269,7 @@ def _decode(data: bytes) -> tuple[str, str | None]:
 
 
 def read_jsonl(path: Path, config: FlywheelConfig, earliest: datetime) -> Iterator[RawLine]:
+    mapper = RecordMapper(config.ingest)
     with _open_binary(path) as fh:
         for number, data, cut in _binary_lines(fh, config.ingest.max_line_bytes):
             if number == 1:
@@ -273,14 +289,12 @@ def read_jsonl(path: Path, config: FlywheelConfig, earliest: datetime) -> Iterat
                 except ValueError as exc:
                     line.problem = ("line", "not_a_record", f"is not JSON: {str(exc)[:200]}")
                 else:
-                    record, problems = type_record(obj, earliest)
-                    line.record, line.problem = record, _one_problem(problems)
-                    if record is None and isinstance(obj, dict):
-                        line.record = _named(obj.get("request_id"))
+                    line.record, line.problem = type_line(obj, earliest, mapper)
             yield line
 
 
 def read_csv(path: Path, config: FlywheelConfig, earliest: datetime) -> Iterator[RawLine]:
+    mapper = RecordMapper(config.ingest)
     csv.field_size_limit(config.ingest.max_line_bytes)
     with _open_binary(path) as raw:
         text_stream = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline="")
@@ -315,15 +329,12 @@ def read_csv(path: Path, config: FlywheelConfig, earliest: datetime) -> Iterator
             elif any(_encoding_problem(c) for c in cells):
                 line.problem = ("line", "encoding", f"(file line {start}) is not UTF-8")
             else:
-                record, problems = type_record(dict(zip(header, cells, strict=True)), earliest, strings=True)
-                line.record = record
-                if problems:
-                    line.problem = _one_problem(problems)
-                    line.record = _named(dict(zip(header, cells, strict=True)).get("request_id"))
+                line.record, line.problem = type_line(dict(zip(header, cells, strict=True)), earliest, mapper, strings=True)
             yield line
 
 
 def read_parquet(path: Path, config: FlywheelConfig, earliest: datetime) -> Iterator[RawLine]:
+    mapper = RecordMapper(config.ingest)
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowInvalid, OSError) as exc:
@@ -334,11 +345,7 @@ def read_parquet(path: Path, config: FlywheelConfig, earliest: datetime) -> Iter
             number += 1
             shown = json.dumps(obj, default=str, ensure_ascii=False)
             line = RawLine(number, shown, sha256=hashlib.sha256(shown.encode("utf-8", errors="surrogatepass")).hexdigest())
-            record, problems = type_record(obj, earliest)
-            line.record = record
-            if problems:
-                line.problem = _one_problem(problems)
-                line.record = _named(obj.get("request_id"))
+            line.record, line.problem = type_line(obj, earliest, mapper)
             yield line
 
 
@@ -366,11 +373,15 @@ def _stored(wh: Warehouse, sql: str, params: dict[str, Any]) -> list[dict[str, A
 def _ingest_batch(wh: Warehouse, redact: Redactor, source: str, label: str, batch: list[RawLine]) -> IngestCounts:
     counts = IngestCounts(read=len(batch))
     now = datetime.now(UTC)
-    seen = {(r["line_number"], r["line_sha256"]) for r in _stored(
-        wh, "SELECT line_number, line_sha256 FROM raw_log_lines WHERE source = $s AND line_number >= $a AND line_number <= $b",
-        {"s": source, "a": batch[0].number, "b": batch[-1].number})}  # fmt: skip
-    fresh = [line for line in batch if (line.number, line.sha256) not in seen]
+    span = {"s": source, "a": batch[0].number, "b": batch[-1].number}
+    held = {(r["line_number"], r["line_sha256"]): r["outcome"] for r in _stored(
+        wh, "SELECT line_number, line_sha256, outcome FROM raw_log_lines WHERE source = $s AND line_number >= $a "
+            "AND line_number <= $b", span)}  # fmt: skip
+    # A line loaded (or found a duplicate) before is skipped; one quarantined before is typed again,
+    # so that a re-ingest after fixing the mapping (`ingest.actions`, `ingest.fields`) loads it.
+    fresh = [line for line in batch if held.get((line.number, line.sha256), "quarantined") == "quarantined"]
     counts.already_ingested = counts.duplicates = len(batch) - len(fresh)
+    counts.retried = sum((line.number, line.sha256) in held for line in fresh)
     ids = sorted({line.record["request_id"] for line in fresh if line.problem is None and line.record and
                   isinstance(line.record.get("request_id"), str)})  # fmt: skip
     stored = {r["request_id"]: content_fingerprint(r) for r in _stored(
@@ -415,6 +426,9 @@ def _ingest_batch(wh: Warehouse, redact: Redactor, source: str, label: str, batc
     # by the next ingest, and its loaded rows then count as duplicates instead of loading twice.
     if logs:
         wh.merge("production_logs", rows_to_table("production_logs", logs))
+    if counts.retried:  # the retried lines' old reasons go; those still quarantined are written anew
+        wh.execute("DELETE FROM quarantine WHERE cycle_id = $c AND row_number >= $a AND row_number <= $b",
+                   {"c": f"ingest:{source}", "a": span["a"], "b": span["b"]})  # fmt: skip
     if quarantine:
         wh.merge("quarantine", rows_to_table("quarantine", quarantine))
     if raw:
