@@ -8,7 +8,8 @@ or not UTF-8 is quarantined with its reason, file and line number. Only the stru
 here; what a well-typed row says (empty fields, actions, lengths, PII) is judged by every cycle's
 validation, the same as for rows that reach the warehouse any other way.
 
-A re-ingest of a file adds nothing: the lines the raw layer already holds are skipped. A
+A re-ingest of a file adds nothing: the lines the raw layer holds as loaded are skipped, and
+those it holds as quarantined are typed again (after a fixed mapping they may load). A
 request_id the warehouse already holds is a duplicate when the content is the same and is
 quarantined when it differs (the stored row is kept, never replaced). Files are read in batches
 of ``ingest.batch_lines`` with lines longer than ``ingest.max_line_bytes`` cut off unparsed, so
