@@ -225,6 +225,7 @@ def data_docs_root(config: Any) -> Path:
 
 def create_app() -> FastAPI:
     from flywheel.config import load_config
+    from flywheel.evaluation.serving import current_manifest, route_user
     from flywheel_airflow.review_ui import create_router
 
     app = FastAPI(title="Flywheel dashboard and review", dependencies=[_authenticated()])
@@ -258,6 +259,23 @@ def create_app() -> FastAPI:
     @app.get("/api/quarantine")
     def quarantine_json(cycle_id: str | None = None) -> dict[str, Any]:
         return quarantine_data(_warehouse(), cycle_id)
+
+    @app.get("/api/serving")
+    def serving_json() -> dict[str, Any]:
+        """The serving manifest: base model, champion and challenger adapters (URIs and hashes),
+        the A/B share and salt (`flywheel.evaluation.serving`)."""
+        manifest = current_manifest(load_config())
+        if manifest is None:
+            raise StarletteHTTPException(404, "no serving manifest yet: it is published at the first promotion decision")
+        return manifest
+
+    @app.get("/api/route")
+    def route_json(user_id: str) -> dict[str, Any]:
+        """Which model answers ``user_id`` now: the A/B test's own hashing over the manifest."""
+        if not user_id.strip():
+            raise StarletteHTTPException(422, "user_id is empty")
+        manifest = serving_json()
+        return {"manifest_version": manifest["version"], "user_id": user_id, **route_user(manifest, user_id)}
 
     @app.get("/gates/{cycle_id}/{gate}")
     def gate_docs(cycle_id: str, gate: str, request: Request) -> Response:

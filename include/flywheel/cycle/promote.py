@@ -14,7 +14,7 @@ from flywheel.cycle.evaluate import evaluation_result
 from flywheel.cycle.filtering import decision_row
 from flywheel.cycle.spec import CycleSpec
 from flywheel.errors import FlywheelError
-from flywheel.evaluation import experiment
+from flywheel.evaluation import experiment, serving
 from flywheel.evaluation.golden import golden_for
 from flywheel.evaluation.offline import EvalResult, GoldenSet, OfflineComparison, compare_offline
 from flywheel.model import registry
@@ -68,9 +68,10 @@ def promote_if_better(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
         reason=reason,
     )
     log.info("%s: %s", cycle.cycle_id, reason)
+    manifest, _ = serving.publish_manifest(wh, cycle.config, reason=f"{cycle.cycle_id}: {reason}")
     return {"promoted": promoted, "champion_after": row["champion_after"], "reason": reason, "gate_passed": gate.passed,
             "delta": round(gate.delta, 4), "delta_interval": [round(x, 4) for x in gate.delta_interval],
-            "experiment_id": experiment_id}  # fmt: skip
+            "experiment_id": experiment_id, "serving_manifest": manifest["version"]}  # fmt: skip
 
 
 def offline_comparison_row(cycle: CycleSpec, gate: OfflineComparison, *, golden_hash: str, compared_at: datetime) -> dict[str, Any]:

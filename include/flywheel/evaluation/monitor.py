@@ -24,6 +24,7 @@ from flywheel.evaluation.experiment import (
     required_sample_size,
     running_experiment,
 )
+from flywheel.evaluation.serving import publish_manifest
 from flywheel.filters.scorers import make_toxicity_scorer
 from flywheel.model import registry
 from flywheel.ops.metrics import ab_promotion_metrics
@@ -97,6 +98,8 @@ def monitor(wh: Warehouse, config: FlywheelConfig, as_of: datetime, *, toxicity:
     watch = _watch_champion(wh, config.experiment, as_of, measure)
     if watch is not None:
         out.append(watch)
+    if out:  # an A/B step or a rollback: what serves may have changed
+        publish_manifest(wh, config, reason="; ".join(f"{d.action}: {d.reason}" for d in out))
     return out
 
 
