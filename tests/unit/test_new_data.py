@@ -171,6 +171,7 @@ def _compared(world, monkeypatch, right_every: dict[str, int]):
     _fake_training(monkeypatch)
     cycle = _cycle(tmp_path)
     _data_stages(cycle, wh)
+    cycle_train.train_challenger(cycle, wh)  # both registered, as the DAG's training tasks leave them
     train_twin(cycle, wh)
     _evaluations(cycle, wh, right_every)
     return cycle, wh, promote_if_better(cycle, wh)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from flywheel.warehouse import Warehouse
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 _LATEST = datetime.max.replace(tzinfo=UTC)
 
+log = logging.getLogger(__name__)
+
 
 def serving_dir(config: FlywheelConfig) -> Path:
     return config.artefacts_root / "serving"
@@ -38,13 +41,15 @@ def serving_dir(config: FlywheelConfig) -> Path:
 
 def adapter_sha256(path: str | None) -> str | None:
     """The adapter's identity: its config and weights, hashed in a fixed order."""
-    if not path:
+    files = [Path(path) / name for name in ADAPTER_FILES] if path else []
+    if not any(f.is_file() for f in files):
+        if path:
+            log.warning("adapter %s has no adapter files on this machine: the manifest names it without a hash", path)
         return None
     digest = hashlib.sha256()
-    for name in ADAPTER_FILES:
-        file = Path(path) / name
+    for file in files:
         if file.is_file():
-            digest.update(name.encode())
+            digest.update(file.name.encode())
             with file.open("rb") as fh:
                 while chunk := fh.read(1 << 20):
                     digest.update(chunk)
