@@ -187,3 +187,19 @@ def test_a_fixed_mapping_loads_what_the_first_ingest_quarantined(tmp_path, wh):
     assert (again.loaded, again.quarantined, again.retried) == (3, 2, 5) and len(rows) == 3
     # The reasons of the lines now loaded are gone; the two still quarantined keep today's.
     assert [(q["row_number"], q["rule"]) for q in quarantined] == [(4, "not_text"), (5, "vocabulary")]
+
+
+def test_plain_paths_read_as_jmespath_does():
+    """The fast lookup for plain paths gives what jmespath gives, wherever a step is missing."""
+    import jmespath
+
+    from flywheel.data.shapes import SHAPES, _follow, _plain_path
+
+    objs = [{}, {"response": None}, {"response": {"id": 3, "choices": []}}, {"a": [1, {"b": 2}], "attributes": {"x.y": "z"}},
+            {"response": {"choices": [{"message": {"content": "hi"}}]}}, {"request": ["not", "an", "object"]}, [1, 2]]  # fmt: skip
+    exprs = [e for shape in SHAPES.values() for e in shape.fields.values()] + ["a[1].b", "a[-1]", "a[9]", 'attributes."x.y"', "[0]"]
+    plain = [e for e in exprs if _plain_path(e) is not None]
+    assert len(plain) >= 20 and _plain_path("request.user || request.metadata.user_id") is None
+    for expr in plain:
+        for obj in objs:
+            assert _follow(obj, _plain_path(expr)) == jmespath.search(expr, obj), (expr, obj)
