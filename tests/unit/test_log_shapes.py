@@ -203,3 +203,17 @@ def test_plain_paths_read_as_jmespath_does():
     for expr in plain:
         for obj in objs:
             assert _follow(obj, _plain_path(expr)) == jmespath.search(expr, obj), (expr, obj)
+
+
+def test_the_readmes_mapping_example_is_a_valid_config():
+    import re
+
+    import yaml
+
+    readme = (DATA.parents[1] / "README.md").read_text()
+    block = re.search(r"```yaml\n(ingest:\n.*?)```", readme, re.S)
+    assert block, "the README's ingest example"
+    ingest = yaml.safe_load(block.group(1))["ingest"]
+    config = FlywheelConfig().with_overrides({f"ingest.{k}": v for k, v in ingest.items()})
+    assert config.ingest.shape == "openai_chat" and config.ingest.actions["edit"] == "corrected"
+    assert config.ingest.task_type_rules[0].task_type == "arithmetic"
