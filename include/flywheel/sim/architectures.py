@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flywheel.data.dataset import user_message
+from flywheel.sim import tinymodel
 from flywheel.sim.traffic import tokenizer_tasks
 
 # torch, tokenizers and transformers are imported inside the functions that use them.
@@ -107,24 +107,11 @@ def _tokens(family: Family) -> list[str]:
 
 def build_tokenizer(family: Family, *, vocab_size: int = 600, chat_template: bool = True, seed: int = 5):
     """A byte-level BPE over the simulated product's text with the family's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    texts = [f"{user_message(t.prompt, t.context)} {t.answer}" for t in tokenizer_tasks(1500, seed)]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    specials = _tokens(family)
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
-    tok.train_from_iterator(texts, trainer=trainer)
-    named = {"bos_token": family.bos, "eos_token": family.eos, "pad_token": family.pad}
-    extra = [t for t in specials if t not in named.values()]
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, additional_special_tokens=extra,
-                                   **{k: v for k, v in named.items() if v})  # fmt: skip
-    if chat_template and family.chat_template:
-        fast.chat_template = family.chat_template
-    return fast
+    return tinymodel.build_tokenizer(
+        tinymodel.corpus(tokenizer_tasks(1500, seed)), vocab_size, special_tokens=_tokens(family),
+        named={"bos_token": family.bos, "eos_token": family.eos, "pad_token": family.pad},
+        chat_template=family.chat_template if chat_template else None,
+    )  # fmt: skip
 
 
 def build_random_model(family_name: str, out: Path, *, size: str = "tiny", chat_template: bool = True,

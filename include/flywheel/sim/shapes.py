@@ -24,17 +24,13 @@ LANGFUSE_FEEDBACK = {"1": "accepted", "2": "copied", "-1": "corrected", "0": "re
 _SCORE = {action: float(value) for value, action in LANGFUSE_FEEDBACK.items()}
 
 
-def _user_content(row: dict[str, Any]) -> str:
-    return row["prompt"]
-
-
 def openai_chat(row: dict[str, Any]) -> dict[str, Any]:
     messages: list[dict[str, Any]] = [{"role": "system", "content": "You are the shop's assistant. Be brief."}]
     # Half the requests send content as parts, as the multimodal API allows.
     if int(row["request_id"][:2], 16) % 2:
-        messages.append({"role": "user", "content": [{"type": "text", "text": _user_content(row)}]})
+        messages.append({"role": "user", "content": [{"type": "text", "text": row["prompt"]}]})
     else:
-        messages.append({"role": "user", "content": _user_content(row)})
+        messages.append({"role": "user", "content": row["prompt"]})
     metadata = {"task_type": row["task_type"], **({"context": row["context"]} if row["context"] else {})}
     return {
         "request": {"model": "shop-assistant", "messages": messages, "user": row["user_id"], "metadata": metadata},
@@ -55,7 +51,7 @@ def langfuse(row: dict[str, Any]) -> dict[str, Any]:
     ts = row["timestamp"].astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return {
         "id": row["request_id"], "timestamp": ts, "name": "answer", "userId": row["user_id"], "sessionId": None,
-        "input": {"messages": [{"role": "user", "content": _user_content(row)}]},
+        "input": {"messages": [{"role": "user", "content": row["prompt"]}]},
         "output": {"role": "assistant", "content": row["response"]},
         "metadata": {"task_type": row["task_type"], "context": row["context"], "correction": row["correction"]},
         "tags": ["production"], "release": None, "version": None,
@@ -83,7 +79,7 @@ def otel_genai(row: dict[str, Any]) -> dict[str, Any]:
         _kv("gen_ai.operation.name", "chat"), _kv("gen_ai.provider.name", "openai"),
         _kv("gen_ai.request.model", "shop-assistant"), _kv("gen_ai.response.model", row["model_version"]),
         _kv("gen_ai.response.id", row["request_id"]), _kv("user.id", row["user_id"]),
-        _kv("gen_ai.input.messages", [{"role": "user", "parts": [{"type": "text", "content": _user_content(row)}]}]),
+        _kv("gen_ai.input.messages", [{"role": "user", "parts": [{"type": "text", "content": row["prompt"]}]}]),
         _kv("gen_ai.output.messages", [{"role": "assistant", "parts": [{"type": "text", "content": row["response"]}],
                                         "finish_reason": "stop"}]),
         _kv("app.user_action", _BUTTON[row["user_action"]]), _kv("app.task_type", row["task_type"]),

@@ -15,6 +15,7 @@ import logging
 import random
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,12 +77,20 @@ def _config_hash(cfg: TinyModelConfig) -> str:
     return hashlib.sha256(cfg.model_dump_json().encode()).hexdigest()[:16]
 
 
-def _corpus(tasks: list[Task]) -> list[str]:
+def corpus(tasks: list[Task]) -> list[str]:
     return [f"{user_message(t.prompt, t.context)} {t.answer}" for t in tasks]
 
 
-def build_tokenizer(texts: list[str], vocab_size: int):  # -> PreTrainedTokenizerFast
-    """Byte-level BPE learnt from ``texts``. With a vocabulary of several hundred, the simulated
+TINY_NAMED_TOKENS = {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}
+
+
+def build_tokenizer(texts: list[str], vocab_size: int, *, special_tokens: Sequence[str] = SPECIAL_TOKENS,
+                    named: Mapping[str, str | None] = TINY_NAMED_TOKENS,
+                    chat_template: str | None = CHAT_TEMPLATE):  # -> PreTrainedTokenizerFast  # fmt: skip
+    """Byte-level BPE learnt from ``texts``, with ``special_tokens`` whole; ``named`` says which
+    of them is bos, eos, pad, unk (None: the tokenizer has none), and the others are additional
+    special tokens (the tiny model's by default; `flywheel.sim.architectures` gives other
+    families' conventions). With a vocabulary of several hundred, the simulated
     product's words, names and answers ("walnut", "WALNUT", "tunlaw", "17") are whole tokens, so
     what a cycle teaches is a fact per token pair, which a model of this size learns in a few
     hundred steps. (Measured before choosing: one token per character makes every sequence
@@ -95,20 +104,18 @@ def build_tokenizer(texts: list[str], vocab_size: int):  # -> PreTrainedTokenize
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=list(special_tokens),
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        unk_token="<unk>",
-        additional_special_tokens=["<|user|>", "<|assistant|>"],
+        additional_special_tokens=[t for t in special_tokens if t not in named.values()],
+        **{k: v for k, v in named.items() if v},
     )
-    fast.chat_template = CHAT_TEMPLATE
+    if chat_template:
+        fast.chat_template = chat_template
     return fast
 
 
@@ -136,7 +143,7 @@ def build_tiny_model(config: FlywheelConfig, *, force: bool = False) -> TinyMode
     # The tokenizer learns its words from a broader text than the pre-training examples: requests
     # of every kind, terse and chatty, as a real tokenizer is trained on far more than its
     # model's fine-tuning data.
-    tokenizer = build_tokenizer(_corpus(tasks + tokenizer_tasks(cfg.pretrain_examples, cfg.seed)), cfg.vocab_size)
+    tokenizer = build_tokenizer(corpus(tasks + tokenizer_tasks(cfg.pretrain_examples, cfg.seed)), cfg.vocab_size)
     model_cfg = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=cfg.hidden_size,
