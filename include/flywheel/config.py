@@ -133,6 +133,57 @@ class IngestConfig(_Section):
         return self
 
 
+# The fields a product's own log table must map: without any of them every row would be
+# quarantined (`flywheel.validation` requires them), which is a config error, not bad data.
+SOURCE_REQUIRED = ("request_id", "timestamp", "prompt", "response", "user_action", "quality_score")
+SOURCE_FIELDS = SOURCE_REQUIRED + (
+    "user_id", "correction", "task_type", "model_version", "context", "included_in_training", "ingested_at",
+)  # fmt: skip
+_SOURCE_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$-]*(\.[A-Za-z_][A-Za-z0-9_$]*){0,2}$")
+_SOURCE_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]*$")
+
+
+class SourceConfig(_Section):
+    """The product's own log table or view, read in place by every cycle (`flywheel.warehouse.
+    source`): no copy, the same window query and pushdown as the flywheel's ``production_logs``.
+    Empty ``table``: the cycles read ``production_logs``, which `flywheel.ingest` and the
+    simulator fill."""
+
+    # ``table``, ``dataset.table`` or ``project.dataset.table`` (BigQuery), ``schema.table`` or
+    # ``database.schema.table`` (Snowflake, DuckDB), in the warehouse the flywheel uses.
+    table: str | None = None
+    # flywheel field -> the table's column. request_id, timestamp, prompt, response, user_action
+    # and quality_score are required; ingested_at (the row's load time) lets a row with no usable
+    # event time reach a cycle, which quarantines it.
+    columns: dict[str, str] = Field(default_factory=dict)
+    # The table's action values (matched case-insensitively) -> the four actions; a value that is
+    # neither mapped nor an action is quarantined with its value.
+    actions: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _valid_source(self) -> SourceConfig:
+        if self.table is None:
+            if self.columns or self.actions:
+                raise ValueError("source.columns and source.actions need source.table")
+            return self
+        if not _SOURCE_TABLE.match(self.table):
+            raise ValueError(f"source.table {self.table!r} is not a [project.]dataset.table or [database.]schema.table name")
+        unknown = sorted(set(self.columns) - set(SOURCE_FIELDS))
+        if unknown:
+            raise ValueError(f"source.columns: {unknown} are not flywheel fields; they are {', '.join(SOURCE_FIELDS)}")
+        missing = [f for f in SOURCE_REQUIRED if f not in self.columns]
+        if missing:
+            raise ValueError(f"source.columns must map {missing} onto columns of {self.table}")
+        odd = {k: v for k, v in self.columns.items() if not _SOURCE_COLUMN.match(v)}
+        if odd:
+            raise ValueError(f"source.columns: {odd} are not column names")
+        wrong = {k: v for k, v in self.actions.items() if v not in USER_ACTIONS}
+        if wrong:
+            raise ValueError(f"source.actions: {wrong} map onto no action; the actions are {', '.join(USER_ACTIONS)}")
+        self.actions = {k.lower(): v for k, v in self.actions.items()}
+        return self
+
+
 class TaskTypeRule(_Section):
     pattern: str
     task_type: str
@@ -504,6 +555,7 @@ class FlywheelConfig(_Section):
     artefacts: ArtefactsConfig = Field(default_factory=ArtefactsConfig)
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)

@@ -58,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         config = load_config(args.config)
         if args.shape:
             config = config.with_overrides({"ingest.shape": args.shape})
+        if config.source.table:
+            raise ConfigError(f"source.table is {config.source.table!r}: the cycles read that table in place, not "
+                              "production_logs, so files ingested here would never be read; empty source.table to ingest")  # fmt: skip
         wh = open_warehouse(config)
         wh.ensure_schema()
     except ConfigError as exc:

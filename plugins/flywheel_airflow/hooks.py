@@ -14,7 +14,7 @@ from typing import Any
 from airflow.sdk import BaseHook
 
 from flywheel.config import FlywheelConfig
-from flywheel.warehouse import Warehouse, warehouse_from_config
+from flywheel.warehouse import Warehouse, reading_source, warehouse_from_config
 
 
 class FlywheelWarehouseHook(BaseHook):
@@ -57,26 +57,26 @@ class FlywheelWarehouseHook(BaseHook):
 
             hook = FlywheelBigQueryHook(gcp_conn_id=self.warehouse_conn_id, use_legacy_sql=False, location=cfg.bigquery_location)
             client = hook.get_client(project_id=cfg.bigquery_project, location=cfg.bigquery_location)
-            return BigQueryWarehouse(
+            return reading_source(BigQueryWarehouse(
                 client,
                 cfg.bigquery_dataset,
                 storage_client=hook.get_storage_client(),
                 job_prefix=_job_prefix(self.run),
                 labels=_labels(self.run),
                 write_batch_rows=cfg.write_batch_rows,
-            )
+            ), self.config)
         if cfg.backend == "snowflake":
             from flywheel.warehouse.snowflake import SnowflakeWarehouse
             from flywheel_airflow.cloud_hooks import FlywheelSnowflakeHook
 
             session = {"QUERY_TAG": json.dumps({"app": "flywheel", **self.run}, sort_keys=True)} if self.run else None
             sf = FlywheelSnowflakeHook(snowflake_conn_id=self.warehouse_conn_id, session_parameters=session)
-            return SnowflakeWarehouse(
+            return reading_source(SnowflakeWarehouse(
                 sf.get_conn,
                 database=cfg.snowflake_database,
                 schema=cfg.snowflake_schema,
                 write_batch_rows=cfg.write_batch_rows,
-            )
+            ), self.config)
         return warehouse_from_config(self.config)
 
     def get_conn(self) -> Warehouse:

@@ -8,6 +8,7 @@ import math
 from datetime import timedelta
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from flywheel.errors import WarehouseError
@@ -308,3 +309,84 @@ def test_ingestion_accounts_for_every_line_and_a_reingest_adds_nothing(wh, tmp_p
     # The quarantined lines are typed again (a fixed mapping could load them), and quarantined again.
     assert (again.loaded, again.already_ingested, again.quarantined, again.retried) == (0, 4, 3, 3)
     assert (wh.count("production_logs"), wh.count("raw_log_lines"), wh.count("quarantine")) == (3, 7, 3)
+
+
+def _team_namespace(backend: str, wh) -> str:
+    """A namespace beside the flywheel's, as a team's analytics tables are."""
+    if backend == "bigquery":
+        name = f"{wh.dataset}_analytics"
+        wh.client.create_dataset(f"{wh.client.project}.{name}", exists_ok=True)
+        return name
+    name = f"{wh.schema}_ANALYTICS" if backend == "snowflake" else "analytics"
+    wh.execute(f"CREATE SCHEMA IF NOT EXISTS {name}")
+    return name
+
+
+def test_a_teams_own_table_is_read_in_place(backend, tmp_path, running):
+    """`source:` maps a differently named table and columns (an integer id, a decimal score, the
+    team's feedback words) onto the flywheel's record: the window, the pushdown, the quarantine
+    and the A/B arms read it where it is, and nothing is copied into production_logs."""
+    from flywheel.cycle import make_cycle
+    from flywheel.cycle.extract import extract_window
+    from flywheel.cycle.validate import validate_rows
+    from flywheel.evaluation.experiment import arm_metrics
+    from flywheel.filters.scorers import make_toxicity_scorer
+
+    probe = open_warehouse(backend_config(backend, tmp_path, running))
+    probe.ensure_schema()
+    namespace = _team_namespace(backend, probe)
+    probe.execute(
+        f"CREATE TABLE {namespace}.llm_requests (req_id BIGINT, created_at TIMESTAMPTZ, uid VARCHAR, input_text VARCHAR, "
+        "output_text VARCHAR, feedback VARCHAR, edited VARCHAR, kind VARCHAR, score DOUBLE, served_by VARCHAR, loaded_at TIMESTAMPTZ)"
+    )
+    end = T0 + timedelta(days=21)
+    columns = {"request_id": "req_id", "timestamp": "created_at", "user_id": "uid", "prompt": "input_text",
+               "response": "output_text", "user_action": "feedback", "correction": "edited", "task_type": "kind",
+               "quality_score": "score", "model_version": "served_by", "ingested_at": "loaded_at"}  # fmt: skip
+    source = {"source.table": f"{namespace}.llm_requests", "source.columns": columns,
+              "source.actions": {"thumbs_up": "accepted", "edit": "corrected", "retry": "regenerated"}}  # fmt: skip
+    config = backend_config(backend, tmp_path, running, **source)
+    if backend == "bigquery":
+        config = config.with_overrides({"warehouse.bigquery_dataset": probe.dataset})
+    elif backend == "snowflake":
+        config = config.with_overrides({"warehouse.snowflake_schema": probe.schema})
+    wh = open_warehouse(config)
+    cycle = make_cycle("flywheel_weekly", data_interval_end=end, logical_date=end, config=config)
+    mid = cycle.window.start + timedelta(days=2)
+    good = log_row(None, None)
+    rows = [  # req_id, created_at, feedback, edited, score, loaded_at
+        (1, mid, "thumbs_up", None, 0.9, mid),
+        (2, mid + H, "Thumbs_Up", None, 0.8, mid + H),  # the team's words, in any case
+        (3, mid + 2 * H, "edit", "GARDEN!", 0.9, mid + 2 * H),
+        (4, mid + 3 * H, "retry", None, 0.9, mid + 3 * H),
+        (5, mid + 4 * H, "shrug", None, 0.9, mid + 4 * H),  # not in the vocabulary
+        (6, mid + 5 * H, "thumbs_up", None, float("nan"), mid + 5 * H),
+        (7, None, "thumbs_up", None, 0.9, mid + 6 * H),  # no event time: windowed by its load time
+        (8, cycle.window.end + H, "thumbs_up", None, 0.9, cycle.window.end + H),  # the next window's
+    ]
+    for rid, at, feedback, edited, score, loaded in rows:
+        values = {"rid": rid, "uid": "user-0001", "prompt": good["prompt"], "response": good["response"], "feedback": feedback,
+                  "kind": "uppercase", "score": score, "served_by": "base:tiny-llama", "loaded": loaded}  # fmt: skip
+        ts = "$at" if at is not None else "NULL"
+        fix = "$edited" if edited is not None else "NULL"
+        values |= ({"at": at} if at is not None else {}) | ({"edited": edited} if edited is not None else {})
+        wh.execute(f"INSERT INTO {namespace}.llm_requests VALUES ($rid, {ts}, $uid, $prompt, $response, $feedback, {fix}, "
+                   "$kind, $score, $served_by, $loaded)", values)  # fmt: skip
+
+    out = extract_window(cycle, wh)
+    assert out["rows_in_window"] == 7 and out["source"] == f"{namespace}.llm_requests"
+    snapshot = {r["request_id"]: r for r in pq.read_table(out["snapshot"]).to_pylist()}
+    assert {k: r["user_action"] for k, r in snapshot.items()} == {
+        "1": "accepted", "2": "accepted", "3": "corrected", "4": "regenerated", "5": "shrug", "6": "accepted", "7": "accepted"}  # fmt: skip
+    # The pushed-down rules (actions, score) decide in the warehouse: a rejected row's text stays there.
+    assert [k for k, r in sorted(snapshot.items()) if not r["pushdown_kept"]] == ["4", "5", "6"]
+    assert snapshot["5"]["prompt"] is None and snapshot["5"]["prompt_chars"] == len(good["prompt"])
+    assert snapshot["3"]["correction"] == "GARDEN!" and snapshot["1"]["prompt"] == good["prompt"]
+    res = validate_rows(cycle, wh)
+    got = sorted((r["request_id"], r["field"], r["rule"]) for r in wh.select("quarantine").to_pylist())
+    assert got == [("5", "user_action", "allowed_values"), ("6", "quality_score", "finite"), ("7", "timestamp", "required")]
+    assert res["valid"] == 4
+    assert wh.count("production_logs") == 0  # read in place, never copied
+    arm = arm_metrics(wh, "base:tiny-llama", cycle.window.start, cycle.window.end,
+                      toxicity=make_toxicity_scorer("profanity_check"), max_toxicity=0.5)  # fmt: skip
+    assert arm.n == 5 and arm.actions == {"accepted": 3, "corrected": 1, "regenerated": 1}

@@ -35,6 +35,11 @@ def extract_window(cycle: CycleSpec, wh: Warehouse, extra_rows: list[dict[str, A
     )
     log.info("%s: %d rows in window [%s, %s) (%d gold, %d from other sources), phase policy %s",
              cycle.cycle_id, rows, cycle.window.start, cycle.window.end, len(gold), len(extra), cycle.phase)  # fmt: skip
+    unwindowed = rows_in_no_window(wh)
+    if unwindowed:
+        log.warning("%d rows of the log source %s have no event time and the source maps no ingested_at column, so "
+                    "no cycle reads or quarantines them; map source.columns.ingested_at to the rows' load time",
+                    unwindowed, wh.source)  # fmt: skip
     return {
         "cycle_id": cycle.cycle_id,
         "rows_in_window": rows,
@@ -44,7 +49,16 @@ def extract_window(cycle: CycleSpec, wh: Warehouse, extra_rows: list[dict[str, A
         "window_start": cycle.window.start.isoformat(),
         "window_end": cycle.window.end.isoformat(),
         "snapshot": str(cycle.file("extract.parquet")),
+        **({"source": str(wh.source), "source_rows_in_no_window": unwindowed} if wh.source else {}),
     }
+
+
+def rows_in_no_window(wh: Warehouse) -> int:
+    """Rows of a log source with no load-time column that have no event time either: no window
+    holds them. The flywheel's own table needs no count: its loader stamps every row's ingested_at."""
+    if wh.source is None or not wh.source.windows_by_event_time_only:
+        return 0
+    return int(wh.query_logs('SELECT COUNT(*) AS n FROM production_logs WHERE "timestamp" IS NULL').column("n")[0].as_py())
 
 
 def extract_bootstrap(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:

@@ -200,9 +200,9 @@ def arm_metrics(wh: Warehouse, version: str, start: datetime, end: datetime, *, 
     """Rows ``version`` answered in ``[start, end)`` with a known user action. Malformed rows (no
     action, an unknown one) are left out rather than counted as anything: a broken logger must
     not look like unhappy users."""
-    rows = wh.query(
+    rows = wh.query_logs(
         'SELECT user_action, response FROM production_logs WHERE model_version = $v AND "timestamp" >= $s '
-        'AND "timestamp" < $e AND user_action IN (SELECT unnest($actions))',
+        'AND "timestamp" < $e AND list_contains($actions, user_action)',
         {"v": version, "s": start, "e": end, "actions": list(USER_ACTIONS)},
     ).to_pylist()
     actions: dict[str, int] = {}

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from flywheel.errors import WarehouseError
+from flywheel.warehouse.source import LogSource, reading
 from flywheel.warehouse.sql import CANONICAL_DIALECT, canonical_sql, check_identifier, where_clause
 from flywheel.warehouse.window import DEFAULT_SKEW, NO_PUSHDOWN, Pushdown
 
@@ -23,6 +24,9 @@ class Warehouse(ABC):
     """What every backend offers the stages. Tables and their keys are in `flywheel.tables`."""
 
     dialect: str = CANONICAL_DIALECT
+    # The product's own log table, read in place as production_logs (`flywheel.warehouse.source`);
+    # None: the flywheel's production_logs table.
+    source: LogSource | None = None
 
     @abstractmethod
     def ensure_schema(self) -> None:
@@ -78,7 +82,26 @@ class Warehouse(ABC):
     ) -> Iterator[pa.RecordBatch]:
         if table != "production_logs":
             raise WarehouseError(f"windowed reads are defined for production_logs, not {table!r}")
-        return self.read_logs_window(start, end, batch_rows=batch_rows, max_skew=max_skew, pushdown=pushdown)
+        batches = self.read_logs_window(start, end, batch_rows=batch_rows, max_skew=max_skew, pushdown=pushdown)
+        return batches if self.source is None else self._naming_source(batches)
+
+    def _naming_source(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """A failed read of the product's own table says which table and mapping it was (a note
+        on the client's own error, whose type the task's retries and kill handling see)."""
+        try:
+            yield from batches
+        except Exception as exc:
+            exc.add_note(f"reading the log source {self.source} (source.table) mapped by source.columns "
+                         f"{self.source.columns if self.source else {}}; its event-time column must be a timestamp")  # fmt: skip
+            raise
+
+    def logs_query(self, sql: str, params: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+        """Canonical SQL that reads ``production_logs``, as it reads this warehouse's logs (the
+        product's own table when a source is configured), with its bound values."""
+        return reading(self.source, sql, params)
+
+    def query_logs(self, sql: str, params: dict[str, Any] | None = None) -> pa.Table:
+        return self.query(*self.logs_query(sql, params))
 
     def named_query(self, name: str, params: dict[str, Any] | None = None) -> pa.Table:
         return self.query(canonical_sql(name), params)

@@ -251,7 +251,7 @@ class BigQueryWarehouse(Warehouse):
     ) -> Iterator[pa.RecordBatch]:
         """Streams the result as Arrow record batches: through the Storage Read API where the
         warehouse has one (one ordered stream, since the query orders), else page by page."""
-        job = self._query_job(canonical_sql("read_logs_window"), window_params(start, end, max_skew, pushdown))
+        job = self._query_job(*self.logs_query(canonical_sql("read_logs_window"), window_params(start, end, max_skew, pushdown)))
         rows = job.result(page_size=batch_rows)
         batches = rows.to_arrow_iterable(bqstorage_client=self.storage_client)
         for batch in rebatch(iter(batches), batch_rows):

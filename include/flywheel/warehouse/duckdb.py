@@ -149,8 +149,8 @@ class DuckDBWarehouse(Warehouse):
         max_skew: timedelta = DEFAULT_SKEW,
         pushdown: Pushdown = NO_PUSHDOWN,
     ) -> Iterator[pa.RecordBatch]:
-        params = window_params(start, end, max_skew, pushdown)
+        sql, params = self.logs_query(canonical_sql("read_logs_window"), window_params(start, end, max_skew, pushdown))
         with self._connect() as con:
-            reader = con.sql(canonical_sql("read_logs_window"), params=params).to_arrow_reader(batch_rows)
+            reader = con.sql(sql, params=params).to_arrow_reader(batch_rows)
             for batch in reader:
                 yield conform_window_batch(batch)

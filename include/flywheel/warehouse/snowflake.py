@@ -180,7 +180,7 @@ class SnowflakeWarehouse(Warehouse):
         pushdown: Pushdown = NO_PUSHDOWN,
     ) -> Iterator[pa.RecordBatch]:
         """Streams the result's Arrow chunks as Snowflake serves them (one at a time)."""
-        cur = self._cursor(canonical_sql("read_logs_window"), window_params(start, end, max_skew, pushdown))
+        cur = self._cursor(*self.logs_query(canonical_sql("read_logs_window"), window_params(start, end, max_skew, pushdown)))
         chunks = (b for table in cur.fetch_arrow_batches() for b in table.to_batches())
         for batch in rebatch(chunks, batch_rows):
             yield conform_window_batch(batch)

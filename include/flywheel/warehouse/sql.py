@@ -83,22 +83,33 @@ def prepare(sql: str, params: dict[str, Any] | None, dialect: str) -> tuple[str,
         raise WarehouseError(f"SQL parameters {sorted(names)} do not match the values given {sorted(params)}")
     if dialect != "snowflake":
         return tree.sql(dialect), params
-    positional: list[Any] = []
+    # Each placeholder gets a unique name, and the values follow the names' order in the text
+    # written: a tree's traversal order is not the text's (a WITH comes after its query).
+    marked: list[Any] = []
 
-    def to_position(node: exp.Expr) -> exp.Expr:
+    def mark(value: Any) -> exp.Placeholder:
+        marked.append(value)
+        return exp.Placeholder(this=f"{_MARK}{len(marked) - 1}")
+
+    def to_marked(node: exp.Expr) -> exp.Expr:
         if isinstance(node, exp.ArrayContains) and isinstance(node.this, exp.Placeholder):
-            values = list(params[node.this.name])
-            positional.extend(values)
-            return exp.In(this=node.expression, expressions=[exp.Placeholder() for _ in values])
+            return exp.In(this=node.expression, expressions=[mark(v) for v in params[node.this.name]])
         if not isinstance(node, exp.Placeholder) or not node.name:
             return node
         value = params[node.name]
         if isinstance(value, list | tuple):
             raise WarehouseError(f"list parameter {node.name!r} is only bound inside list_contains")
-        positional.append(value)
-        return exp.Placeholder()
+        return mark(value)
 
-    return tree.transform(to_position).sql(dialect), positional
+    text = tree.transform(to_marked).sql(dialect)
+    positional = [marked[int(i)] for i in _MARKED.findall(text)]
+    if len(positional) != len(marked):
+        raise WarehouseError("SQL parameters were lost in translation to Snowflake")
+    return _MARKED.sub("?", text), positional
+
+
+_MARK = "__flywheel_bind_"
+_MARKED = re.compile(r":" + _MARK + r"(\d+)\b")
 
 
 def check_identifier(name: str) -> str:
