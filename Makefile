@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # in memory); `make test TEST_WORKERS=0` runs in one process. See tests/conftest.py.
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 
-.PHONY: install emulators demo ingest test test-random test-slow test-all test-postgres compose-config airflow lint bench clean
+.PHONY: install emulators demo ingest test test-random test-slow test-all test-postgres test-celery compose-config airflow lint bench clean
 
 # Idempotent: reinstalls only when requirements.txt or pyproject.toml changed.
 $(STAMP): requirements.txt pyproject.toml
@@ -40,18 +40,18 @@ ingest: install
 ## cycles through real Airflow, the review UI in a browser). The Postgres stack test has its own
 ## target (`make test-postgres`), which CI runs after this one (.ci/run).
 test: install emulators
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not postgres" --durations=15
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not postgres and not celery" --durations=15
 
 ## `make test`'s selection in a shuffled order (pytest-randomly; the seed is printed in the
 ## header): no test may need another to have run first. `make test-random SEED=n` repeats an order.
 test-random: install emulators
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -p randomly $(if $(SEED),--randomly-seed=$(SEED)) -m "not slow and not postgres"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -p randomly $(if $(SEED),--randomly-seed=$(SEED)) -m "not slow and not postgres and not celery"
 
 ## The slow suites (the negative flywheel: a poisoned week through the cycle and the A/B, on the
 ## default tiny model; the learning test; a backfill run twice; the new-data twin through Airflow);
 ## CI runs them after `make test` and `make test-postgres`.
 test-slow: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "slow and not postgres" --durations=5
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "slow and not postgres and not celery" --durations=5
 
 test-all: install emulators
 	$(BIN)/python -m pytest
@@ -60,6 +60,12 @@ test-all: install emulators
 ## REST API: a triggered weekly run and a backfill of three weeks (CI runs it after `make test`).
 test-postgres: install
 	$(BIN)/python -m pytest -m postgres
+
+## The CeleryExecutor stack: Redis (scripts/redis.sh) as broker, PostgreSQL, the four services
+## and two Celery workers (default and training queue, each its own "machine" sharing only the
+## artefact bucket), driven through the REST API: a weekly run and a two-week backfill.
+test-celery: install
+	$(BIN)/python -m pytest -m celery
 
 ## Validate docker-compose.yaml (and .env) with Docker Compose v2's own parser; no engine needed.
 compose-config: install

@@ -178,6 +178,16 @@ class ArtefactStore:
             return Path(local).exists()
         return self._root().joinpath(self.key(local) + MANIFEST_SUFFIX).exists()
 
+    def published_in(self, local_dir: Path) -> list[str]:
+        """The names of the artefacts published directly under a local folder's key (checkpoints
+        a training on another machine left, say); none for a local store."""
+        if not self.remote:
+            return []
+        folder = self._root() / self.key(local_dir)
+        if not folder.exists():
+            return []
+        return sorted(p.name[: -len(MANIFEST_SUFFIX)] for p in folder.iterdir() if p.name.endswith(MANIFEST_SUFFIX))
+
     def fetch(self, local: Path) -> Path:
         """Make the published artefact present, verified, at its local path; returns that path.
         Locally this is the path itself, untouched."""

@@ -211,3 +211,97 @@ def test_cycle_stages_on_three_machines_share_only_the_bucket(tmp_path, gcs_buck
     assert (fetched / "adapters" / b.challenger_version / "adapter_model.safetensors").is_file()
     assert (fetched / "datasets" / a.cycle_id).is_dir()  # the decontamination check read it from the bucket
     assert wh.count("evaluations", {"cycle_id": c.cycle_id}) == 2
+
+
+@pytest.mark.slow  # three trainings of 160 steps between them: about a minute and a half
+def test_training_killed_on_one_machine_resumes_on_another_from_the_bucket(tmp_path, gcs_bucket, answer_fns):
+    """The training worker is lost mid-training (SIGKILL to the task and its training child):
+    its checkpoints left the machine as they completed, so the retry on a fresh machine resumes
+    from the last one, carries on to the end, and its adapter answers as an uninterrupted run's."""
+    import json
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+    from datetime import UTC, datetime
+
+    from flywheel.cycle import make_cycle
+    from flywheel.cycle.dataset import build_dataset
+    from flywheel.cycle.extract import extract_window
+    from flywheel.cycle.filtering import filter_candidates
+    from flywheel.cycle.train import train_challenger
+    from flywheel.cycle.validate import validate_rows
+    from flywheel.model import registry
+    from flywheel.model.training import train_lora, work_dir
+    from flywheel.sim.traffic import simulate_traffic
+    from flywheel.tables import rows_to_table
+    from flywheel.warehouse.duckdb import DuckDBWarehouse
+
+    root = f"gs://{gcs_bucket}/{uuid.uuid4().hex[:10]}"
+    end = datetime(2026, 3, 2, tzinfo=UTC)
+    overrides = {**SIMULATED_PRODUCT, "artefacts.root": root, "training.min_examples": 5, "filters.keep_fraction": 1.0,
+                 "tiny_model.pretrain_examples": 300, "tiny_model.pretrain_epochs": 1, "evaluation.golden_set_size": 40,
+                 "review.model_signals": False, "training.epochs": 40, "training.checkpoint_steps": 25}  # fmt: skip
+    wh = DuckDBWarehouse(tmp_path / "warehouse.duckdb", lock_timeout_s=30)
+    wh.ensure_schema()
+    logs = simulate_traffic(datetime(2026, 2, 9, tzinfo=UTC), answer_fns["half"], model_version="base:x",
+                            n_requests=80, seed=3, malformed_rate=0.0, adversarial_rate=0.0)  # fmt: skip
+    wh.merge("production_logs", rows_to_table("production_logs", logs.to_pylist()))
+
+    def machine(name: str):
+        config = FlywheelConfig(home=tmp_path / name).with_overrides(overrides)
+        return make_cycle("flywheel_weekly", data_interval_end=end, logical_date=end, config=config)
+
+    a = machine("a")
+    for stage in (extract_window, validate_rows, filter_candidates, build_dataset):
+        stage(a, wh)
+
+    # Machine b: the training task, in a process of its own, killed with its child once a
+    # checkpoint is in the bucket.
+    script = (
+        "import json, sys\n"
+        "from datetime import datetime\n"
+        "from flywheel.config import FlywheelConfig\n"
+        "from flywheel.cycle import make_cycle\n"
+        "from flywheel.cycle.train import train_challenger\n"
+        "from flywheel.warehouse.duckdb import DuckDBWarehouse\n"
+        "home, overrides, end, wh = sys.argv[1], json.loads(sys.argv[2]), datetime.fromisoformat(sys.argv[3]), sys.argv[4]\n"
+        "config = FlywheelConfig(home=home).with_overrides(overrides)\n"
+        "cycle = make_cycle('flywheel_weekly', data_interval_end=end, logical_date=end, config=config)\n"
+        "train_challenger(cycle, DuckDBWarehouse(wh, lock_timeout_s=30))\n"
+    )
+    b = machine("b")
+    checkpoints = work_dir(b.adapter_dir) / "checkpoints"
+    task = subprocess.Popen([sys.executable, "-c", script, str(tmp_path / "b"), json.dumps(overrides), end.isoformat(),
+                             str(tmp_path / "warehouse.duckdb")], start_new_session=True)  # fmt: skip
+    deadline = time.monotonic() + 300
+    published: list[str] = []
+    while time.monotonic() < deadline and task.poll() is None and not published:
+        published = ArtefactStore(b.config).published_in(checkpoints)
+        time.sleep(0.5)
+    assert task.poll() is None, "training finished before it could be killed"
+    assert published, "no checkpoint reached the bucket in time"
+    os.killpg(task.pid, signal.SIGKILL)
+    task.wait()
+    print(f"killed the training task on machine b; the bucket held {published}")
+    assert not ArtefactStore(b.config).published(b.adapter_dir)
+    shutil.rmtree(tmp_path / "b")
+
+    c = machine("c")
+    resumed = train_challenger(c, wh)
+    print(f"machine c resumed from step {resumed['resumed_from_step']} and trained to step {resumed['steps']}")
+    assert resumed["resumed_from_step"] >= int(published[-1].rsplit("-", 1)[-1]) > 0
+    steps_per_epoch = resumed["steps"] // overrides["training.epochs"]
+    assert resumed["steps"] == overrides["training.epochs"] * steps_per_epoch  # to the end, not started over
+
+    # The same training, never interrupted, on machine c's copies of its inputs.
+    store = ArtefactStore(c.config)
+    dataset = wh.select("datasets", {"cycle_id": c.cycle_id}).to_pylist()[0]
+    whole = train_lora(base_model=str(store.local(registry.get_model(wh, c.challenger_version).base_model)),
+                       dataset_path=Path(str(store.local(dataset["path"]))), output_dir=tmp_path / "uninterrupted",
+                       config=c.config.training)  # fmt: skip
+    assert whole.steps == resumed["steps"] and whole.resumed_from_step == 0
+    probes = lambda path: json.loads((path / "flywheel_training.json").read_text())["probes"]  # noqa: E731
+    assert probes(c.adapter_dir) == probes(tmp_path / "uninterrupted")

@@ -3,6 +3,7 @@ check, its twin trained without the window's newest days."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from datetime import datetime
@@ -16,7 +17,7 @@ from flywheel.cycle.spec import CycleSpec
 from flywheel.data.dataset import subset_chat_dataset
 from flywheel.errors import TrainingError
 from flywheel.model import registry
-from flywheel.model.training import train_lora_in_subprocess
+from flywheel.model.training import train_lora_in_subprocess, work_dir
 from flywheel.providers import prepare_base_model
 from flywheel.tables import rows_to_table
 from flywheel.warehouse import Warehouse
@@ -70,6 +71,26 @@ def train_twin(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     return out | {"n_newest": n_newest, "newest_window": [newest.start.isoformat(), newest.end.isoformat()]}
 
 
+def publish_checkpoint(store: ArtefactStore, work: Path, checkpoint: Path) -> None:
+    """A completed checkpoint into the bucket, with the stamp naming the run it belongs to."""
+    store.publish(work / "run.json")
+    store.publish(checkpoint)
+    log.info("checkpoint %s published", store.uri(checkpoint))
+
+
+def restore_checkpoint(store: ArtefactStore, work: Path) -> Path | None:
+    """The newest checkpoint a try on another machine published, fetched into this machine's
+    work folder (training then decides, by the run's stamp, whether it may resume from it)."""
+    names = [n for n in store.published_in(work / "checkpoints") if n.rsplit("-", 1)[-1].isdigit()]
+    if not names or not store.published(work / "run.json"):
+        return None
+    newest = max(names, key=lambda n: int(n.rsplit("-", 1)[-1]))
+    if (work / "checkpoints" / newest / "trainer_state.json").is_file():
+        return None  # this machine has it already
+    store.fetch(work / "run.json")
+    return store.fetch(work / "checkpoints" / newest)
+
+
 def ensure_base_model(config: FlywheelConfig, wh: Warehouse) -> str:
     """The base model's path or name; on the embedded default, build the tiny model if needed.
 
@@ -93,7 +114,19 @@ def _train_version(
             f"champion {champion.version} is built on {champion.base_model!r}, but training.base_model "
             f"resolves to {base!r}; an adapter cannot continue across base models"
         )
+    work = work_dir(output_dir)
+    restored = restore_checkpoint(store, work)
+    if restored:
+        log.info("%s: resuming from %s, left in %s by an earlier try", version, restored.name, store.location)
+    # What the run is, whichever machine runs it: references, not this machine's cache paths.
+    run_key = hashlib.sha256(json.dumps({"base": base, "data": dataset["content_hash"], "parent": champion.adapter_path,
+                                         "config": cycle.config.training.model_dump()}, sort_keys=True, default=str)
+                             .encode()).hexdigest()  # fmt: skip
     result = train_lora_in_subprocess(
+        run_key=run_key,
+        # A bucket root: each checkpoint leaves the machine as it completes, so that a retry on
+        # another worker (this one lost, preempted) resumes from it instead of starting over.
+        on_checkpoint=(lambda path: publish_checkpoint(store, work, path)) if store.remote else None,
         base_model=str(store.local(base)),
         dataset_path=Path(str(store.local(dataset["path"]))),
         output_dir=output_dir,

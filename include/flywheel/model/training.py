@@ -18,7 +18,9 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -213,11 +215,14 @@ def train_lora(
     config: TrainingConfig,
     parent_adapter: str | None = None,
     lineage: dict[str, Any] | None = None,
+    run_key: str | None = None,
 ) -> TrainResult:
     """Fine-tune a LoRA adapter on the chat dataset at ``dataset_path``; save it to ``output_dir``.
 
     Checkpoints go to ``<output_dir>.work/checkpoints`` every ``checkpoint_steps`` steps; a
-    rerun of the same run (same data, config, base and parent) resumes from the last one. The
+    rerun of the same run (same data, config, base and parent) resumes from the last one.
+    ``run_key`` names the run where local paths do not (the base and parent fetched from a
+    bucket into another machine's cache): by default the paths and the data's hash name it. The
     adapter is written in peft's standard format with the tokenizer, the metrics, the lineage
     and the greedy answers to a few probe prompts (`flywheel_training.json`), then moved into
     place whole.
@@ -257,8 +262,8 @@ def train_lora(
     )
     keep_order = bool(json.loads((dataset_path / "flywheel_manifest.json").read_text()).get("curriculum")) if (
         dataset_path / "flywheel_manifest.json").is_file() else False
-    work = output_dir.with_name(output_dir.name + ".work")
-    resume = _prepare_work_dir(work, _run_fingerprint(base_model, dataset_path, config, parent_adapter))
+    work = work_dir(output_dir)
+    resume = _prepare_work_dir(work, run_key or _run_fingerprint(base_model, dataset_path, config, parent_adapter))
     if resume:
         log.info("resuming %s from %s", output_dir.name, resume)
     args = TrainingArguments(
@@ -338,9 +343,52 @@ def main(argv: list[str] | None = None) -> int:
         config=TrainingConfig.model_validate(request["config"]),
         parent_adapter=request.get("parent_adapter"),
         lineage=request.get("lineage"),
+        run_key=request.get("run_key"),
     )
     print("FLYWHEEL_TRAIN_RESULT=" + json.dumps({**asdict(result), "adapter_path": str(result.adapter_path)}))
     return 0
+
+
+def work_dir(output_dir: Path) -> Path:
+    """Where a training keeps its checkpoints until the adapter is in place."""
+    return output_dir.with_name(output_dir.name + ".work")
+
+
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    """The checkpoints whose save finished, oldest first."""
+    found = [p for p in checkpoints.glob("checkpoint-*") if p.is_dir() and p.name.rsplit("-", 1)[-1].isdigit()]
+    return sorted((p for p in found if _complete(p)), key=lambda p: int(p.name.rsplit("-", 1)[-1]))
+
+
+class _CheckpointWatcher:
+    """Hands each checkpoint the training child completes to a callback, from a thread of the
+    parent (the child knows nothing of buckets). A failing callback is logged, not raised: a
+    checkpoint that did not get off the machine costs a retry some steps, not the training."""
+
+    def __init__(self, checkpoints: Path, callback: Callable[[Path], None], every_s: float = 2.0) -> None:
+        self.checkpoints, self.callback, self.every_s = checkpoints, callback, every_s
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="checkpoint-watcher", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            self.scan()
+
+    def scan(self) -> None:
+        for path in complete_checkpoints(self.checkpoints) if self.checkpoints.is_dir() else []:
+            if path.name in self.seen:
+                continue
+            self.seen.add(path.name)
+            try:
+                self.callback(path)
+            except Exception:  # noqa: BLE001 - see the class docstring
+                log.warning("could not hand over checkpoint %s", path, exc_info=True)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
 
 
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -359,11 +407,17 @@ def train_lora_in_subprocess(
     config: TrainingConfig,
     parent_adapter: str | None = None,
     lineage: dict[str, Any] | None = None,
+    run_key: str | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
-    """`train_lora` in a child process that dies with its parent (a killed task kills it)."""
+    """`train_lora` in a child process that dies with its parent (a killed task kills it).
+
+    ``on_checkpoint`` is called here, in the parent, with each checkpoint the child completes
+    (to copy it off the machine, so that a retry elsewhere resumes from it)."""
     request = {
         "base_model": base_model, "dataset_path": str(dataset_path), "output_dir": str(output_dir),
         "config": config.model_dump(), "parent_adapter": parent_adapter, "lineage": lineage or {},
+        "run_key": run_key,
     }  # fmt: skip
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(request, f, default=str)
@@ -375,6 +429,7 @@ def train_lora_in_subprocess(
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, preexec_fn=_die_with_parent,
         )  # fmt: skip
         assert proc.stdout is not None
+        watcher = _CheckpointWatcher(work_dir(output_dir) / "checkpoints", on_checkpoint) if on_checkpoint else None
         for line in proc.stdout:  # the child's log, live in the task's log
             line = line.rstrip()
             if line.startswith("FLYWHEEL_TRAIN_RESULT="):
@@ -383,6 +438,8 @@ def train_lora_in_subprocess(
                 log.info("[training] %s", line)
                 tail = [*tail[-29:], line]
         returncode = proc.wait()
+        if watcher:
+            watcher.stop()
     finally:
         Path(f.name).unlink(missing_ok=True)
     if returncode < 0:
