@@ -156,6 +156,17 @@ def test_dag_is_listed_with_docs_tags_and_params(env):
     assert {"lag_days", "epochs", "min_quality_score"} <= set(dag["params"])
 
 
+def test_the_run_reads_its_real_duration(env, first_run_homes):
+    """A cycle for a past week started when it ran, not at its logical date: the grid shows how
+    long it took (apache/airflow#66127, worked around in scripts/airflow_dags_test.py)."""
+    proc = subprocess.run([env["airflow"], "dags", "list-runs", DAG_ID, "-o", "json"], env=env["env"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    runs = [r for r in json.loads(proc.stdout[proc.stdout.index("["):]) if r["logical_date"].startswith(f"{LOGICAL_DATE:%Y-%m-%d}")]
+    assert runs, proc.stdout[-2000:]
+    started, ended = (datetime.fromisoformat(runs[0][k]) for k in ("start_date", "end_date"))
+    assert started.date() > LOGICAL_DATE.date() and timedelta(0) < ended - started < timedelta(hours=1)
+
+
 def test_cycle_counts_add_up_and_bad_rows_are_quarantined(env, first_run):
     wh = env["wh"]
     cycle = wh.select("cycles", {"cycle_id": CYCLE_ID}).to_pylist()
