@@ -184,6 +184,9 @@ class ArtefactStore:
         if not self.remote:
             return []
         folder = self._root() / self.key(local_dir)
+        # Listings are cached per filesystem instance (fsspec), and this one is asked again and
+        # again while another machine writes under it: always ask the bucket.
+        folder.fs.invalidate_cache(folder.path)
         if not folder.exists():
             return []
         return sorted(p.name[: -len(MANIFEST_SUFFIX)] for p in folder.iterdir() if p.name.endswith(MANIFEST_SUFFIX))
