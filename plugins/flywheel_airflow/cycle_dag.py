@@ -39,12 +39,21 @@ from flywheel_airflow.review_sensor import WaitForReviewSensor
 log = logging.getLogger(__name__)
 
 
+def retry_delay() -> timedelta:
+    """How long a failed task waits before its retry: ``FLYWHEEL_RETRY_DELAY_SECONDS`` where the
+    DAG is parsed (no file I/O at parse time), 120 by default."""
+    raw = os.environ.get("FLYWHEEL_RETRY_DELAY_SECONDS", "120")
+    if not raw.isdigit():
+        raise ValueError(f"FLYWHEEL_RETRY_DELAY_SECONDS must be a whole number of seconds, got {raw!r}")
+    return timedelta(seconds=int(raw))
+
+
 def default_args(config_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     """Retries, owner and the failure alert on every task; the DAG's fixed config overrides."""
     return {
         "owner": "ml-platform",
         "retries": 2,
-        "retry_delay": timedelta(minutes=2),
+        "retry_delay": retry_delay(),
         "on_failure_callback": [FlywheelAlertNotifier()],
         "config_overrides": dict(config_overrides or {}),
     }

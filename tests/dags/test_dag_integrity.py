@@ -216,3 +216,16 @@ def test_an_empty_optional_number_is_valid_in_the_form_and_a_set_one_keeps_its_b
             param.resolve(value=bad)
     # only number bounds move: a format stays where the form reads it (the date picker)
     assert params.get_param("window_start").schema["format"] == "date"
+
+
+def test_the_retry_delay_is_set_where_the_dag_is_parsed(dagbag, monkeypatch):
+    from datetime import timedelta
+
+    from flywheel_airflow.cycle_dag import retry_delay
+
+    assert all(t.retry_delay == timedelta(minutes=2) for t in dagbag.dags["flywheel_weekly"].tasks)  # the default
+    monkeypatch.setenv("FLYWHEEL_RETRY_DELAY_SECONDS", "10")
+    assert retry_delay() == timedelta(seconds=10)
+    monkeypatch.setenv("FLYWHEEL_RETRY_DELAY_SECONDS", "2m")
+    with pytest.raises(ValueError, match="whole number of seconds"):
+        retry_delay()

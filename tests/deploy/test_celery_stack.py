@@ -170,8 +170,10 @@ def stack(redis, postgres, flywheel, bucket) -> Iterator[dict[str, Any]]:
         "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + postgres,
         # Parsed into the DAG by the dag-processor: the training tasks' queue.
         "FLYWHEEL_TRAINING_QUEUE": TRAINING_QUEUE,
-        # A lost worker's task is failed (and retried) once its heartbeats stop for this long.
+        # A lost worker's task is failed once its heartbeats stop for this long, and retried
+        # after this delay (two minutes by default; CI's time is better spent elsewhere).
         "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",
+        "FLYWHEEL_RETRY_DELAY_SECONDS": "10",
     })  # fmt: skip
 
     def workers(svc: AirflowStack) -> None:
@@ -280,7 +282,7 @@ def lost_worker(stack, flywheel, backfill) -> dict[str, Any]:
                                    "--celery-hostname", f"{REPLACEMENT}@%h", "--without-mingle", "--without-gossip"],
             env=_machine(flywheel["root"], REPLACEMENT))  # fmt: skip
     print(f"fault: started a replacement training worker ({REPLACEMENT}) on a fresh machine")
-    got = wait_for_runs(stack, DAG_ID, [run_id], RUN_TIMEOUT_S + 300)  # + the heartbeat timeout and retry delay
+    got = wait_for_runs(stack, DAG_ID, [run_id], RUN_TIMEOUT_S + 120)  # + the heartbeat timeout and retry delay
     return {"run": got[run_id], "published": published, "cycle_id": cycle_id}
 
 

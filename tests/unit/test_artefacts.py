@@ -213,7 +213,7 @@ def test_cycle_stages_on_three_machines_share_only_the_bucket(tmp_path, gcs_buck
     assert wh.count("evaluations", {"cycle_id": c.cycle_id}) == 2
 
 
-@pytest.mark.slow  # three trainings of 160 steps between them: about a minute and a half
+@pytest.mark.slow  # three trainings of 80 steps between them: about a minute
 def test_training_killed_on_one_machine_resumes_on_another_from_the_bucket(tmp_path, gcs_bucket, answer_fns):
     """The training worker is lost mid-training (SIGKILL to the task and its training child):
     its checkpoints left the machine as they completed, so the retry on a fresh machine resumes
@@ -243,7 +243,7 @@ def test_training_killed_on_one_machine_resumes_on_another_from_the_bucket(tmp_p
     end = datetime(2026, 3, 2, tzinfo=UTC)
     overrides = {**SIMULATED_PRODUCT, "artefacts.root": root, "training.min_examples": 5, "filters.keep_fraction": 1.0,
                  "tiny_model.pretrain_examples": 300, "tiny_model.pretrain_epochs": 1, "evaluation.golden_set_size": 40,
-                 "review.model_signals": False, "training.epochs": 40, "training.checkpoint_steps": 25}  # fmt: skip
+                 "review.model_signals": False, "training.epochs": 20, "training.checkpoint_steps": 10}  # fmt: skip
     wh = DuckDBWarehouse(tmp_path / "warehouse.duckdb", lock_timeout_s=30)
     wh.ensure_schema()
     logs = simulate_traffic(datetime(2026, 2, 9, tzinfo=UTC), answer_fns["half"], model_version="base:x",
