@@ -364,14 +364,16 @@ def test_a_teams_own_table_is_read_in_place(backend, tmp_path, running):
         (7, None, "thumbs_up", None, 0.9, mid + 6 * H),  # no event time: windowed by its load time
         (8, cycle.window.end + H, "thumbs_up", None, 0.9, cycle.window.end + H),  # the next window's
     ]
-    for rid, at, feedback, edited, score, loaded in rows:
-        values = {"rid": rid, "uid": "user-0001", "prompt": good["prompt"], "response": good["response"], "feedback": feedback,
-                  "kind": "uppercase", "score": score, "served_by": "base:tiny-llama", "loaded": loaded}  # fmt: skip
-        ts = "$at" if at is not None else "NULL"
-        fix = "$edited" if edited is not None else "NULL"
-        values |= ({"at": at} if at is not None else {}) | ({"edited": edited} if edited is not None else {})
-        wh.execute(f"INSERT INTO {namespace}.llm_requests VALUES ($rid, {ts}, $uid, $prompt, $response, $feedback, {fix}, "
-                   "$kind, $score, $served_by, $loaded)", values)  # fmt: skip
+    # One statement for all rows: each statement is a job on the BigQuery emulator, seconds each.
+    tuples, values = [], {"uid": "user-0001", "prompt": good["prompt"], "response": good["response"],
+                          "kind": "uppercase", "served_by": "base:tiny-llama"}  # fmt: skip
+    for i, (rid, at, feedback, edited, score, loaded) in enumerate(rows):
+        values |= {f"rid{i}": rid, f"feedback{i}": feedback, f"score{i}": score, f"loaded{i}": loaded}
+        values |= ({f"at{i}": at} if at is not None else {}) | ({f"edited{i}": edited} if edited is not None else {})
+        ts = f"$at{i}" if at is not None else "NULL"
+        fix = f"$edited{i}" if edited is not None else "NULL"
+        tuples.append(f"($rid{i}, {ts}, $uid, $prompt, $response, $feedback{i}, {fix}, $kind, $score{i}, $served_by, $loaded{i})")
+    wh.execute(f"INSERT INTO {namespace}.llm_requests VALUES {', '.join(tuples)}", values)
 
     out = extract_window(cycle, wh)
     assert out["rows_in_window"] == 7 and out["source"] == f"{namespace}.llm_requests"

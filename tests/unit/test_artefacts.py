@@ -234,7 +234,8 @@ def test_training_killed_on_one_machine_resumes_on_another_from_the_bucket(tmp_p
     from flywheel.cycle.train import train_challenger
     from flywheel.cycle.validate import validate_rows
     from flywheel.model import registry
-    from flywheel.model.training import train_lora, work_dir
+    from flywheel.model.checkpoints import work_dir
+    from flywheel.model.training import train_lora
     from flywheel.sim.traffic import simulate_traffic
     from flywheel.tables import rows_to_table
     from flywheel.warehouse.duckdb import DuckDBWarehouse

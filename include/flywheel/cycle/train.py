@@ -17,7 +17,8 @@ from flywheel.cycle.spec import CycleSpec
 from flywheel.data.dataset import subset_chat_dataset
 from flywheel.errors import TrainingError
 from flywheel.model import registry
-from flywheel.model.training import train_lora_in_subprocess, work_dir
+from flywheel.model.checkpoints import work_dir
+from flywheel.model.training import train_lora_in_subprocess
 from flywheel.providers import prepare_base_model
 from flywheel.tables import rows_to_table
 from flywheel.warehouse import Warehouse
