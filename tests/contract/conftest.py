@@ -15,7 +15,7 @@ import pytest
 
 from flywheel.warehouse import Warehouse
 from scripts import emulators
-from tests.helpers.backends import BACKENDS, backend_config, open_warehouse
+from tests.helpers.backends import BACKENDS, backend_config, drop_bigquery_datasets, open_warehouse
 
 
 @pytest.fixture(scope="package")
@@ -35,6 +35,13 @@ def running(tmp_path_factory) -> Iterator[dict[str, emulators.Emulator]]:
     yield started
     for emulator in started.values():
         emulators.stop(emulator)
+
+
+@pytest.fixture(autouse=True)
+def _drop_bigquery_datasets() -> Iterator[None]:
+    """Each test's BigQuery datasets go when it ends (see `drop_bigquery_datasets`)."""
+    yield
+    drop_bigquery_datasets()
 
 
 @pytest.fixture(params=BACKENDS)
