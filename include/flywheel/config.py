@@ -209,6 +209,7 @@ PII_ENTITIES = (
     "US_PASSPORT",  # a passport number named as one ("passport no. X12345678")
     "DATE_OF_BIRTH",  # a date named as a birth date ("DOB: 1984-03-12", "born on 12 March 1984")
     "STREET_ADDRESS",  # a full postal address (US, CA, GB: pyap)
+    "PERSON",  # a person's name: a gazetteer, capitals and cue words (`flywheel.filters.names`)
 )
 
 

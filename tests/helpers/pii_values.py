@@ -129,7 +129,9 @@ def _dob(rng: random.Random) -> str:
 
 
 def _name(rng: random.Random) -> str:
-    return f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+    first, last = rng.choice(FIRST), rng.choice(LAST)
+    return rng.choice([f"{first} {last}", f"{first} {rng.choice(string.ascii_uppercase)}. {last}", f"Dr. {last}",
+                       f"Ms {first} {last}", f"{first.upper()} {last.upper()}"])  # fmt: skip
 
 
 def _address(rng: random.Random) -> str:

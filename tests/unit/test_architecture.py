@@ -23,6 +23,7 @@ HEAVY = {
     "detect_secrets",  # 0.46 s to import its plugins (python -X importtime), for the PII rule only
     "ftfy",  # 0.13 s to import, for validation's mojibake check only
     "pyap",  # address patterns, for the PII scanner only (imported with presidio)
+    "faker",  # its person providers are the name gazetteer (about 90 locales, seconds), PII scanner only
     "flywheel_airflow",  # imports Airflow (seconds): `flywheel.ingest` opens a cloud warehouse's connection through it
 }  # fmt: skip
 LONG_MODULE_LINES = 400

@@ -2,8 +2,9 @@
 
 Presidio runs on a blank spaCy pipeline (tokenisation only: no model download) with the pattern
 and checksum recognizers for e-mail, phone, credit card, IBAN, IP, US SSN and crypto wallet
-addresses, and a recognizer for secrets (API keys, tokens, private keys: `flywheel.filters.secrets`,
-detect-secrets' formats). The e-mail recognizer validates domains with `tldextract`, which by default fetches
+addresses, a recognizer for secrets (API keys, tokens, private keys: `flywheel.filters.secrets`,
+detect-secrets' formats) and one for person names (`flywheel.filters.names`: no NER model
+installs offline, so a gazetteer, capitals and cue words). The e-mail recognizer validates domains with `tldextract`, which by default fetches
 the public suffix list from the network; here it uses the snapshot bundled with the package.
 
 Text is scanned after `flywheel.text.strip_invisible`, so full-width characters and zero-width
@@ -20,6 +21,7 @@ from functools import cache
 from typing import Any
 
 from flywheel.config import PII_ENTITIES, FlywheelConfig
+from flywheel.filters.names import PERSON, find_names, may_hold_name
 from flywheel.filters.secrets import SECRET, extend_secret, may_hold_secret, secret_recognizer
 from flywheel.text import strip_invisible
 
@@ -103,6 +105,15 @@ def _recognizers(entities: Sequence[str]) -> list[Any]:
                     found.append(RecognizerResult(STREET_ADDRESS, address.match_start, address.match_end, 0.85))
             return found
 
+    class PersonNameRecognizer(EntityRecognizer):
+        """Person names by a gazetteer, capitals and cue words (`flywheel.filters.names`)."""
+
+        def load(self) -> None:
+            return None
+
+        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+            return [RecognizerResult(PERSON, start, end, score) for start, end, score in find_names(text)]
+
     def pattern(entity: str, name: str, regex: str, score: float = 0.85) -> Any:
         return PatternRecognizer(supported_entity=entity, name=f"{name}Recognizer", patterns=[Pattern(name, regex, score)])
 
@@ -122,6 +133,7 @@ def _recognizers(entities: Sequence[str]) -> list[Any]:
         "US_PASSPORT": lambda: [pattern("US_PASSPORT", "passport-named", PASSPORT_NAMED)],
         "DATE_OF_BIRTH": lambda: [pattern("DATE_OF_BIRTH", "birth-date-named", BIRTH_DATE_NAMED)],
         "STREET_ADDRESS": lambda: [PostalAddressRecognizer(supported_entities=[STREET_ADDRESS], name="PostalAddressRecognizer")],
+        PERSON: lambda: [PersonNameRecognizer(supported_entities=[PERSON], name="PersonNameRecognizer")],
     }  # fmt: skip
     return [r for e in entities for r in makers[e]()]
 
@@ -173,8 +185,13 @@ class PiiScanner:
     def scan(self, text: str) -> list[PiiHit]:
         """PII values in the normalised ``text`` (offsets refer to `strip_invisible(text)`)."""
         clean = strip_invisible(text)
-        if not clean or not may_hold_pii(clean):
+        if not clean:
             return []
+        if not may_hold_pii(clean):
+            # Nothing but a name can be there: the name finder alone, without presidio's pipeline.
+            if PERSON not in self.entities or not may_hold_name(clean):
+                return []
+            return [PiiHit(PERSON, b, e, score) for b, e, score in find_names(clean) if score >= self.min_score]
         hits: list[PiiHit] = []
         for start, own_start, own_end in _windows(len(clean)):
             results = self._analyzer().analyze(
