@@ -37,8 +37,8 @@ ingest: install
 	PYTHONPATH=plugins $(BIN)/python -m flywheel.ingest $(if $(SHAPE),--shape $(SHAPE)) $(FILES)
 
 ## The test suite (unit, DAG integrity, the warehouse contract on DuckDB and both emulators,
-## cycles through real Airflow, the review UI in a browser). The Postgres stack test has its own
-## target (`make test-postgres`), which CI runs after this one (.ci/run).
+## cycles through real Airflow, the review UI in a browser). The stack tests have their own
+## targets (`make test-celery`, which CI runs after this one, and `make test-postgres`).
 test: install emulators
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not slow and not postgres and not celery" --durations=15
 
@@ -49,7 +49,7 @@ test-random: install emulators
 
 ## The slow suites (the negative flywheel: a poisoned week through the cycle and the A/B, on the
 ## default tiny model; the learning test; a backfill run twice; the new-data twin through Airflow);
-## CI runs them after `make test` and `make test-postgres`.
+## CI runs them after `make test` and `make test-celery`.
 test-slow: install
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile -m "slow and not postgres and not celery" --durations=5
 
@@ -57,7 +57,8 @@ test-all: install emulators
 	$(BIN)/python -m pytest
 
 ## Airflow's services on a PostgreSQL of their own (scripts/postgres.sh), driven through the
-## REST API: a triggered weekly run and a backfill of three weeks (CI runs it after `make test`).
+## REST API: a triggered weekly run and a backfill of three weeks. Not in CI: the Celery stack
+## test covers it on the same Postgres, and CI's 60 minutes do not hold both.
 test-postgres: install
 	$(BIN)/python -m pytest -m postgres
 

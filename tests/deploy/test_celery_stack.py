@@ -30,6 +30,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from scripts import emulators
@@ -201,6 +202,15 @@ def backfill(stack, triggered) -> dict[str, Any]:
 
 def _all_runs(triggered, backfill) -> dict[str, dict[str, Any]]:
     return {triggered["run"]["dag_run_id"]: triggered["run"], **backfill["runs"]}
+
+
+def test_api_requires_a_token(stack):
+    """The REST API is closed without the JWT, and a wrong password gets no token."""
+    url = stack["stack"].url
+    assert httpx.get(f"{url}/api/v2/dags", timeout=10).status_code == 401
+    assert stack["api"].http.get("/api/v2/dags").status_code == 200
+    guess = {"username": "admin", "password": secrets.token_urlsafe(18)}
+    assert httpx.post(f"{url}/auth/token", json=guess, timeout=10).status_code == 401
 
 
 def test_every_task_of_a_run_and_a_backfill_succeeds_on_celery(stack, triggered, backfill):
