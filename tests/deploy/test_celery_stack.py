@@ -11,9 +11,11 @@ network). Through REST API v2: a weekly run and a two-week backfill; every task 
 training tasks ran on the training worker and the rest on the default worker, the adapters are in
 the bucket, and the warehouse holds each cycle once.
 
-Then a fault: the training worker is SIGKILLed mid-training (the machine lost); the scheduler
+Then two faults: the training worker is SIGKILLed mid-training (the machine lost); the scheduler
 sees the task's heartbeats stop, the retry goes to a new training worker on a fresh machine, and
-it resumes from the last checkpoint the lost one left in the bucket.
+it resumes from the last checkpoint the lost one left in the bucket. And the scheduler is
+SIGKILLed while a run's task is on a worker; a new scheduler takes the run over and it completes,
+once: one run, each cycle's rows once in the warehouse.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ TRAINING_TASKS = {"train_lora", "train_twin_without_newest_window"}
 WORKERS = {"default": "flywheel-cpu-worker", TRAINING_QUEUE: "flywheel-training-worker"}
 FAULT_RUN = TRIGGERED + timedelta(weeks=1)  # the run whose training worker is lost
 REPLACEMENT = "flywheel-training-worker-2"
+SCHEDULER_FAULT_RUN = FAULT_RUN + timedelta(weeks=1)  # the run whose scheduler is lost
 
 
 def _cycle_id(logical_date: datetime) -> str:
@@ -137,7 +140,7 @@ def flywheel(tmp_path_factory, bucket) -> Iterator[dict[str, Any]]:
             wh.ensure_schema()
             registry.ensure_bootstrap_champion(wh, resolve_base_model(config))
             first_week = min(BACKFILLED) - timedelta(weeks=LAG_WEEKS)
-            for w in range(len(BACKFILLED) + 2):  # the fault run's week too
+            for w in range(len(BACKFILLED) + 3):  # the fault runs' weeks too
                 serve_week(config, wh, first_week + timedelta(weeks=w))
         yield {"root": root, "home": home, "config_path": config_path, "config": config, "artefacts": artefacts}
     finally:
@@ -315,3 +318,45 @@ def test_a_lost_training_worker_is_replaced_and_the_retry_resumes(stack, flywhee
     last = max(int(name.rsplit("-", 1)[-1]) for name in lost_worker["published"])
     print(f"fault: the retry resumed from step {metrics['resumed_from_step']} of {metrics['steps']}")
     assert metrics["resumed_from_step"] >= last > 0 and metrics["steps"] > metrics["resumed_from_step"]
+
+
+@pytest.fixture(scope="module")
+def lost_scheduler(stack, flywheel, lost_worker) -> dict[str, Any]:
+    """A run whose scheduler is SIGKILLed while one of its tasks runs on a worker; a new
+    scheduler starts a few seconds later. Prints what it did and saw."""
+    api: RestClient = stack["api"]
+    svc: AirflowStack = stack["stack"]
+    run = api.call("POST", f"/dags/{DAG_ID}/dagRuns", json={"logical_date": SCHEDULER_FAULT_RUN.isoformat(), "conf": {}})
+    run_id = run["dag_run_id"]
+
+    def running() -> list[str] | None:
+        return [t for t, ti in task_instances(api, DAG_ID, run_id).items() if ti["state"] == "running"] or None
+
+    busy = wait("a task of the run on a worker", running, RUN_TIMEOUT_S, svc, every_s=0.5)
+    svc.kill("scheduler")
+    print(f"fault: SIGKILLed the scheduler while {busy} ran")
+    time.sleep(5)
+    states = {t: ti["state"] for t, ti in task_instances(api, DAG_ID, run_id).items()}
+    print(f"fault: with no scheduler, the run's tasks were {sorted(set(states.values()) - {None})}")
+    svc.add("scheduler", ["scheduler"])
+    print("fault: started a new scheduler")
+    got = wait_for_runs(stack, DAG_ID, [run_id], RUN_TIMEOUT_S + 120)
+    return {"run": got[run_id], "busy": busy, "cycle_id": _cycle_id(SCHEDULER_FAULT_RUN)}
+
+
+def test_a_killed_scheduler_is_replaced_and_the_run_completes_once(stack, flywheel, lost_scheduler):
+    from flywheel.warehouse.duckdb import DuckDBWarehouse
+
+    api: RestClient = stack["api"]
+    run_id = lost_scheduler["run"]["dag_run_id"]
+    tis = task_instances(api, DAG_ID, run_id)
+    states = {t: ti["state"] for t, ti in tis.items()}
+    assert lost_scheduler["run"]["state"] == "success", (states, task_log_tail(stack["stack"], DAG_ID, run_id, states))
+    tries = {t: ti["try_number"] for t, ti in tis.items() if ti["state"] == "success"}
+    print(f"fault: the run succeeded; tries per task {tries}")
+    runs = api.call("GET", f"/dags/{DAG_ID}/dagRuns", params={"logical_date_gte": SCHEDULER_FAULT_RUN.isoformat(),
+                                                              "logical_date_lte": SCHEDULER_FAULT_RUN.isoformat()})  # fmt: skip
+    assert runs["total_entries"] == 1, runs
+    wh = DuckDBWarehouse(flywheel["config"].duckdb_path)
+    cycles = {_cycle_id(d) for d in [*BACKFILLED, TRIGGERED, FAULT_RUN, SCHEDULER_FAULT_RUN]}
+    assert_each_cycle_once(wh, cycles, min_logs=5 * 300)
