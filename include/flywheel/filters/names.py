@@ -53,14 +53,14 @@ NOT_NAMES = frozenset(
     bridge beach bay island islands valley creek forest wood woods field fields north south east west
     northern southern eastern western new old great little big grand upper lower central city town
     county state states country kingdom republic united university college school academy hospital
-    clinic airport bank church chapel hall tower centre center house street market museum library
-    hotel restaurant cafe bar club team group company inc ltd llc corp corporation office department
-    ministry council court police fire army navy day night morning evening week month year time
+    clinic airport bank church chapel hall tower centre center house market museum library
+    hotel restaurant cafe bar club group company inc ltd llc corp corporation office department
+    ministry council police fire army navy day night morning evening week month year time
     black white green brown gray grey red blue gold silver rose golden english french german spanish
-    italian chinese japanese english american british european african asian christmas easter god lord
+    italian chinese japanese american british european african asian christmas easter god lord
     king queen prince princess duke earl lady saint san santa los las del la le de van von al el
-    will can may must shall should would could might love hope joy faith grace art job star sky sun
-    moon rain snow storm wind stone rock water fire light dark bright sweet happy lucky young long short
+    will can must shall should would could might love hope joy faith grace art job star sky sun
+    moon rain snow storm wind stone rock water light dark bright sweet happy lucky young long short
     rich poor strong wise early late dear thanks thank hi hello hey regards sincerely cheers best kind
     please sorry yes no okay ok true false none null cloud data code python java rust go ruby swift
     general major minor public private line press add server client media meta case key font list room
@@ -88,15 +88,11 @@ def gazetteer() -> tuple[frozenset[str], frozenset[str]]:
             values = getattr(provider, attribute)
             if "name" not in attribute or not isinstance(values, dict | list | tuple):
                 continue
-            into = (
-                first
-                if attribute.startswith("first_")
-                else last
-                if attribute.startswith("last_")
-                else None
-            )
-            if into is not None:
-                into.update(v.casefold() for v in values if isinstance(v, str) and _latin_word(v))
+            names = {v.casefold() for v in values if isinstance(v, str) and _latin_word(v)}
+            if attribute.startswith("first_"):
+                first |= names
+            elif attribute.startswith("last_"):
+                last |= names
     drop = NOT_NAMES | _stop_words()
     return frozenset(first - drop), frozenset(last - drop)
 
