@@ -32,7 +32,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from scripts import emulators
@@ -40,6 +39,7 @@ from tests.helpers.airflow_stack import (
     ROOT,
     AirflowStack,
     RestClient,
+    assert_api_requires_a_token,
     assert_each_cycle_once,
     free_port,
     postgres_server,
@@ -208,12 +208,7 @@ def _all_runs(triggered, backfill) -> dict[str, dict[str, Any]]:
 
 
 def test_api_requires_a_token(stack):
-    """The REST API is closed without the JWT, and a wrong password gets no token."""
-    url = stack["stack"].url
-    assert httpx.get(f"{url}/api/v2/dags", timeout=10).status_code == 401
-    assert stack["api"].http.get("/api/v2/dags").status_code == 200
-    guess = {"username": "admin", "password": secrets.token_urlsafe(18)}
-    assert httpx.post(f"{url}/auth/token", json=guess, timeout=10).status_code == 401
+    assert_api_requires_a_token(stack)
 
 
 def test_every_task_of_a_run_and_a_backfill_succeeds_on_celery(stack, triggered, backfill):

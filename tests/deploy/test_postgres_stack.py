@@ -16,18 +16,17 @@ test_celery_stack.py; the compose file's wiring of it is checked in test_compose
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from tests.helpers.airflow_stack import (
     RestClient,
+    assert_api_requires_a_token,
     assert_each_cycle_once,
     free_port,
     postgres_server,
@@ -121,12 +120,7 @@ def backfill(stack, triggered) -> dict[str, Any]:
 
 
 def test_api_requires_a_token(stack):
-    """The REST API is closed without the JWT, and a wrong password gets no token."""
-    url = stack["stack"].url
-    assert httpx.get(f"{url}/api/v2/dags", timeout=10).status_code == 401
-    assert stack["api"].http.get("/api/v2/dags").status_code == 200
-    guess = {"username": "admin", "password": secrets.token_urlsafe(18)}
-    assert httpx.post(f"{url}/auth/token", json=guess, timeout=10).status_code == 401
+    assert_api_requires_a_token(stack)
 
 
 def test_triggered_weekly_run_succeeds_on_postgres(stack, triggered):

@@ -129,6 +129,15 @@ class RestClient:
         return resp.json() if resp.content else None
 
 
+def assert_api_requires_a_token(stack: dict[str, Any]) -> None:
+    """The REST API of a `running_stack` is closed without the JWT, and a wrong password gets no token."""
+    url = stack["stack"].url
+    assert httpx.get(f"{url}/api/v2/dags", timeout=10).status_code == 401
+    assert stack["api"].http.get("/api/v2/dags").status_code == 200
+    guess = {"username": "admin", "password": secrets.token_urlsafe(18)}
+    assert httpx.post(f"{url}/auth/token", json=guess, timeout=10).status_code == 401
+
+
 def wait(what: str, check: Callable[[], Any], timeout_s: float, stack: AirflowStack, every_s: float = 3.0) -> Any:
     deadline = time.monotonic() + timeout_s
     while True:
