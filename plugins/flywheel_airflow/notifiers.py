@@ -97,7 +97,7 @@ def run_url(base_url: str, dag_id: str, run_id: str) -> str:
 
 def render_alert(alert: dict[str, Any], *, base_url: str) -> tuple[str, str]:
     """Subject and plain-text body of an alert."""
-    what = {"gate_failed": "gate failed", "stagnation": "flywheel stagnant", "rollback": "model rolled back"}.get(
+    what = {"gate_failed": "gate failed", "stagnation": "flywheel stagnant", "starved": "flywheel starved of data", "rollback": "model rolled back"}.get(
         alert["kind"], "task failed"
     )
     subject = f"[flywheel] {alert['dag_id']}.{alert['task_id']}: {what}"

@@ -273,8 +273,9 @@ class WriteReportOperator(FlywheelStageOperator):
 
 
 def stagnation_alert_due(result: dict[str, Any], params: dict[str, Any] | None) -> bool:
-    """Whether `record_cycle`'s result should alert operators of a stagnant flywheel."""
-    if not (result.get("stagnation") or {}).get("stagnant"):
+    """Whether `record_cycle`'s result should alert operators of a stagnant or starved flywheel."""
+    stagnation = result.get("stagnation") or {}
+    if not (stagnation.get("stagnant") or stagnation.get("starved")):
         return False
     if (params or {}).get("skip_training"):
         log.info("stagnation diagnosed but not alerted: this run was told to skip training")
@@ -285,8 +286,9 @@ def stagnation_alert_due(result: dict[str, Any], params: dict[str, Any] | None) 
 class RecordCycleOperator(FlywheelStageOperator):
     """The cycle's summary row and velocity metrics; runs even when training was skipped.
 
-    When the flywheel is stagnant (no real gain for several cycles) it alerts operators with
-    the likely causes, through the same channels as a failed gate; the task itself succeeds. A
+    When the flywheel is stagnant (no real gain over several cycles that evaluated a challenger)
+    or starved (several cycles in a row trained none) it alerts operators with the likely
+    causes, through the same channels as a failed gate; the task itself succeeds. A
     run an operator told to train nothing (``skip_training``) records the diagnosis but raises
     no alert: it is no evidence that the flywheel stalled."""
 
@@ -296,7 +298,8 @@ class RecordCycleOperator(FlywheelStageOperator):
         result = super().execute(context)
         if stagnation_alert_due(result, context.get("params")):
             stagnation = result["stagnation"]
-            alert, alert_id = _alert(context, "stagnation", f"[{context['ti'].dag_id}] flywheel {stagnation['summary']}")
+            kind = "stagnation" if stagnation["stagnant"] else "starved"
+            alert, alert_id = _alert(context, kind, f"[{context['ti'].dag_id}] flywheel {stagnation['summary']}")
             log.warning("FLYWHEEL ALERT %s", alert["message"])
             deliver_alert(self._config, alert, alert_id=alert_id, raised_at=datetime.now(UTC))
         return result

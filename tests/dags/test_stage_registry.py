@@ -64,3 +64,5 @@ def test_a_stagnant_flywheel_alerts_unless_the_run_was_told_to_skip_training():
     assert operators.stagnation_alert_due(stagnant, None)
     assert not operators.stagnation_alert_due(stagnant, {"skip_training": True})
     assert not operators.stagnation_alert_due({"stagnation": {"stagnant": False}}, {})
+    starved = {"stagnation": {"stagnant": False, "starved": True, "summary": "starved: 3 cycles in a row trained no challenger"}}
+    assert operators.stagnation_alert_due(starved, {}) and not operators.stagnation_alert_due(starved, {"skip_training": True})

@@ -586,8 +586,9 @@ def test_dataset_without_a_validation_split(tmp_path, make_log_row):
     assert ds["validation"].column_names == ds["train"].column_names
 
 
-def test_record_diagnoses_a_stagnant_flywheel(world):
-    """Three cycles in a row with no challenger: stagnant, with the volume named as a cause."""
+def test_record_diagnoses_a_starved_flywheel(world):
+    """Three cycles in a row with no challenger: starved (not stagnant: no challenger was judged),
+    with the volume named as a cause."""
     registry.ensure_bootstrap_champion(world.wh, BASE)
     results = []
     for week in range(3):
@@ -597,10 +598,11 @@ def test_record_diagnoses_a_stagnant_flywheel(world):
         validate_rows(cycle, world.wh)
         filter_candidates(cycle, world.wh)
         results.append(record_cycle(cycle, world.wh))
-    assert [r["stagnation"]["stagnant"] for r in results] == [False, False, True]
-    assert results[-1]["stagnation"]["cycles_without_gain"] == 3
+    assert [r["stagnation"]["starved"] for r in results] == [False, False, True]
+    assert not any(r["stagnation"]["stagnant"] for r in results)
+    assert (results[-1]["stagnation"]["cycles_without_challenger"], results[-1]["stagnation"]["cycles_without_gain"]) == (3, 0)
     assert any("too little volume" in c for c in results[-1]["stagnation"]["causes"])
     last = {r["name"]: r["value"] for r in world.wh.select("metrics", {"cycle_id": results[-1]["cycle_id"]}).to_pylist()}
-    assert last["stagnant"] == 1.0 and last["cycles_without_gain"] == 3.0
+    assert last["starved"] == 1.0 and last["cycles_without_challenger"] == 3.0 and last["stagnant"] == 0.0
     first = {r["name"]: r["value"] for r in world.wh.select("metrics", {"cycle_id": results[0]["cycle_id"]}).to_pylist()}
     assert abs(sum(v for k, v in first.items() if k.startswith("mix.")) - 1.0) < 1e-9  # the window's task mix

@@ -20,12 +20,26 @@ def test_healthy_gains_are_not_stagnation():
     assert not d.stagnant and d.cycles_without_gain == 0
 
 
-def test_stagnant_after_n_cycles_without_a_real_gain():
-    history = [cycle(0.05), cycle(0.01), cycle(None), cycle(-0.02)]
+def test_stagnant_after_n_evaluated_cycles_without_a_real_gain():
+    history = [cycle(0.05), cycle(0.01), cycle(None), cycle(-0.02), cycle(0.0)]
     d = diagnose_stagnation(history, CFG)
-    assert d.stagnant and d.cycles_without_gain == 3
+    assert d.stagnant and d.cycles_without_gain == 3 and not d.starved
     assert d.causes == ["no cause visible in the metrics: volume, pass rate and mix look healthy; check the model and recipe"]
-    assert not diagnose_stagnation(history[:-1], CFG).stagnant  # only two cycles without a gain
+    assert d.describe().startswith("stagnant for 3 evaluated cycles")
+    # The cycle that trained nothing is no evidence either way: two evaluated cycles are not three.
+    assert not diagnose_stagnation(history[:-1], CFG).stagnant
+    assert diagnose_stagnation(history[:-1], CFG).cycles_without_gain == 2
+
+
+def test_cycles_that_train_nothing_are_starved_not_stagnant():
+    history = [cycle(0.05), cycle(None, per_day=5), cycle(None, per_day=5), cycle(None, per_day=5)]
+    d = diagnose_stagnation(history, CFG)
+    assert d.starved and not d.stagnant
+    assert (d.cycles_without_challenger, d.cycles_without_gain) == (3, 0)
+    assert d.describe().startswith("starved: 3 cycles in a row trained no challenger; likely causes: too little volume")
+    assert not diagnose_stagnation(history[:-1], CFG).starved
+    # A week that trains again ends the starvation, whatever it gained.
+    assert not diagnose_stagnation([*history, cycle(0.0)], CFG).starved
 
 
 def test_causes_are_named_from_the_metrics():

@@ -85,12 +85,14 @@ def record_cycle(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     wh.replace_partition("metrics", {"cycle_id": cycle.cycle_id}, rows_to_table("metrics", metric_rows(cycle, metrics, now)))
     diagnosis = _diagnose(cycle, wh, evals.get("champion"))
     wh.merge("metrics", rows_to_table("metrics", metric_rows(cycle, {
-        "stagnant": float(diagnosis.stagnant), "cycles_without_gain": float(diagnosis.cycles_without_gain)}, now)))  # fmt: skip
-    if diagnosis.stagnant:
+        "stagnant": float(diagnosis.stagnant), "cycles_without_gain": float(diagnosis.cycles_without_gain),
+        "starved": float(diagnosis.starved), "cycles_without_challenger": float(diagnosis.cycles_without_challenger)}, now)))  # fmt: skip
+    if diagnosis.stagnant or diagnosis.starved:
         log.warning("%s: flywheel %s", cycle.cycle_id, diagnosis.describe())
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()} | {
         "metrics": metrics,
         "stagnation": {"stagnant": diagnosis.stagnant, "cycles_without_gain": diagnosis.cycles_without_gain,
+                       "starved": diagnosis.starved, "cycles_without_challenger": diagnosis.cycles_without_challenger,
                        "causes": diagnosis.causes, "summary": diagnosis.describe()},
     }  # fmt: skip
 

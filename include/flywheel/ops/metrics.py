@@ -128,14 +128,25 @@ def format_rule_table(rates: dict[str, dict[str, tuple[float, int]]]) -> str:
 
 @dataclass(frozen=True)
 class StagnationDiagnosis:
+    """``stagnant``: the last ``cycles_without_gain`` cycles that evaluated a challenger gained too
+    little. ``starved``: the last ``cycles_without_challenger`` cycles trained none at all (too few
+    examples survived, a gate failed): no evidence about the model, but the flywheel is not turning."""
+
     stagnant: bool
     cycles_without_gain: int
     causes: list[str]
+    starved: bool = False
+    cycles_without_challenger: int = 0
 
     def describe(self) -> str:
-        if not self.stagnant:
-            return f"not stagnant ({self.cycles_without_gain} cycles without a gain)"
-        return f"stagnant for {self.cycles_without_gain} cycles; likely causes: " + "; ".join(self.causes)
+        if not (self.stagnant or self.starved):
+            return f"not stagnant ({self.cycles_without_gain} evaluated cycles without a gain)"
+        said = []
+        if self.stagnant:
+            said.append(f"stagnant for {self.cycles_without_gain} evaluated cycles")
+        if self.starved:
+            said.append(f"starved: {self.cycles_without_challenger} cycles in a row trained no challenger")
+        return " and ".join(said) + "; likely causes: " + "; ".join(self.causes)
 
 
 def _mix_shift(latest: dict[str, float], earlier: list[dict[str, float]]) -> float:
@@ -151,16 +162,20 @@ def diagnose_stagnation(history: list[dict[str, Any]], config: VelocityConfig) -
     """Is the flywheel stuck, and why? ``history`` is one dict per cycle, oldest first, with
     ``quality_delta`` (None when no challenger was trained), ``examples_per_day``,
     ``filter_pass_rate``, ``task_mix`` ({task_type: share}) and ``champion_per_task``
-    ({task_type: golden accuracy})."""
-    without_gain = 0
-    for h in reversed(history):
-        delta = h.get("quality_delta")
-        if delta is not None and delta >= config.stagnation_min_delta:
-            break
-        without_gain += 1
-    if without_gain < config.stagnation_cycles:
-        return StagnationDiagnosis(False, without_gain, [])
-    recent = history[-config.stagnation_cycles :]
+    ({task_type: golden accuracy}).
+
+    Stagnation is judged only on the cycles that evaluated a challenger: a cycle that trained
+    nothing says nothing about whether the model still learns. A run of such cycles is named
+    apart, as starved, since its causes (volume, filters, gates) are upstream of the model."""
+    n = config.stagnation_cycles
+    evaluated = [h for h in history if h.get("quality_delta") is not None]
+    without_gain = next((i for i, h in enumerate(reversed(evaluated)) if h["quality_delta"] >= config.stagnation_min_delta),
+                        len(evaluated))  # fmt: skip
+    without_challenger = next((i for i, h in enumerate(reversed(history)) if h.get("quality_delta") is not None), len(history))
+    stagnant, starved = without_gain >= n, without_challenger >= n
+    if not (stagnant or starved):
+        return StagnationDiagnosis(False, without_gain, [], False, without_challenger)
+    recent = history[-n:] if starved else evaluated[-n:]
     causes: list[str] = []
     volume = median(h.get("examples_per_day") or 0.0 for h in recent)
     if volume < config.min_examples_per_day:
@@ -175,6 +190,8 @@ def diagnose_stagnation(history: list[dict[str, Any]], config: VelocityConfig) -
     shift = _mix_shift(history[-1].get("task_mix") or {}, [h.get("task_mix") or {} for h in history[:-1]])
     if shift > config.max_mix_shift:
         causes.append(f"drift in the traffic mix: total variation {shift:.2f} > {config.max_mix_shift:g} vs earlier cycles")
-    if not causes:
+    if not causes and starved:
+        causes.append("no cause visible in the metrics: check why build_dataset or a gate stopped each cycle (its log and alerts)")
+    elif not causes:
         causes.append("no cause visible in the metrics: volume, pass rate and mix look healthy; check the model and recipe")
-    return StagnationDiagnosis(True, without_gain, causes)
+    return StagnationDiagnosis(stagnant, without_gain, causes, starved, without_challenger)

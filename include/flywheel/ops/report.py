@@ -283,12 +283,12 @@ def write_cycle_report(
     promo = wh.select("promotions", {"cycle_id": cycle_id}).to_pylist()
     if promo:
         lines.append(f"- Decision: {promo[0]['reason']}")
-    if metrics.get("stagnant"):
-        alert = wh.query(
-            "SELECT message FROM alerts WHERE kind = 'stagnation' AND run_id IS NOT NULL ORDER BY raised_at DESC LIMIT 1"
-        ).to_pylist()
-        lines.append(f"- **Stagnant** for {int(metrics.get('cycles_without_gain', 0))} cycles"
-                     + (f": {alert[0]['message']}" if alert else ""))  # fmt: skip
+    for flag, kind, label, count in (("stagnant", "stagnation", "Stagnant", "cycles_without_gain"),
+                                     ("starved", "starved", "Starved", "cycles_without_challenger")):  # fmt: skip
+        if metrics.get(flag):
+            alert = wh.query(f"SELECT message FROM alerts WHERE kind = '{kind}' AND run_id IS NOT NULL ORDER BY raised_at DESC LIMIT 1").to_pylist()
+            unit = "evaluated cycles without a gain" if flag == "stagnant" else "cycles in a row without a challenger"
+            lines.append(f"- **{label}**: {int(metrics.get(count, 0))} {unit}" + (f": {alert[0]['message']}" if alert else ""))
     lines += ["", "## Learning curve", "", f"![learning curve]({CURVE_FILE})", "",
               "## Velocity", "", "![velocity](velocity.png)", "", "```", format_velocity_table(rows), "```", "",
               "## Filters", "", "![pass rates](pass_rates.png)", ""]  # fmt: skip

@@ -276,8 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     ).to_pylist()
     print(
         f"Velocity (last cycle): {last_metrics.get('examples_per_day', 0):.1f} examples/day, pass rate "
-        f"{last_metrics.get('filter_pass_rate', 0):.1%}, {int(last_metrics.get('cycles_without_gain', 0))} cycles "
-        "without a gain of at least velocity.stagnation_min_delta"
+        f"{last_metrics.get('filter_pass_rate', 0):.1%}, {int(last_metrics.get('cycles_without_gain', 0))} evaluated "
+        "cycles without a gain of at least velocity.stagnation_min_delta"
         + (f"\nStagnation alert: {stalled[0]['message']}" if stalled and last_metrics.get("stagnant") else "")
     )
     print_offline_and_ab(wh)
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print("\nVelocity per cycle, with the phase each ended in (days to gain: since the previous promotion):\n")
     print(format_velocity_table(velocity_rows(wh)))
-    diagnosis = wh.query("SELECT message FROM alerts WHERE kind = 'stagnation' ORDER BY raised_at DESC LIMIT 1").to_pylist()
+    diagnosis = wh.query("SELECT message FROM alerts WHERE kind IN ('stagnation', 'starved') ORDER BY raised_at DESC LIMIT 1").to_pylist()
     if diagnosis:
         print(f"Diagnosis: {diagnosis[0]['message']}")
     print_curve(wh, config)
