@@ -185,9 +185,10 @@ def stack_env(root: Path, flywheel_home: Path, config_path: Path, database_url: 
 
 @contextmanager
 def running_stack(root: Path, env: dict[str, str], port: int, dag_id: str,
-                  before_login: Callable[[AirflowStack], None] | None = None) -> Iterator[dict[str, Any]]:  # fmt: skip
+                  before_login: Callable[[AirflowStack], None] | None = None, *, unpause: bool = True) -> Iterator[dict[str, Any]]:  # fmt: skip
     """The stack up (and whatever ``before_login`` adds), the admin logged in through the API,
-    ``dag_id`` parsed and unpaused; stopped when the block ends."""
+    ``dag_id`` parsed and, with ``unpause``, unpaused; stopped when the block ends. Yields
+    ``{"api", "stack", "password"}``."""
     svc = AirflowStack(root, env, port)
     svc.start()
     try:
@@ -204,8 +205,9 @@ def running_stack(root: Path, env: dict[str, str], port: int, dag_id: str,
         password = json.loads((root / "passwords.json").read_text())["admin"]
         api = RestClient(svc.url, "admin", password)
         wait("the dag-processor to parse the DAG", lambda: api.http.get(f"/api/v2/dags/{dag_id}").status_code == 200, 240, svc)
-        assert api.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})["is_paused"] is False
-        yield {"api": api, "stack": svc}
+        if unpause:
+            assert api.call("PATCH", f"/dags/{dag_id}", json={"is_paused": False})["is_paused"] is False
+        yield {"api": api, "stack": svc, "password": password}
     finally:
         svc.stop()
 

@@ -88,6 +88,22 @@ class Browser:
     def script(self, js: str) -> Any:
         return self._s("POST", "/execute/sync", {"script": js, "args": []})
 
+    def wait_until(self, js: str, what: str, timeout: float = 30) -> Any:
+        """The value of ``js`` (a script that returns) once it is truthy; fails naming ``what``."""
+        deadline = time.monotonic() + timeout
+        while not (value := self.script(js)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the page never showed {what} (at {self.url})")
+            time.sleep(0.3)
+        return value
+
+    def click_button(self, text: str, within: str = "body", timeout: float = 30) -> None:
+        """Click the button whose text is ``text`` inside the first ``within`` element, once it is there."""
+        find = (f"(() => {{ const root = document.querySelector({within!r}); return root && Array.from("
+                f"root.querySelectorAll('button')).find(b => b.innerText.trim() === {text!r}); }})()")  # fmt: skip
+        self.wait_until(f"return !!{find}", f"a {text!r} button", timeout)
+        self.script(f"{find}.click()")
+
     def screenshot(self) -> bytes:
         import base64
 

@@ -44,7 +44,7 @@ def env(tmp_path_factory):
     def edit(cfg):
         cfg["simulate"]["requests_per_week"] = 200
         cfg["evaluation"]["golden_set_size"] = 60
-        cfg["review"]["enabled"] = False  # the review stage has its own test (test_review_cycle)
+        cfg["review"]["enabled"] = False  # the review stage has its own test (tests/browser/test_operator_path.py)
 
     with flywheel_env(tmp_path_factory.mktemp("backfill"), edit) as env:
         wh = env["wh"]

@@ -39,7 +39,7 @@ def env(tmp_path_factory):
         cfg["simulate"]["requests_per_week"] = 400
         cfg["evaluation"]["golden_set_size"] = 120
         # The defences measured here are the filters, the offline gate and the A/B; the human
-        # review (which would also catch poisoned rows) has its own test (test_review_cycle), and
+        # review (which would also catch poisoned rows) has its own test (tests/browser/test_operator_path.py), and
         # with nobody reviewing, the cycle would wait out the review deadline.
         cfg["review"]["enabled"] = False
         # The project's default tiny model: pre-trained enough to get some golden items right,

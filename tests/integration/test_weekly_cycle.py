@@ -64,7 +64,7 @@ def env(tmp_path_factory):
 
     def edit(cfg):
         cfg["simulate"]["requests_per_week"] = 300
-        cfg["review"]["enabled"] = False  # the review stage has its own test (test_review_cycle)
+        cfg["review"]["enabled"] = False  # the review stage has its own test (tests/browser/test_operator_path.py)
         cfg["evaluation"]["golden_set_size"] = 80
         # The offline-only path: a challenger that passes the gate is promoted at once (the A/B
         # path is tested in test_ab_monitor and test_negative_flywheel).

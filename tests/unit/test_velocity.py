@@ -88,3 +88,23 @@ def test_time_to_improvement_runs_from_the_last_gain_not_a_rollback(wh):
     registry.record_decision(wh, cycle_id="rollback-c1", logical_date=t0 + timedelta(days=3), champion_before="c1",
                              challenger="base:base", promoted=True, reason="rollback: champion c1 breached guardrails")  # fmt: skip
     assert days_since_last_gain(wh, t0 + timedelta(days=10), "flywheel_weekly") == 10
+
+
+def test_the_demo_names_the_traffic_no_cycle_has_read(wh, make_log_row):
+    """What the demo tells a person to give a run triggered by hand: the logs after the last
+    cycle's window, counted; nothing when every logged row was read."""
+    from datetime import UTC, datetime, timedelta
+
+    from flywheel.sim.demo import unread_traffic
+    from flywheel.tables import rows_to_table
+
+    t = datetime(2026, 3, 2, tzinfo=UTC)
+    assert unread_traffic(wh) is None
+    wh.merge("cycles", rows_to_table("cycles", [{"cycle_id": "c1", "dag_id": "flywheel_weekly", "logical_date": t + timedelta(days=14),
+             "window_start": t - timedelta(days=7), "window_end": t, "rows_in_window": 1, "quarantined": 0, "kept": 1,
+             "rejected": 0, "pass_rate": 1.0, "champion_before": "v0", "champion_after": "v0", "promoted": False,
+             "finished_at": t}]))  # fmt: skip
+    wh.merge("production_logs", rows_to_table("production_logs", [make_log_row("read", t - timedelta(days=1))]))
+    assert unread_traffic(wh) is None
+    wh.merge("production_logs", rows_to_table("production_logs", [make_log_row(f"new{i}", t + timedelta(days=i)) for i in range(3)]))
+    assert unread_traffic(wh) == (t, 3)

@@ -316,7 +316,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Artefacts:  {config.artefacts_root} (base_models/, datasets/, adapters/, golden/, cycles/, reports/)")
     print(f"Airflow:    AIRFLOW_HOME={airflow_home}; run logs in {airflow_home / 'demo-logs'}")
     print(f"Demo time:  {time.monotonic() - started:.0f}s for {len(rows)} cycles (last: {last['cycle_id']})")
+    unread = unread_traffic(wh)
+    if unread:
+        print(f"By hand:    `make airflow`, unpause flywheel_weekly, Trigger it with window_start {unread[0]:%Y-%m-%d}: "
+              f"{unread[1]} logged rows no cycle has read yet (README, \"The operator's path\")")
     return 0
+
+
+def unread_traffic(wh: Warehouse) -> tuple[datetime, int] | None:
+    """Where the logs no cycle's window has read begin, and how many rows there are: the window
+    a person trying the UI after the demo should give a run by hand. None when every row was read."""
+    end = wh.query("SELECT MAX(window_end) AS t FROM cycles").column("t")[0].as_py()
+    if end is None:
+        return None
+    n = wh.query("SELECT COUNT(*) AS n FROM production_logs WHERE timestamp >= $t", {"t": end}).column("n")[0].as_py()
+    return (end, n) if n else None
 
 
 def print_offline_and_ab(wh: Warehouse) -> None:
