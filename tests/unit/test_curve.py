@@ -100,3 +100,26 @@ def test_curve_rows_mark_a_b_promotions_known_by_the_date(wh, tmp_path):
     assert [r["ab_promoted_at"] for r in early] == [None, None]
     out = write_learning_curve(wh, PhasesConfig(), tmp_path / CURVE_FILE)
     assert out.read_bytes().startswith(PNG)
+
+
+def test_accuracy_plots_zoom_to_the_measured_range_so_a_gain_shows():
+    from flywheel.ops.plotting import accuracy_limits
+
+    assert accuracy_limits([]) == (0.0, 1.0)
+    assert accuracy_limits([0.45, 0.63, 0.72, 0.78]) == (0.4, 0.85)
+    lo, hi = accuracy_limits([0.72, 0.74])  # two points of gain: a quarter of the scale at least, not all of it
+    assert lo <= 0.67 and hi >= 0.79 and 0.25 <= hi - lo <= 0.3 + 1e-9
+    assert accuracy_limits([0.0, 0.03]) == (0.0, 0.25) and accuracy_limits([0.98, 0.99]) == (0.75, 1.0)
+
+
+def test_the_curve_is_drawn_on_the_zoomed_scale(monkeypatch, tmp_path):
+    """The drawn axis is the zoomed one (read back from the figure the plot made)."""
+    import flywheel.ops.curve as curve
+
+    seen = {}
+    monkeypatch.setattr(curve, "save_png", lambda fig, path: seen.setdefault("ylim", fig.axes[0].get_ylim()))
+    rows = [cycle_row(0, "flywheel_weekly", 0.70, 0.72, True), cycle_row(1, "flywheel_weekly", 0.72, 0.745, True)]
+    plot_learning_curve(rows, PhasesConfig(), tmp_path / "c.png")
+    from flywheel.ops.plotting import accuracy_limits
+
+    assert seen["ylim"] == pytest.approx(accuracy_limits([0.72, 0.745])) and seen["ylim"][1] - seen["ylim"][0] <= 0.35

@@ -19,7 +19,7 @@ from typing import Any
 
 from flywheel.config import PhasesConfig
 from flywheel.ops.metrics import cycles_report
-from flywheel.ops.plotting import PHASE_COLOURS, pyplot, save_png
+from flywheel.ops.plotting import PHASE_COLOURS, accuracy_limits, pyplot, save_png
 from flywheel.warehouse import Warehouse
 
 CURVE_FILE = "flywheel_curve.png"
@@ -55,8 +55,9 @@ def plot_learning_curve(rows: list[dict[str, Any]], phases: PhasesConfig, path: 
     plt = pyplot()
     rows = sorted(rows, key=lambda r: r["logical_date"])  # stable: ties keep the given order
     fig, ax = plt.subplots(figsize=FIGSIZE)
-    _phase_bands(ax, phases)
     champion = [(i, a) for i, r in enumerate(rows) if (a := champion_after(r)) is not None]
+    limits = accuracy_limits([a for _, a in champion] + [a for r in rows if (a := r.get("challenger_accuracy")) is not None])
+    _phase_bands(ax, phases, limits)
     if champion:
         # Joined across a cycle without a measurement: the champion did not change by being unmeasured.
         ax.plot(*zip(*champion, strict=True), marker="o", color="#1f4e8c", linewidth=2, zorder=3,
@@ -64,7 +65,7 @@ def plot_learning_curve(rows: list[dict[str, Any]], phases: PhasesConfig, path: 
     _challenger_markers(ax, rows)
     n = len(rows)
     ax.set_xlim(-0.5, max(n - 1, 0) + 0.5)
-    ax.set_ylim(0, 1)
+    ax.set_ylim(*limits)
     every = max(1, math.ceil(n / MAX_TICK_LABELS))
     ax.set_xticks(range(n), [_tick_label(r) if i % every == 0 or i == n - 1 else "" for i, r in enumerate(rows)],
                   fontsize=7)  # fmt: skip
@@ -84,7 +85,8 @@ def write_learning_curve(wh: Warehouse, phases: PhasesConfig, path: Any, *, unti
     return plot_learning_curve(curve_rows(wh, until=until), phases, path)
 
 
-def _phase_bands(ax: Any, phases: PhasesConfig) -> None:
+def _phase_bands(ax: Any, phases: PhasesConfig, limits: tuple[float, float] = (0.0, 1.0)) -> None:
+    """The phases' accuracy bands, each labelled in the middle of the part of it in view."""
     growth, maturity = phases.growth_min_accuracy, phases.maturity_min_accuracy
     bands = (("cold_start", 0.0, growth, f"cold start  < {growth:.0%}"),
              ("growth", growth, maturity, f"growth  {growth:.0%} - {maturity:.0%}"),
@@ -93,8 +95,11 @@ def _phase_bands(ax: Any, phases: PhasesConfig) -> None:
         if high <= low:
             continue  # equal thresholds: the band between them is empty
         ax.axhspan(low, high, color=PHASE_COLOURS[phase], linewidth=0, zorder=0)
+        shown_low, shown_high = max(low, limits[0]), min(high, limits[1])
+        if shown_high - shown_low < 0.02:
+            continue  # the band is out of view (or a sliver of it): no label
         # x in axes coordinates, y in data: the label stays at the right edge however many cycles.
-        ax.text(0.995, (low + high) / 2, label, transform=ax.get_yaxis_transform(), ha="right", va="center",
+        ax.text(0.995, (shown_low + shown_high) / 2, label, transform=ax.get_yaxis_transform(), ha="right", va="center",
                 fontsize=8, color="#4a5563", zorder=1)  # fmt: skip
     for threshold in (growth, maturity):
         ax.axhline(threshold, linestyle="--", color="#6b7785", linewidth=0.9, zorder=1)

@@ -19,7 +19,7 @@ from flywheel.config import PHASES, PhasesConfig
 from flywheel.filters import RULE_NAMES
 from flywheel.model import registry
 from flywheel.ops.curve import CURVE_FILE, write_learning_curve
-from flywheel.ops.plotting import PHASE_COLOURS, pyplot, save_png
+from flywheel.ops.plotting import PHASE_COLOURS, accuracy_limits, pyplot, save_png
 from flywheel.warehouse import Warehouse
 
 
@@ -131,7 +131,7 @@ def plot_velocity(rows: list[VelocityRow], path: Any) -> Any:
         ax.axvspan(i - 0.5, i + 0.5, color=PHASE_COLOURS.get(r.phase or "", "#eeeeee"), linewidth=0)
     acc = [(r.challenger_accuracy if r.promoted else r.champion_accuracy) for r in rows]
     ax.plot(x, [a if a is not None else math.nan for a in acc], marker="o", color="#1f4e8c")
-    ax.set_ylim(0, 1)
+    ax.set_ylim(*accuracy_limits([a for a in acc if a is not None]))
     ax.set_title("champion golden accuracy (background: phase)")
     handles = [plt.Rectangle((0, 0), 1, 1, color=PHASE_COLOURS[p]) for p in PHASES]
     ax.legend(handles, PHASES, loc="upper left", fontsize=8)
