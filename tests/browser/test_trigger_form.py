@@ -68,3 +68,11 @@ def test_empty_optional_numbers_are_not_marked_invalid(server, tmp_path):
     refused = httpx.post(f"{base}/api/v2/dags/flywheel_weekly/dagRuns", headers={"Authorization": f"Bearer {token}"},
                          json={"logical_date": "2026-02-02T00:00:00Z", "conf": {"lora_r": 0}})  # fmt: skip
     assert refused.status_code == 400 and "lora_r" in refused.text, refused.text
+    # ...and so is a conf key that is no param (Airflow alone would start the run on the config).
+    for path, body in (("/api/v2/dags/flywheel_weekly/dagRuns", {"logical_date": "2026-02-02T00:00:00Z", "conf": {"epoch": 3}}),
+                       ("/api/v2/backfills", {"dag_id": "flywheel_weekly", "from_date": "2026-02-02T00:00:00Z",
+                                              "to_date": "2026-02-09T00:00:00Z", "dag_run_conf": {"epoch": 3}})):  # fmt: skip
+        unknown = httpx.post(f"{base}{path}", headers={"Authorization": f"Bearer {token}"}, json=body)
+        assert unknown.status_code == 400 and "unknown run params ['epoch']" in unknown.json()["detail"], unknown.text
+    runs = httpx.get(f"{base}/api/v2/dags/flywheel_weekly/dagRuns", headers={"Authorization": f"Bearer {token}"}).json()
+    assert runs["total_entries"] == 0, runs

@@ -229,3 +229,15 @@ def test_the_retry_delay_is_set_where_the_dag_is_parsed(dagbag, monkeypatch):
     monkeypatch.setenv("FLYWHEEL_RETRY_DELAY_SECONDS", "2m")
     with pytest.raises(ValueError, match="whole number of seconds"):
         retry_delay()
+
+
+def test_the_conf_guard_knows_each_cycle_dags_params(dagbag):
+    """The API server's guard refuses exactly the conf keys that are none of a cycle DAG's
+    params: its list of cycle DAGs and their params is the DAG files' own."""
+    from flywheel_airflow.conf_guard import CYCLE_DAGS, known_params
+
+    cycles = {dag_id for dag_id, dag in dagbag.dags.items() if "labels_path" in dag.params or "epochs" in dag.params}
+    assert cycles == set(CYCLE_DAGS)
+    for dag_id in CYCLE_DAGS:
+        assert known_params(dag_id) == set(dagbag.dags[dag_id].params.keys()), dag_id
+    assert known_params("ab_monitor") is None
