@@ -1,7 +1,8 @@
 """The flywheel dashboard: a FastAPI app the Airflow API server serves under ``/flywheel``.
 
 The learning curve (``/flywheel/curve.png``, drawn from the warehouse on each request), velocity
-plots over cycles (with phases), the champion and its lineage, every model's status,
+plots over cycles (with phases), each cycle's decision and why with links to its report
+(``/flywheel/reports/<cycle_id>/``) and its gates' Data Docs, the champion and its lineage, every model's status,
 running A/B tests, new-data checks, recent gate failures, alerts and rollbacks, read from the warehouse through
 `flywheel.ops.report` (the functions the cycle reports use). Airflow does not authenticate plugin
 apps, so every route here depends on Airflow's own `requires_authenticated`: without a valid
@@ -57,11 +58,14 @@ def _png(plot: Any, rows: Any) -> str:
     return f'<img alt="plot" src="data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}">'
 
 
-def _table(rows: list[dict[str, Any]], columns: list[str], empty: str) -> str:
+def _table(rows: list[dict[str, Any]], columns: list[str], empty: str, *, markup: tuple[str, ...] = ()) -> str:
+    """An HTML table of ``rows``; every cell escaped but those of the ``markup`` columns, which
+    this module built itself (links)."""
     if not rows:
         return f"<p class='empty'>{html.escape(empty)}</p>"
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(r.get(c)))}</td>" for c in columns) + "</tr>" for r in rows)
+    cell = lambda r, c: str(r.get(c) or "") if c in markup else html.escape(_cell(r.get(c)))  # noqa: E731
+    body = "".join("<tr>" + "".join(f"<td>{cell(r, c)}</td>" for c in columns) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -133,6 +137,17 @@ th { background: #f0f3f7; text-align: left; } .empty { color: #6b7785; } img { m
 """
 
 
+GATE_NAMES = {"raw_window": "raw data docs", "training_set": "training-set data docs"}
+
+
+def _cycle_links(cycle_id: str, gates: set[str]) -> str:
+    """The cycle's report and its gates' Data Docs pages, relative to the dashboard."""
+    c = quote(cycle_id, safe="")
+    links = [f'<a href="reports/{c}/">report</a>']
+    links += [f'<a href="gates/{c}/{quote(g)}">{html.escape(GATE_NAMES.get(g, g))}</a>' for g in sorted(gates)]
+    return " · ".join(links)
+
+
 def _waiting(waiting: list[dict[str, Any]]) -> str:
     if not waiting:
         return "<span class='empty'>no item waits for review.</span>"
@@ -144,6 +159,10 @@ def render_dashboard(wh: Any, reviewers_per_item: int = 1) -> str:
     from flywheel.ops.report import plot_rule_pass_rates, plot_velocity, velocity_rows
 
     data = dashboard_data(wh, reviewers_per_item)
+    gates: dict[str, set[str]] = {}
+    for g in wh.query("SELECT DISTINCT cycle_id, gate FROM gate_results").to_pylist():
+        gates.setdefault(g["cycle_id"], set()).add(g["gate"])
+    cycles = [c | {"links": _cycle_links(c["cycle_id"], gates.get(c["cycle_id"], set()))} for c in data["cycles"]]
     rows = velocity_rows(wh)
     plots = (_png(plot_velocity, rows) + _png(plot_rule_pass_rates, rows)) if rows else "<p class='empty'>No cycle recorded yet.</p>"
     # Its own route, relative to the page (/flywheel/): the browser sends the same Airflow token.
@@ -156,7 +175,7 @@ def render_dashboard(wh: Any, reviewers_per_item: int = 1) -> str:
 <p>Quarantine: <a href="quarantine">every cycle's malformed rows, each with its reason</a> | Data Docs: <a href="data-docs/index.html">the gates' validation results</a></p>
 <h2>Learning curve</h2>{curve}
 <h2>Velocity</h2>{plots}
-{_table(data["cycles"], ["cycle_id", "phase", "kept", "pass_rate", "examples_per_day", "champion_accuracy", "challenger_accuracy", "quality_delta", "decision", "why"], "No cycle recorded yet.")}
+{_table(cycles, ["cycle_id", "phase", "kept", "pass_rate", "examples_per_day", "champion_accuracy", "challenger_accuracy", "quality_delta", "decision", "why", "links"], "No cycle recorded yet.", markup=("links",))}
 <h2>Champion lineage</h2>{_table(data["lineage"], ["version", "cycle_id", "window_start", "window_end", "dataset_hash"], "No champion yet.")}
 <h2>Models</h2>{_table(data["statuses"], ["version", "status"], "No model registered yet.")}
 <h2>Running A/B tests</h2>{_table(data["experiments"], ["experiment_id", "challenger", "champion", "traffic_share", "started_at"], "No A/B test running.")}
@@ -221,6 +240,31 @@ def data_docs_root(config: Any) -> Path:
     root = config.artefacts_root / "data_docs"
     store = ArtefactStore(config)
     return store.fetch(root) if store.remote and store.published(root) else root
+
+
+def report_dir(config: Any, cycle_id: str) -> Path:
+    """A cycle's report folder on this machine (fetched from the bucket when artefacts live in one)."""
+    from flywheel.artefacts import ArtefactStore
+
+    root = config.artefacts_root / "reports" / cycle_id
+    store = ArtefactStore(config)
+    return store.fetch(root) if store.remote and store.published(root) else root
+
+
+def _check_cycle_id(cycle_id: str) -> None:
+    """A cycle id names one folder: no separators, no dot segments (404 otherwise)."""
+    if not cycle_id or cycle_id.startswith(".") or any(c in cycle_id for c in "/\\\0"):
+        raise StarletteHTTPException(404, "no such cycle")
+
+
+def render_report(markdown: str, cycle_id: str) -> str:
+    """A cycle's ``report.md`` as a page; its plots resolve beside it (``reports/<cycle>/``). Raw
+    HTML in the Markdown is shown as text (markdown-it's ``html`` option off)."""
+    from markdown_it import MarkdownIt
+
+    body = MarkdownIt("commonmark", {"html": False}).enable("table").render(markdown)
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Report {html.escape(cycle_id)}</title>"
+            f"<style>{STYLE}</style></head><body><p><a href='../../'>dashboard</a></p>{body}</body></html>")  # fmt: skip
 
 
 def create_app() -> FastAPI:
@@ -301,6 +345,26 @@ def create_app() -> FastAPI:
         target = (root / (path or "index.html")).resolve()
         if not target.is_relative_to(root) or not target.is_file():
             raise StarletteHTTPException(404, "no such Data Docs page")
+        return FileResponse(target)
+
+    @app.get("/reports/{cycle_id}/", response_class=HTMLResponse)
+    def report(cycle_id: str) -> str:
+        """The cycle's report (``write_report``), rendered, behind the login."""
+        _check_cycle_id(cycle_id)
+        page = report_dir(load_config(), cycle_id) / "report.md"
+        if not page.is_file():
+            raise StarletteHTTPException(404, f"no report for {cycle_id}: write_report writes it at the end of the cycle")
+        return render_report(page.read_text(encoding="utf-8"), cycle_id)
+
+    @app.get("/reports/{cycle_id}/{name}")
+    def report_file(cycle_id: str, name: str) -> Response:
+        """A file of the cycle's report (its plots)."""
+        _check_cycle_id(cycle_id)
+        root = (load_config().artefacts_root / "reports").resolve()
+        folder = report_dir(load_config(), cycle_id).resolve()
+        target = (folder / name).resolve()
+        if not folder.is_relative_to(root) or target.parent != folder or not target.is_file():
+            raise StarletteHTTPException(404, "no such report file")
         return FileResponse(target)
 
     @app.get("/curve.png", response_class=Response, responses={200: {"content": {"image/png": {}}}})

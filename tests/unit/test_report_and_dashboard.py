@@ -250,3 +250,35 @@ def test_quarantine_pages_and_the_gates_data_docs(wh, client_and_token, monkeypa
     assert client.get("/gates/flywheel_weekly-x/training_set", **auth).status_code == 404
     assert client.get("/data-docs/%2E%2E/%2E%2E/secret.txt", **auth).status_code == 404
     assert client.get("/data-docs/nope.html", **auth).status_code == 404
+
+
+def test_each_cycle_links_its_report_and_its_gates_data_docs(recorded, wh, client_and_token, monkeypatch, tmp_path):
+    """The dashboard's cycle table links each cycle's report (rendered from its Markdown, plots
+    beside it, behind the login) and the Data Docs of the gates it ran."""
+    from flywheel.config import load_config
+    from flywheel.tables import rows_to_table
+
+    client, token = client_and_token
+    auth = {"cookies": {"_token": token}}
+    monkeypatch.setenv("FLYWHEEL_CONFIG", str(_config_pointing_at(tmp_path, wh.path)))
+    cid = recorded[0].cycle_id
+    wh.merge("gate_results", rows_to_table("gate_results", [{"cycle_id": cid, "gate": "training_set", "success": True,
+             "n_expectations": 7, "n_failed": 0, "failed_json": "[]", "docs_url": None, "evaluated_at": T1}]))  # fmt: skip
+    row = next(r for r in client.get("/", **auth).text.split("<tr>") if r.startswith(f"<td>{cid}</td>"))
+    assert f'<a href="reports/{cid}/">report</a>' in row and f'<a href="gates/{cid}/training_set">training-set data docs</a>' in row
+    assert "raw data docs" not in row  # no raw-window gate result for this cycle
+
+    for route in (f"/reports/{cid}/", f"/reports/{cid}/velocity.png"):
+        assert client.get(route).status_code == 401, route
+    assert client.get(f"/reports/{cid}/", **auth).status_code == 404  # not written yet
+    folder = load_config().artefacts_root / "reports" / cid
+    folder.mkdir(parents=True)
+    (folder / "report.md").write_text("# Cycle report\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n<script>x</script>\n\n![velocity](velocity.png)\n")
+    (folder / "velocity.png").write_bytes(PNG + b"rest")
+    (tmp_path / "secret.txt").write_text("not for the browser")
+    page = client.get(f"/reports/{cid}/", **auth).text
+    assert "<h1>Cycle report</h1>" in page and "<td>1</td>" in page and '<img src="velocity.png" alt="velocity"' in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert client.get(f"/reports/{cid}/velocity.png", **auth).content == PNG + b"rest"
+    assert client.get(f"/reports/{cid}/%2E%2E%2F%2E%2E%2Fsecret.txt", **auth).status_code == 404
+    assert client.get("/reports/%2E%2E/secret.txt", **auth).status_code == 404
