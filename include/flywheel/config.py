@@ -213,6 +213,15 @@ PII_ENTITIES = (
 )
 
 
+class ScaleConfig(_Section):
+    """How the cycle's heavy stages spread over workers; results never depend on it."""
+
+    # The filter stage in this many shards (by a hash of request_id), each a mapped task on any
+    # worker, then one merge (`flywheel.cycle.filter_shards`); 1: one filter task. Read where the
+    # DAG is parsed: a change takes effect with the next parse.
+    filter_shards: int = Field(1, ge=1, le=256)
+
+
 class FiltersConfig(_Section):
     """The method's filters; defaults are the method's own thresholds.
 
@@ -558,6 +567,7 @@ class FlywheelConfig(_Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     source: SourceConfig = Field(default_factory=SourceConfig)
     filters: FiltersConfig = Field(default_factory=FiltersConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     alerts: AlertsConfig = Field(default_factory=AlertsConfig)

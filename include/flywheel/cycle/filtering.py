@@ -39,9 +39,9 @@ def filter_candidates(cycle: CycleSpec, wh: Warehouse) -> dict[str, Any]:
     writer = pq.ParquetWriter(survivors_path, PRODUCTION_LOGS)
     try:
         stream, _, selected = filter_stream(
-            (_filter_batch(batch) for batch in source.iter_batches(batch_size=cfg.warehouse.read_batch_rows)),
+            (filter_batch(batch) for batch in source.iter_batches(batch_size=cfg.warehouse.read_batch_rows)),
             chain,
-            on_decisions=lambda ds: decision_tables.append(_decisions_table(cycle, ds, now)),
+            on_decisions=lambda ds: decision_tables.append(decisions_table(cycle, ds, now)),
             on_survivors=lambda ss: writer.write_table(
                 pa.Table.from_pylist([s.candidate.to_row() for s in ss], schema=PRODUCTION_LOGS)
             ),
@@ -123,7 +123,7 @@ def training_history(cycle: CycleSpec, wh: Warehouse) -> DedupIndex:
     return index
 
 
-def _filter_batch(batch: pa.RecordBatch) -> FilterBatch:
+def filter_batch(batch: pa.RecordBatch) -> FilterBatch:
     """Valid rows as candidates; those the warehouse query's pushed-down rules rejected apart."""
     rows = batch.to_pylist()
     return FilterBatch(
@@ -133,5 +133,5 @@ def _filter_batch(batch: pa.RecordBatch) -> FilterBatch:
     )  # fmt: skip
 
 
-def _decisions_table(cycle: CycleSpec, decisions: list[FilterDecision], now: datetime) -> pa.Table:
+def decisions_table(cycle: CycleSpec, decisions: list[FilterDecision], now: datetime) -> pa.Table:
     return rows_to_table("decisions", [{**d.__dict__, "cycle_id": cycle.cycle_id, "decided_at": now} for d in decisions])

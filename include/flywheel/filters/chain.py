@@ -99,6 +99,13 @@ class FilterChain:
         self.pushdown_rules: list[RowRule] = [r for r in batch_rules if isinstance(r, RowRule) and r.pushdown()]
         (self.selection,) = [r for r in rules if isinstance(r, WindowRule)]
         (self._dedup,) = [r for r in rules if isinstance(r, DedupRule)]
+        # A filter shard runs every stage but dedup, and the merge dedups in window order: exact
+        # only while dedup judges last, on what every other rule kept.
+        assert self.stages[-1][0] is Stage.DEDUP, "dedup must be the chain's last stage"
+
+    @property
+    def dedup_rule(self) -> DedupRule:
+        return self._dedup
 
     @property
     def dedup(self) -> DedupIndex:
@@ -106,14 +113,17 @@ class FilterChain:
         return self._dedup.index
 
     def process(
-        self, candidates: Sequence[TrainingCandidate], pushed_down: Sequence[TrainingCandidate] = ()
+        self, candidates: Sequence[TrainingCandidate], pushed_down: Sequence[TrainingCandidate] = (), *, dedup: bool = True
     ) -> FilterOutcome:
         """Judge a batch. ``pushed_down`` rows were rejected by the rules the warehouse query
         decided (`pushdown_for`) and came without their text: they get those rules' decisions
-        only."""
+        only. Without ``dedup`` the last stage is left out and the survivors are those every
+        other rule kept: a filter shard's part, whose merge dedups the shards in window order."""
         decisions: list[FilterDecision] = []
         live = [Row(c) for c in candidates]
         for stage, rules in self.stages:
+            if stage is Stage.DEDUP and not dedup:
+                continue
             if live:
                 judged = [rule.judge(live) for rule in rules]
                 for i, row in enumerate(live):

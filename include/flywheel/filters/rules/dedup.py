@@ -11,7 +11,7 @@ from typing import Self
 
 from flywheel.config import FiltersConfig
 from flywheel.filters.base import BatchRule, ChainInputs, FilterDecision, Row, Stage
-from flywheel.filters.dedup import DedupIndex, MinHasher
+from flywheel.filters.dedup import DedupIndex, Fingerprints, MinHasher
 
 
 @dataclass(frozen=True)
@@ -34,12 +34,16 @@ class DedupRule(BatchRule):
         return cls(index, config.near_dup_threshold)
 
     def judge(self, rows: Sequence[Row]) -> list[FilterDecision]:
-        fp = self.index.hasher.fingerprint([r.text for r in rows])
-        dups = self.index.check(fp, [f"request {r.candidate.request_id}" for r in rows])
+        return self.judge_fingerprints(self.index.hasher.fingerprint([r.text for r in rows]), [r.candidate.request_id for r in rows])
+
+    def judge_fingerprints(self, fp: Fingerprints, request_ids: Sequence[str]) -> list[FilterDecision]:
+        """The decisions for texts already fingerprinted (a filter shard does that part), in
+        order: each is checked against the index and the earlier ones, and a first copy joins it."""
+        dups = self.index.check(fp, [f"request {r}" for r in request_ids])
         return [
             FilterDecision(
-                row.candidate.request_id, self.name, m is None, m.similarity if m else 0.0, self.threshold,
+                rid, self.name, m is None, m.similarity if m else 0.0, self.threshold,
                 "first copy" if m is None else f"{m.kind} duplicate of {m.label} (similarity {m.similarity:.2f})",
             )
-            for row, m in zip(rows, dups, strict=True)
+            for rid, m in zip(request_ids, dups, strict=True)
         ]  # fmt: skip
