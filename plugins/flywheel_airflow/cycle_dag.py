@@ -24,8 +24,11 @@ from flywheel_airflow.operators import (
     EvaluateGoldenSetOperator,
     ExtractWindowOperator,
     FilterCandidatesOperator,
+    FilterShardOperator,
     GateRawWindowOperator,
     GateTrainingSetOperator,
+    MergeFilterShardsOperator,
+    PlanFilterShardsOperator,
     PromoteIfBetterOperator,
     RecordCycleOperator,
     SampleForReviewOperator,
@@ -77,6 +80,21 @@ def cycle_params(config_overrides: dict[str, Any] | None = None, *, bootstrap: b
     }
 
 
+def filter_tasks() -> list[Any]:
+    """The filter stage: one task, or with ``scale.filter_shards`` above 1 (read here, where the
+    DAG is parsed), a plan, a shard task mapped over the plan's shards (dynamic task mapping: any
+    worker takes any shard) and the merge, which keeps the one task's id ``filter_candidates``."""
+    try:
+        shards = load_config().scale.filter_shards
+    except ConfigError:
+        shards = 1  # the run's first task reports the broken config
+    if shards <= 1:
+        return [FilterCandidatesOperator(task_id="filter_candidates")]
+    plan = PlanFilterShardsOperator(task_id="plan_filter_shards")
+    mapped = FilterShardOperator.partial(task_id="filter_shard").expand(shard=plan.output)
+    return [plan, mapped, MergeFilterShardsOperator(task_id="filter_candidates")]
+
+
 def cycle_chain(extract: BaseOperator | None = None) -> list[BaseOperator]:
     """extract → raw gate → validate → filter → sample for review → wait for review (deferred)
     → calibrate filters → dataset → training-set gate → train → train the twin without the
@@ -87,7 +105,7 @@ def cycle_chain(extract: BaseOperator | None = None) -> list[BaseOperator]:
         extract or ExtractWindowOperator(task_id="extract_window"),
         GateRawWindowOperator(task_id="gate_raw_window"),
         ValidateRowsOperator(task_id="validate_and_quarantine"),
-        FilterCandidatesOperator(task_id="filter_candidates"),
+        *filter_tasks(),
         SampleForReviewOperator(task_id="sample_for_review"),
         # Deferred while people review: no worker slot is held (hours or days).
         WaitForReviewSensor(task_id="wait_for_review"),

@@ -24,6 +24,7 @@ from flywheel.cycle.data_gates import gate_raw_window, gate_training_set
 from flywheel.cycle.dataset import build_dataset
 from flywheel.cycle.evaluate import evaluate_golden_set
 from flywheel.cycle.extract import extract_bootstrap, extract_window
+from flywheel.cycle.filter_shards import filter_shard, merge_filter_shards, plan_filter_shards
 from flywheel.cycle.filtering import filter_candidates
 from flywheel.cycle.promote import promote_if_better
 from flywheel.cycle.record import record_cycle
@@ -133,12 +134,16 @@ class FlywheelStageOperator(FlywheelOperator):
         log.info("cycle %s, window [%s, %s), phase policy %s%s", cycle.cycle_id, cycle.window.start, cycle.window.end,
                  cycle.phase, " (dry run)" if cycle.dry_run else "")  # fmt: skip
         try:
-            result = self.stage(cycle, warehouse)
+            result = self.stage(cycle, warehouse, **self.stage_kwargs())
         except (ConfigError, GateError, RegistryError, TrainingError, WindowError) as exc:
             # Deterministic failures: a retry would fail the same way, so fail now, loudly.
             raise self.fail_now(exc) from exc
         log.info("%s: %s", self.stage.__name__, result)
         return result
+
+    def stage_kwargs(self) -> dict[str, Any]:
+        """What the stage takes besides the cycle and the warehouse (a mapped task's own part)."""
+        return {}
 
     def on_kill(self) -> None:
         """Cancel the warehouse jobs the killed task had in flight (BigQuery jobs, a Snowflake
@@ -191,6 +196,36 @@ class FilterCandidatesOperator(FlywheelStageOperator):
     decontamination, dedup, selection); a decision per row and rule."""
 
     stage = staticmethod(filter_candidates)
+
+
+class PlanFilterShardsOperator(FlywheelStageOperator):
+    """The filter stage's shards (``scale.filter_shards``); returns their numbers, which the
+    mapped `FilterShardOperator` expands over."""
+
+    stage = staticmethod(plan_filter_shards)
+
+    def execute(self, context: Context) -> list[int]:  # type: ignore[override]
+        return super().execute(context)["shards"]
+
+
+class FilterShardOperator(FlywheelStageOperator):
+    """One shard of the window through every filter but dedup (a mapped task, on any worker)."""
+
+    stage = staticmethod(filter_shard)
+
+    def __init__(self, *, shard: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.shard = shard
+
+    def stage_kwargs(self) -> dict[str, Any]:
+        return {"shard": self.shard}
+
+
+class MergeFilterShardsOperator(FlywheelStageOperator):
+    """Dedup and selection over every shard in window order: the decisions and kept rows one
+    filter task would have left."""
+
+    stage = staticmethod(merge_filter_shards)
 
 
 class SampleForReviewOperator(FlywheelStageOperator):

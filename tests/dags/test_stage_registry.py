@@ -55,7 +55,36 @@ def test_the_dags_chain_the_stages_in_the_order_the_in_process_cycle_runs_them()
     with DAG("order_probe", schedule=None):
         tasks = cycle_chain()
     ran = [t.stage.__name__ for t in tasks if isinstance(t, operators.FlywheelStageOperator)]
-    assert ran == [name for name in STAGES if name != "extract_bootstrap"]
+    assert ran == [name for name in STAGES if name not in ("extract_bootstrap", *SHARDED_FILTER)]
+
+
+SHARDED_FILTER = ("plan_filter_shards", "filter_shard", "merge_filter_shards")
+
+
+def test_with_filter_shards_the_filter_stage_is_a_plan_a_mapped_shard_task_and_the_merge(tmp_path, monkeypatch):
+    """``scale.filter_shards`` > 1 where the DAG is parsed: the filter task becomes a plan, a
+    shard task mapped over the plan's output (dynamic task mapping) and the merge, which keeps
+    the task id the rest of the chain (and the operators' links) know."""
+    import yaml
+
+    from flywheel.config import DEFAULT_CONFIG_PATH
+
+    data = yaml.safe_load(DEFAULT_CONFIG_PATH.read_text())
+    data["scale"]["filter_shards"] = 3
+    (tmp_path / "sharded.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("FLYWHEEL_CONFIG", str(tmp_path / "sharded.yaml"))
+    with DAG("sharded_probe", schedule=None) as dag:
+        tasks = cycle_chain()
+    ids = [t.task_id for t in tasks]
+    at = ids.index("plan_filter_shards")
+    assert ids[at - 1: at + 4] == ["validate_and_quarantine", "plan_filter_shards", "filter_shard", "filter_candidates", "sample_for_review"]
+    mapped = dag.get_task("filter_shard")
+    assert type(mapped).__name__ == "MappedOperator" and mapped.operator_class.__name__ == "FilterShardOperator"
+    assert mapped.upstream_task_ids == {"plan_filter_shards"}
+    assert dag.get_task("filter_candidates").upstream_task_ids == {"filter_shard"}
+    assert type(dag.get_task("filter_candidates")).__name__ == "MergeFilterShardsOperator"
+    stages = [t.stage.__name__ for t in tasks if isinstance(t, operators.FlywheelStageOperator)]
+    assert stages[at - 1: at + 2] == ["validate_rows", "plan_filter_shards", "merge_filter_shards"]
 
 
 def test_a_stagnant_flywheel_alerts_unless_the_run_was_told_to_skip_training():

@@ -22,6 +22,7 @@ from flywheel.cycle import (
     dataset,
     evaluate,
     extract,
+    filter_shards,
     filtering,
     promote,
     record,
@@ -53,16 +54,18 @@ MODEL_STAGES: tuple[Stage, ...] = (
     promote.promote_if_better,
 )
 
-STAGES: dict[str, Stage] = {
-    stage.__name__: stage
-    for stage in (
-        extract.extract_window,
-        extract.extract_bootstrap,  # in place of extract_window at cold start
-        *BEFORE_REVIEW,
-        review.calibrate_filters,
-        dataset.build_dataset,
-        *MODEL_STAGES,
-        record.record_cycle,
-        report.write_report,
-    )
-}
+_ALL_STAGES: tuple[Callable[..., dict[str, Any]], ...] = (
+    extract.extract_window,
+    extract.extract_bootstrap,  # in place of extract_window at cold start
+    *BEFORE_REVIEW,
+    # in place of filter_candidates with scale.filter_shards > 1: plan, shards (mapped), merge
+    filter_shards.plan_filter_shards,
+    filter_shards.filter_shard,
+    filter_shards.merge_filter_shards,
+    review.calibrate_filters,
+    dataset.build_dataset,
+    *MODEL_STAGES,
+    record.record_cycle,
+    report.write_report,
+)
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {stage.__name__: stage for stage in _ALL_STAGES}

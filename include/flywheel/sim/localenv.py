@@ -59,6 +59,9 @@ def local_airflow_env() -> tuple[dict[str, str], str]:
     - Where ``make demo`` left its data (``demo-flywheel.yaml`` beside the warehouse), runs use
       the demo's config (minutes-long review deadlines, the demo's training pace), so a run
       triggered by hand finishes on the demo's data; ``FLYWHEEL_CONFIG`` chooses another.
+    - Over the demo's data the schedule is off (``scheduler.use_job_schedule``): its weeks are
+      in the past, so the run the scheduler would add for this week on unpausing would find an
+      empty window, fail its raw gate and alert. Triggered runs and backfills run as ever.
     """
     home = flywheel_home()
     demo = home / "demo-flywheel.yaml"
@@ -69,8 +72,12 @@ def local_airflow_env() -> tuple[dict[str, str], str]:
     env.setdefault("AIRFLOW__CORE__PARALLELISM", str(2 * (os.cpu_count() or 1)))
     if config_path is None:
         why = "flywheel config: include/config/flywheel.yaml (production defaults; `make demo` first for the demo's)"
+    elif config_path == demo:
+        env.setdefault("AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE", "False")
+        why = (f"flywheel config: {config_path} (the demo's, left by `make demo`); no scheduled runs over the demo's past weeks "
+               "(trigger or backfill them)")  # fmt: skip
     else:
-        why = f"flywheel config: {config_path}" + (" (the demo's, left by `make demo`)" if config_path == demo else "")
+        why = f"flywheel config: {config_path}"
     return env, why
 
 
