@@ -14,7 +14,8 @@ query: rejected rows' text stays there) → `gate_raw_window` (Great Expectation
 ranges, unique ids, volume against recent cycles) → `validate_and_quarantine` (malformed rows go
 to the `quarantine` table with their reason) → `filter_candidates` (user action, length, quality
 score, PII, toxicity, grounding, golden-set decontamination, dedup, top-share selection per task
-type; a decision per row and rule) → `sample_for_review` (8% of the candidates: a prioritised,
+type; a decision per row and rule; with `scale.filter_shards` above 1, a plan, one shard per
+mapped task on any worker and a merge) → `sample_for_review` (8% of the candidates: a prioritised,
 stratified slice of the kept ones and a uniform random slice for calibration) →
 `wait_for_review` (deferred to the triggerer until 90% are reviewed or the deadline passes; no
 worker slot held) → `calibrate_filters` (thresholds refitted to the reviews; adopted for later
