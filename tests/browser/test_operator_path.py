@@ -35,7 +35,7 @@ import pytest
 
 from tests.helpers.airflow_stack import free_port, running_stack, stack_env, task_instances, wait
 from tests.helpers.chromedriver import ESCAPE, Browser
-from tests.helpers.flywheel_env import pointed_at, write_config
+from tests.helpers.flywheel_env import bootstrapped, write_config
 
 pytestmark = pytest.mark.integration
 
@@ -60,12 +60,6 @@ def flywheel(tmp_path_factory) -> dict[str, Any]:
     """The tiny model, a bootstrapped champion and the week the operator will pick, served."""
     import subprocess
 
-    from flywheel.config import load_config
-    from flywheel.model import registry
-    from flywheel.sim.product import serve_week
-    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
-    from flywheel.warehouse import warehouse_from_config
-
     subprocess.run([str(ROOT / "scripts" / "install_chromium.sh")], check=True)
     root = tmp_path_factory.mktemp("operator")
     port = free_port()
@@ -84,13 +78,7 @@ def flywheel(tmp_path_factory) -> dict[str, Any]:
     config_path = write_config(root, edit)
     home = root / "flywheel"
     truth: dict[str, str] = {}
-    with pointed_at(home, config_path):
-        config = load_config()
-        build_tiny_model(config)
-        wh = warehouse_from_config(config)
-        wh.ensure_schema()
-        registry.ensure_bootstrap_champion(wh, resolve_base_model(config))
-        serve_week(config, wh, WEEK, truth=truth)
+    _, wh = bootstrapped(home, config_path, [WEEK], truth)
     return {"root": root, "home": home, "config_path": config_path, "wh": wh, "truth": truth, "port": port}
 
 
@@ -121,8 +109,12 @@ def _review_with_the_keyboard(b: Browser, wh: Any, truth: dict[str, str], snap) 
     entered: dict[str, dict[str, Any]] = {}
     items = {i["item_id"]: i for i in wh.select("review_items").to_pylist()}
     rng = random.Random(0)
-    while "Nothing to review" not in b.text("body"):
-        item_id = b.script("return document.getElementById('review').getAttribute('action')").removeprefix("items/")
+    # The loaded page's item (its form posts to items/<id>), or "none" once nothing waits.
+    shown = ("return document.readyState === 'complete' && (document.getElementById('review')?.getAttribute('action')"
+             " || (document.getElementById('empty') ? 'none' : null))")  # fmt: skip
+    while (action := b.wait_until(shown, "an item or the end of the queue", timeout=30)) != "none":
+        item_id = action.removeprefix("items/")
+        assert item_id not in entered, f"the Review page offered {item_id} again after it was reviewed"
         review = simulated_review(items[item_id], truth.get(items[item_id]["request_id"]), rng, noise=0.0)
         if not entered:
             snap("06-review-page")
@@ -133,9 +125,7 @@ def _review_with_the_keyboard(b: Browser, wh: Any, truth: dict[str, str], snap) 
         b.keys("a" if review["verdict"] == "approve" else "r")
         entered[item_id] = review
         # The form posts and the page comes back with the next item (or none).
-        b.wait_until(f"const f = document.getElementById('review'); return !f || f.getAttribute('action') !== 'items/{item_id}'",
-                     "the next item", timeout=30)  # fmt: skip
-        assert len(entered) <= len(items), "the Review page offered an item twice"
+        b.wait_until(f"return document.getElementById('review')?.getAttribute('action') !== 'items/{item_id}'", "the next item", timeout=30)
     return entered
 
 

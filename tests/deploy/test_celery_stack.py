@@ -51,7 +51,7 @@ from tests.helpers.airflow_stack import (
     wait_for_runs,
 )
 from tests.helpers.airflow_stack import backfill as run_backfill
-from tests.helpers.flywheel_env import pointed_at, write_config
+from tests.helpers.flywheel_env import bootstrapped, write_config
 
 pytestmark = [pytest.mark.celery, pytest.mark.integration]
 
@@ -108,12 +108,6 @@ def bucket(tmp_path_factory) -> Iterator[dict[str, str]]:
 def flywheel(tmp_path_factory, bucket) -> Iterator[dict[str, Any]]:
     """A small config whose artefacts live in the bucket, the tiny model published there, and
     the three weeks of simulated traffic the runs read."""
-    from flywheel.config import load_config
-    from flywheel.model import registry
-    from flywheel.sim.product import serve_week
-    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
-    from flywheel.warehouse import warehouse_from_config
-
     root = tmp_path_factory.mktemp("celery")
     artefacts = f"gs://{emulators.GCS_BUCKET}/{uuid.uuid4().hex[:10]}"
 
@@ -133,15 +127,9 @@ def flywheel(tmp_path_factory, bucket) -> Iterator[dict[str, Any]]:
     saved = {k: os.environ.get(k) for k in bucket}
     os.environ.update(bucket)
     try:
-        with pointed_at(home, config_path):
-            config = load_config()
-            build_tiny_model(config)
-            wh = warehouse_from_config(config)
-            wh.ensure_schema()
-            registry.ensure_bootstrap_champion(wh, resolve_base_model(config))
-            first_week = min(BACKFILLED) - timedelta(weeks=LAG_WEEKS)
-            for w in range(len(BACKFILLED) + 3):  # the fault runs' weeks too
-                serve_week(config, wh, first_week + timedelta(weeks=w))
+        first_week = min(BACKFILLED) - timedelta(weeks=LAG_WEEKS)
+        weeks = [first_week + timedelta(weeks=w) for w in range(len(BACKFILLED) + 3)]  # the fault runs' weeks too
+        config, _ = bootstrapped(home, config_path, weeks)
         yield {"root": root, "home": home, "config_path": config_path, "config": config, "artefacts": artefacts}
     finally:
         for k, v in saved.items():

@@ -38,7 +38,7 @@ from tests.helpers.airflow_stack import (
 )
 from tests.helpers.airflow_stack import backfill as run_backfill
 from tests.helpers.airflow_stack import runs as dag_runs
-from tests.helpers.flywheel_env import pointed_at, write_config
+from tests.helpers.flywheel_env import bootstrapped, write_config
 
 pytestmark = [pytest.mark.postgres, pytest.mark.integration]
 
@@ -62,12 +62,6 @@ def postgres() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def flywheel(tmp_path_factory) -> dict[str, Any]:
     """A small config, the tiny model, and the four weeks of simulated traffic the runs read."""
-    from flywheel.config import load_config
-    from flywheel.model import registry
-    from flywheel.sim.product import serve_week
-    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
-    from flywheel.warehouse import warehouse_from_config
-
     root = tmp_path_factory.mktemp("stack")
 
     def edit(cfg):
@@ -81,15 +75,8 @@ def flywheel(tmp_path_factory) -> dict[str, Any]:
 
     config_path = write_config(root, edit)
     home = root / "flywheel"
-    with pointed_at(home, config_path):
-        config = load_config()
-        build_tiny_model(config)
-        wh = warehouse_from_config(config)
-        wh.ensure_schema()
-        registry.ensure_bootstrap_champion(wh, resolve_base_model(config))
-        first_week = min(BACKFILLED) - timedelta(weeks=LAG_WEEKS)
-        for w in range(len(BACKFILLED) + 1):
-            serve_week(config, wh, first_week + timedelta(weeks=w))
+    first_week = min(BACKFILLED) - timedelta(weeks=LAG_WEEKS)
+    config, wh = bootstrapped(home, config_path, [first_week + timedelta(weeks=w) for w in range(len(BACKFILLED) + 1)])
     return {"root": root, "home": home, "config_path": config_path, "config": config, "wh": wh}
 
 

@@ -63,11 +63,25 @@ class Browser:
                     raise
                 time.sleep(0.2)
 
+    def _on_element(self, css: str, action: str, body: dict[str, Any] | None = None, timeout: float = 20) -> None:
+        """``action`` on the element, once it can take it: a dialog's field is in the page before
+        its opening animation lets it take keys or clicks ("not interactable"), and a page that
+        re-renders replaces the element ("stale")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self._s("POST", f"/element/{self.find(css, timeout)}/{action}", body)
+                return
+            except RuntimeError as exc:
+                if not any(m in str(exc) for m in ("not interactable", "stale element", "click intercepted")) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.3)
+
     def type(self, css: str, text: str) -> None:
-        self._s("POST", f"/element/{self.find(css)}/value", {"text": text})
+        self._on_element(css, "value", {"text": text})
 
     def click(self, css: str) -> None:
-        self._s("POST", f"/element/{self.find(css)}/click")
+        self._on_element(css, "click")
 
     def text(self, css: str, timeout: float = 20) -> str:
         """The element's text; found again when the page was replaced under it (a reload)."""

@@ -49,6 +49,28 @@ def pointed_at(home: Path, config_path: Path) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def bootstrapped(home: Path, config_path: Path, weeks: list[datetime], truth: dict[str, str] | None = None) -> tuple[Any, Any]:
+    """With this process pointed at ``home`` and ``config_path`` (`pointed_at`): the tiny model
+    built, the warehouse with its schema and the base model as champion, and each of ``weeks``
+    served by the simulated product (``truth`` collects the right answers). Returns the config
+    and the warehouse."""
+    from flywheel.config import load_config
+    from flywheel.model import registry
+    from flywheel.sim.product import serve_week
+    from flywheel.sim.tinymodel import build_tiny_model, resolve_base_model
+    from flywheel.warehouse import warehouse_from_config
+
+    with pointed_at(home, config_path):
+        config = load_config()
+        build_tiny_model(config)
+        wh = warehouse_from_config(config)
+        wh.ensure_schema()
+        registry.ensure_bootstrap_champion(wh, resolve_base_model(config))
+        for week in weeks:
+            serve_week(config, wh, week, truth=truth)
+    return config, wh
+
+
 @contextmanager
 def flywheel_env(root: Path, edit: Callable[[dict[str, Any]], None], *, reserialize: bool = False) -> Iterator[dict[str, Any]]:
     """Yield ``{"root", "config", "wh", "env", "airflow"}``: ``edit`` changes the project's
