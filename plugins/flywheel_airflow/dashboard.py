@@ -233,20 +233,12 @@ def render_quarantine(wh: Any, cycle_id: str | None) -> str:
 </body></html>"""
 
 
-def data_docs_root(config: Any) -> Path:
-    """The Data Docs site's folder on this machine (fetched from the bucket when artefacts live in one)."""
+def artefacts_here(config: Any, *parts: str) -> Path:
+    """A folder of the artefact store on this machine (fetched from the bucket when artefacts
+    live in one): the Data Docs site, a cycle's report."""
     from flywheel.artefacts import ArtefactStore
 
-    root = config.artefacts_root / "data_docs"
-    store = ArtefactStore(config)
-    return store.fetch(root) if store.remote and store.published(root) else root
-
-
-def report_dir(config: Any, cycle_id: str) -> Path:
-    """A cycle's report folder on this machine (fetched from the bucket when artefacts live in one)."""
-    from flywheel.artefacts import ArtefactStore
-
-    root = config.artefacts_root / "reports" / cycle_id
+    root = config.artefacts_root.joinpath(*parts)
     store = ArtefactStore(config)
     return store.fetch(root) if store.remote and store.published(root) else root
 
@@ -341,7 +333,7 @@ def create_app() -> FastAPI:
     def data_docs(path: str) -> Response:
         """The Great Expectations Data Docs site the gates write (behind Airflow's login, like
         every page here)."""
-        root = data_docs_root(load_config()).resolve()
+        root = artefacts_here(load_config(), "data_docs").resolve()
         target = (root / (path or "index.html")).resolve()
         if not target.is_relative_to(root) or not target.is_file():
             raise StarletteHTTPException(404, "no such Data Docs page")
@@ -351,7 +343,7 @@ def create_app() -> FastAPI:
     def report(cycle_id: str) -> str:
         """The cycle's report (``write_report``), rendered, behind the login."""
         _check_cycle_id(cycle_id)
-        page = report_dir(load_config(), cycle_id) / "report.md"
+        page = artefacts_here(load_config(), "reports", cycle_id) / "report.md"
         if not page.is_file():
             raise StarletteHTTPException(404, f"no report for {cycle_id}: write_report writes it at the end of the cycle")
         return render_report(page.read_text(encoding="utf-8"), cycle_id)
@@ -360,8 +352,9 @@ def create_app() -> FastAPI:
     def report_file(cycle_id: str, name: str) -> Response:
         """A file of the cycle's report (its plots)."""
         _check_cycle_id(cycle_id)
-        root = (load_config().artefacts_root / "reports").resolve()
-        folder = report_dir(load_config(), cycle_id).resolve()
+        config = load_config()
+        root = (config.artefacts_root / "reports").resolve()
+        folder = artefacts_here(config, "reports", cycle_id).resolve()
         target = (folder / name).resolve()
         if not folder.is_relative_to(root) or target.parent != folder or not target.is_file():
             raise StarletteHTTPException(404, "no such report file")
